@@ -1,0 +1,272 @@
+"""Reading and writing volumes: NIfTI files and folders of PNG/JPG slices.
+
+Everything is read into a :class:`~liverrt.data.volume.Volume` in liverrt's
+axis convention (see that module). Writers are atomic: they write to a
+temporary file next to the target and rename it, so an interrupted run never
+leaves a half-written output behind, and they refuse to overwrite their input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from liverrt.data.volume import Volume, default_affine
+from liverrt.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+LPS = ("L", "P", "S")
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that orders ``image2`` before ``image10``."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", text)]
+
+
+def is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def list_slice_images(folder: Path) -> list[Path]:
+    """PNG/JPG files of a folder in natural order of their stems."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.stem))
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+def read_nifti(path: Path, *, case_id: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a NIfTI file, reoriented to liverrt's convention.
+
+    Returns:
+        ``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))``; the array keeps
+        the file's dtype after scaling (float for scaled data, else the raw dtype).
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise InputError(f"Cannot read NIfTI file {path}: {exc}. Expected a valid .nii/.nii.gz file.") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise InputError(f"NIfTI file {path}: got {data.ndim} dimensions {data.shape}, expected a 3D volume.")
+    affine = img.affine
+    current = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(LPS)
+    transform = nib.orientations.ornt_transform(current, target)
+    data = nib.orientations.apply_orientation(data, transform)
+    affine = affine @ nib.orientations.inv_ornt_aff(transform, img.shape[:3])
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # column norms = voxel size per (w, h, d)
+    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), affine, spacing
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
+    """Write a ``(D, H, W)`` array as NIfTI with ``affine`` (atomic)."""
+    path = Path(path)
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    img = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), np.asarray(affine, dtype=float))
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    with atomic_path(path, suffix=suffix, protect=protect) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_id: str | None = None) -> Volume:
+    """A HU volume from a NIfTI image and an optional NIfTI label map (liver = label > 0)."""
+    image, affine, spacing = read_nifti(image_path)
+    mask = None
+    if mask_path is not None:
+        labels, mask_affine, _ = read_nifti(mask_path)
+        if labels.shape != image.shape:
+            raise InputError(
+                f"Mask {mask_path} has shape {labels.shape} after reorientation, expected the image's "
+                f"{image.shape} ({image_path})."
+            )
+        if not np.allclose(mask_affine, affine, atol=1e-3):
+            raise InputError(f"Mask {mask_path} and image {image_path} have different affines; expected the same geometry.")
+        mask = labels > 0
+    return Volume(
+        image=image,
+        spacing=spacing,
+        affine=affine,
+        intensity="hu",
+        mask=mask,
+        case_id=case_id or strip_nifti_suffix(Path(image_path).name),
+        source=str(image_path),
+    )
+
+
+# ----------------------------------------------------------------------------- PNG/JPG slices
+
+
+def read_slice_image(path: Path, *, as_mask: bool = False) -> np.ndarray:
+    """One 8/16-bit PNG/JPG slice as a 2D array; RGB with equal channels is accepted.
+
+    Masks come back as bool (JPEG masks thresholded at 128, PNG masks at > 0).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except Exception as exc:
+        raise InputError(f"Cannot read image {path}: {exc}. Expected a PNG or JPG slice.") from exc
+    if arr.ndim == 3:
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            if not as_mask and path.suffix.lower() in (".jpg", ".jpeg"):
+                rgb = np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)[..., None]
+            else:
+                raise InputError(f"Image {path} has different colour channels; expected a grey-scale slice.")
+        arr = rgb[..., 0]
+    if as_mask:
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            return arr >= 128
+        return arr > 0
+    return arr
+
+
+def read_slice_folder(
+    images: Path, masks: Path | None = None, *, case_id: str | None = None
+) -> Volume:
+    """A folder of PNG/JPG slices (natural sort order) as one 8-bit volume.
+
+    Masks are matched by file stem; a slice without a mask raises, since a
+    partly labelled folder cannot be evaluated slice by slice.
+    """
+    images = Path(images)
+    files = list_slice_images(images) if images.is_dir() else []
+    if not files:
+        raise InputError(f"No PNG/JPG slices found in {images}; expected a folder of slice images.")
+    slices = [read_slice_image(p) for p in files]
+    shape = slices[0].shape
+    for p, s in zip(files, slices, strict=True):
+        if s.shape != shape:
+            raise InputError(f"Slice {p} has shape {s.shape}, expected {shape} like {files[0].name}.")
+    image = np.stack(slices)
+    intensity = "8bit"
+    if image.dtype == np.uint16:
+        # 16-bit PNG slices: scale to 0..255 by the folder's range, keep as 8-bit intensities.
+        hi = float(image.max()) or 1.0
+        image = np.round(image.astype(np.float32) * (255.0 / hi)).astype(np.uint8)
+    mask = None
+    if masks is not None:
+        by_stem = {p.stem: p for p in list_slice_images(Path(masks))}
+        missing = [p.name for p in files if p.stem not in by_stem]
+        if missing:
+            raise InputError(
+                f"{len(missing)} slices in {images} have no mask in {masks} (first: {missing[0]}); "
+                "expected one mask per image with the same file stem."
+            )
+        mask_slices = [read_slice_image(by_stem[p.stem], as_mask=True) for p in files]
+        for p, m in zip(files, mask_slices, strict=True):
+            if m.shape != shape:
+                raise InputError(f"Mask for {p.name} has shape {m.shape}, expected the image's {shape}.")
+        mask = np.stack(mask_slices)
+    spacing = (1.0, 1.0, 1.0)
+    return Volume(
+        image=image,
+        spacing=spacing,
+        affine=default_affine(spacing),
+        intensity=intensity,
+        mask=mask,
+        slice_names=tuple(p.stem for p in files),
+        case_id=case_id or images.name,
+        source=str(images),
+    )
+
+
+def write_png_slices(
+    array: np.ndarray, folder: Path, names: tuple[str, ...], *, scale_mask: bool = True
+) -> Path:
+    """Write a ``(D, H, W)`` stack as one PNG per slice named by ``names``.
+
+    Bool masks are written as 0/255 (``scale_mask``) so they are visible in any
+    viewer; uint8 images are written as they are. The folder is filled in a
+    temporary sibling and renamed into place, so it appears complete or not at all.
+    """
+    folder = Path(folder)
+    if len(names) != array.shape[0]:
+        raise ValueError(f"got {len(names)} names for {array.shape[0]} slices")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, sl in zip(names, array, strict=True):
+            if sl.dtype == bool:
+                sl = sl.astype(np.uint8) * (255 if scale_mask else 1)
+            Image.fromarray(np.ascontiguousarray(sl)).save(tmp / f"{name}.png")
+        if folder.exists():
+            _remove_tree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return folder
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    ``protect`` lists input files that must never be overwritten: writing onto
+    one of them raises :class:`InputError` before anything is written.
+    """
+    path = Path(path)
+    for p in protect:
+        if Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
+            raise InputError(f"Refusing to overwrite the input file {p}; choose another output path.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp" if not suffix else suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    return write_bytes_atomic(text.encode("utf-8"), path)
