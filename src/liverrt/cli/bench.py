@@ -1,0 +1,22 @@
+"""``liverrt bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from liverrt.cli.common import any_path, console, existing_path
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Fewer repeats (CI).")
+@click.option("--out", type=any_path, default=Path("bench_out"), show_default=True)
+@click.option("--model", type=existing_path, default=None,
+              help="A U-Net checkpoint to time (default: the study's U-Net with random weights).")
+def bench(quick: bool, out: Path, model: Path | None) -> None:
+    """Time the U-Net per slice: torch eager vs onnxruntime, batch 1 and 8; prints a Markdown report."""
+    from liverrt.bench import run_bench
+
+    run_bench(out, quick=quick, model=model, on_step=lambda s: console.print(f"[dim]bench:[/] {s}"))
+    click.echo((out / "report.md").read_text())

@@ -1,0 +1,35 @@
+"""Options and helpers shared by the commands."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+#: everything for humans goes to stderr; stdout stays for machine-readable output
+console = Console(stderr=True)
+
+existing_path = click.Path(exists=True, path_type=Path)
+any_path = click.Path(path_type=Path)
+
+
+def seed_option(f):
+    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed (reproducible runs).")(f)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None):
+    """A rich progress bar on stderr; yields ``update(done, total=None, info='')``."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def update(done: int, total: int | None = None, info: str = "") -> None:
+            bar.update(task, completed=done, total=total, info=info)
+
+        yield update

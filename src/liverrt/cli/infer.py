@@ -1,0 +1,38 @@
+"""``liverrt infer``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from liverrt.cli.common import any_path, console, existing_path
+from liverrt.errors import InputError
+
+
+@click.command()
+@click.option("--model", type=existing_path, required=True, help=".pt checkpoint (torch) or .onnx file.")
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--input", "src", type=existing_path, required=True,
+              help="NIfTI file, slice folder, case folder or folder of cases.")
+@click.option("--out", type=any_path, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--format", "formats", type=click.Choice(["nifti", "png"]), multiple=True,
+              help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices).")
+@click.option("--overlays", type=click.IntRange(0), default=4, show_default=True, help="Overlay PNGs per case.")
+def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
+          overlays: int) -> None:
+    """Segment the liver in every case of INPUT."""
+    from liverrt.runtime.infer import run_inference
+
+    fmts = tuple(formats) or ("nifti", "png")
+    report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=fmts, overlays=overlays,
+                           on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+    for c in report.cases:
+        vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
+        warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""
+        console.print(f"  {c['id']}: {c['slices_with_liver']} slices with liver, {vol}{warn}")
+    console.print(f"{len(report.cases)} cases in {report.seconds:.1f}s -> {out}")
+    if report.skipped:
+        lines = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped)
+        raise InputError(f"{len(report.skipped)} case(s) skipped: {lines}")

@@ -1,0 +1,201 @@
+"""The one preprocessing function used by training and inference alike.
+
+A :class:`PreprocessSpec` says how raw intensities become network input and
+travels inside every artifact (checkpoint metadata, ONNX ``metadata_props``,
+TensorRT sidecar JSON), so inference never hard-codes it.
+
+Pipeline for a ``(D, H, W)`` volume:
+
+1. intensities to [0, 1]: HU volumes are clipped to the window
+   ``[center - width/2, center + width/2]`` and scaled; 8-bit volumes (already
+   windowed PNG/JPG slices) are divided by 255. With ``quantize_8bit`` HU
+   input is rounded to 256 levels first, which reproduces a model trained on
+   8-bit PNG exports exactly.
+2. geometry to ``size x size``:
+   * ``letterbox``: scale the longer side to ``size`` keeping the aspect ratio,
+     pad the shorter side symmetrically with 0 (the window's lower end);
+   * ``resize``: scale each axis to ``size`` (aspect ratio not kept);
+   * ``pad``: no scaling; centre-pad (or centre-crop) to ``size``.
+   Resampling is bilinear (with antialiasing when shrinking) for images and
+   the same for soft masks, thresholded at 0.5.
+
+:func:`restore` inverts step 2 for per-pixel outputs, so masks come back on
+the source grid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from liverrt.errors import ArtifactError, InputError
+
+ResizePolicy = Literal["letterbox", "resize", "pad"]
+RESIZE_POLICIES = ("letterbox", "resize", "pad")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How raw slices become network input; stored in every artifact.
+
+    Attributes:
+        window_center, window_width: HU window for HU inputs (abdomen 50/400).
+        size: square network input size in pixels (the study: 512).
+        resize: ``letterbox`` | ``resize`` | ``pad`` (see module docstring).
+        input_domain: ``hu`` or ``8bit``: what the model was trained on.
+            Recorded for provenance; both kinds of input are accepted.
+        quantize_8bit: round windowed HU to 256 levels (mimic 8-bit PNGs).
+    """
+
+    window_center: float = 50.0
+    window_width: float = 400.0
+    size: int = 512
+    resize: ResizePolicy = "letterbox"
+    input_domain: Literal["hu", "8bit"] = "hu"
+    quantize_8bit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window_width <= 0:
+            raise InputError(f"PreprocessSpec.window_width: got {self.window_width}, expected > 0.")
+        if self.size < 16 or self.size % 16:
+            raise InputError(
+                f"PreprocessSpec.size: got {self.size}, expected a multiple of 16 (the U-Net pools 4 times), "
+                f"e.g. {max(16, (self.size + 15) // 16 * 16)}."
+            )
+        if self.resize not in RESIZE_POLICIES:
+            raise InputError(f"PreprocessSpec.resize: got {self.resize!r}, expected one of {RESIZE_POLICIES}.")
+        if self.input_domain not in ("hu", "8bit"):
+            raise InputError(f"PreprocessSpec.input_domain: got {self.input_domain!r}, expected 'hu' or '8bit'.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ArtifactError(f"PreprocessSpec: unknown fields {sorted(unknown)}; expected a subset of {sorted(known)}.")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        try:
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ArtifactError(f"PreprocessSpec: cannot parse {text[:80]!r}: {exc}") from exc
+
+    def with_size(self, size: int) -> PreprocessSpec:
+        return replace(self, size=size)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a source slice of shape ``(h, w)`` sits inside the ``size x size`` input.
+
+    ``scaled`` is the shape after scaling, ``offset`` the (top, left) position
+    of its first pixel in the input (negative for a centre-crop).
+    """
+
+    source: tuple[int, int]
+    scaled: tuple[int, int]
+    offset: tuple[int, int]
+    size: int
+
+
+def placement(shape: tuple[int, int], spec: PreprocessSpec) -> Placement:
+    h, w = int(shape[0]), int(shape[1])
+    if h < 1 or w < 1:
+        raise InputError(f"Slice shape {shape}: expected a non-empty 2D slice.")
+    s = spec.size
+    if spec.resize == "resize":
+        scaled = (s, s)
+    elif spec.resize == "letterbox":
+        f = s / max(h, w)
+        scaled = (max(1, round(h * f)), max(1, round(w * f)))
+    else:  # pad
+        scaled = (h, w)
+    offset = ((s - scaled[0]) // 2, (s - scaled[1]) // 2)
+    return Placement(source=(h, w), scaled=scaled, offset=offset, size=s)
+
+
+def normalize(image: np.ndarray, intensity: str, spec: PreprocessSpec) -> np.ndarray:
+    """Intensities to float32 in [0, 1] (step 1 of the pipeline)."""
+    if intensity == "hu":
+        lo = spec.window_center - spec.window_width / 2.0
+        x = (image.astype(np.float32) - np.float32(lo)) / np.float32(spec.window_width)
+        x = np.clip(x, 0.0, 1.0)
+        if spec.quantize_8bit:
+            x = np.round(x * 255.0) / 255.0
+        return x.astype(np.float32, copy=False)
+    if intensity == "8bit":
+        return np.clip(image.astype(np.float32) / 255.0, 0.0, 1.0)
+    raise InputError(f"intensity: got {intensity!r}, expected 'hu' or '8bit'.")
+
+
+def _resample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of an (N, C, h, w) tensor; antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
+    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _place(x: torch.Tensor, p: Placement) -> torch.Tensor:
+    """Put scaled (N, C, sh, sw) data into (N, C, size, size) at p.offset (pad with 0 / crop)."""
+    n, c = x.shape[:2]
+    out = x.new_zeros((n, c, p.size, p.size))
+    top, left = p.offset
+    sh, sw = p.scaled
+    # intersection of [top, top+sh) x [left, left+sw) with [0, size)^2
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + sh, p.size), min(left + sw, p.size)
+    out[:, :, t0:t1, l0:l1] = x[:, :, t0 - top : t1 - top, l0 - left : l1 - left]
+    return out
+
+
+def _unplace(x: torch.Tensor, p: Placement, fill: float = 0.0) -> torch.Tensor:
+    """Inverse of :func:`_place`: cut the (N, C, sh, sw) region out of (N, C, size, size)."""
+    n, c = x.shape[:2]
+    sh, sw = p.scaled
+    out = x.new_full((n, c, sh, sw), fill)
+    top, left = p.offset
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + sh, p.size), min(left + sw, p.size)
+    out[:, :, t0 - top : t1 - top, l0 - left : l1 - left] = x[:, :, t0:t1, l0:l1]
+    return out
+
+
+def to_input(slices: np.ndarray, intensity: str, spec: PreprocessSpec) -> tuple[np.ndarray, Placement]:
+    """Raw ``(N, H, W)`` slices -> network input ``(N, 1, size, size)`` float32 in [0, 1]."""
+    if slices.ndim != 3:
+        raise InputError(f"to_input: got shape {slices.shape}, expected (N, H, W) slices.")
+    p = placement(slices.shape[1:], spec)
+    x = torch.from_numpy(np.ascontiguousarray(normalize(slices, intensity, spec)))[:, None]
+    x = _place(_resample(x, p.scaled), p)
+    return x.numpy(), p
+
+
+def mask_to_input(mask: np.ndarray, p: Placement) -> np.ndarray:
+    """A ``(N, H, W)`` bool mask on the source grid -> ``(N, 1, size, size)`` float32 0/1."""
+    x = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[:, None]
+    x = _place(_resample(x, p.scaled), p)
+    return (x >= 0.5).to(torch.float32).numpy()
+
+
+def restore(prob: np.ndarray, p: Placement) -> np.ndarray:
+    """Per-pixel network output ``(N, size, size)`` -> ``(N, H, W)`` on the source grid."""
+    if prob.ndim != 3 or prob.shape[1:] != (p.size, p.size):
+        raise InputError(f"restore: got shape {prob.shape}, expected (N, {p.size}, {p.size}).")
+    x = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[:, None]
+    x = _unplace(x, p)
+    x = _resample(x, p.source)
+    return x[:, 0].numpy()

@@ -1,0 +1,192 @@
+"""Find the cases in a source path and read them into Volumes.
+
+Layouts understood by this first version (the real-data readers extend it):
+
+* a NIfTI file: one volume (``liver = label > 0`` when read as a mask);
+* a case folder with ``image.nii[.gz]`` and optional ``mask.nii[.gz]``
+  (what ``liverrt data synth`` writes);
+* a case folder with ``images/`` and optional ``masks/`` PNG/JPG slices
+  (matching stems), or a folder that directly holds PNG/JPG slices;
+* a root folder whose sub-folders (natural order) or NIfTI files are cases.
+
+One unreadable case never stops the others: it is reported in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liverrt.data.io import (
+    IMAGE_SUFFIXES,
+    is_nifti,
+    natural_key,
+    read_nifti,
+    read_nifti_volume,
+    read_slice_folder,
+    read_slice_image,
+    list_slice_images,
+    strip_nifti_suffix,
+)
+from liverrt.data.volume import Volume
+from liverrt.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """Where one case's image and (optional) mask live."""
+
+    case_id: str
+    kind: str  # "nifti" | "slices"
+    image: Path
+    mask: Path | None
+
+
+@dataclass
+class LoadResult:
+    volumes: list[Volume] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+
+def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        p = folder / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _case_in_folder(folder: Path) -> CaseRef | None:
+    image = _first_existing(folder, ("image.nii.gz", "image.nii"))
+    if image is not None:
+        return CaseRef(folder.name, "nifti", image, _first_existing(folder, ("mask.nii.gz", "mask.nii")))
+    if (folder / "images").is_dir():
+        masks = folder / "masks"
+        return CaseRef(folder.name, "slices", folder / "images", masks if masks.is_dir() else None)
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file()):
+        return CaseRef(folder.name, "slices", folder, None)
+    return None
+
+
+def find_cases(src: Path) -> list[CaseRef]:
+    """The cases under ``src``; raises :class:`InputError` when there are none."""
+    src = Path(src)
+    if not src.exists():
+        raise InputError(f"Input {src} does not exist; expected a NIfTI file, a slice folder or a folder of cases.")
+    if src.is_file():
+        if is_nifti(src):
+            return [CaseRef(strip_nifti_suffix(src.name), "nifti", src, None)]
+        raise InputError(f"Input {src} is not a NIfTI file (.nii/.nii.gz); expected a volume or a folder.")
+    ref = _case_in_folder(src)
+    if ref is not None:
+        return [ref]
+    cases: list[CaseRef] = []
+    for child in sorted(src.iterdir(), key=lambda p: natural_key(p.name)):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            sub = _case_in_folder(child)
+            if sub is not None:
+                cases.append(sub)
+        elif is_nifti(child):
+            cases.append(CaseRef(strip_nifti_suffix(child.name), "nifti", child, None))
+    if not cases:
+        raise InputError(
+            f"No cases found in {src}; expected NIfTI files, image.nii.gz(+mask.nii.gz) case folders, "
+            "or images/(+masks/) PNG/JPG slice folders."
+        )
+    return cases
+
+
+def load_case(ref: CaseRef) -> Volume:
+    if ref.kind == "nifti":
+        return read_nifti_volume(ref.image, ref.mask, case_id=ref.case_id)
+    return read_slice_folder(ref.image, ref.mask, case_id=ref.case_id)
+
+
+def load_cases(src: Path, *, require_mask: bool = False) -> LoadResult:
+    """Read every case under ``src``; unreadable or unlabelled cases are skipped with a reason."""
+    result = LoadResult()
+    for ref in find_cases(src):
+        if require_mask and ref.mask is None:
+            result.skipped.append((str(ref.image), "no liver mask (expected mask.nii.gz or masks/)"))
+            continue
+        try:
+            result.volumes.append(load_case(ref))
+        except InputError as exc:
+            log.warning("skipping %s: %s", ref.image, exc)
+            result.skipped.append((str(ref.image), str(exc)))
+    if not result.volumes:
+        reasons = "; ".join(f"{s}: {r}" for s, r in result.skipped[:3])
+        raise InputError(f"No readable cases in {src} ({reasons}).")
+    return result
+
+
+# ----------------------------------------------------------------------------- masks (for eval)
+
+
+@dataclass(frozen=True)
+class MaskVolume:
+    case_id: str
+    mask: np.ndarray  # (D, H, W) bool
+    spacing: tuple[float, float, float]
+    source: Path
+
+
+def _mask_path(folder: Path) -> Path | None:
+    for name in ("mask.nii.gz", "mask.nii"):
+        if (folder / name).is_file():
+            return folder / name
+    for name in ("masks", "mask"):
+        sub = folder / name
+        if sub.is_dir() and list_slice_images(sub):
+            return sub
+    if list_slice_images(folder):
+        return folder
+    return None
+
+
+def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
+    """A liver mask from a NIfTI label map (label > 0) or a PNG/JPG mask folder."""
+    path = Path(path)
+    if path.is_file():
+        labels, _, spacing = read_nifti(path)
+        return MaskVolume(case_id or strip_nifti_suffix(path.name), labels > 0, spacing, path)
+    files = list_slice_images(path)
+    if not files:
+        raise InputError(f"No mask slices in {path}; expected PNG/JPG masks.")
+    slices = [read_slice_image(f, as_mask=True) for f in files]
+    if len({s.shape for s in slices}) != 1:
+        raise InputError(f"Mask slices in {path} have different shapes; expected one shape per volume.")
+    name = case_id or (path.parent.name if path.name in ("masks", "mask") else path.name)
+    return MaskVolume(name, np.stack(slices), (1.0, 1.0, 1.0), path)
+
+
+def find_masks(src: Path) -> dict[str, Path]:
+    """Map case id -> mask path for a mask file, a case folder or a root of cases."""
+    src = Path(src)
+    if not src.exists():
+        raise InputError(f"{src} does not exist; expected a NIfTI mask, a PNG mask folder or a folder of cases.")
+    if src.is_file():
+        if not is_nifti(src):
+            raise InputError(f"{src} is not a NIfTI file; expected a .nii/.nii.gz mask.")
+        return {strip_nifti_suffix(src.name): src}
+    own = _mask_path(src)
+    if own is not None:
+        return {src.parent.name if own is src and src.name in ("masks", "mask") else src.name: own}
+    found: dict[str, Path] = {}
+    for child in sorted(src.iterdir(), key=lambda p: natural_key(p.name)):
+        if child.is_dir():
+            p = _mask_path(child)
+            if p is not None:
+                found[child.name] = p
+        elif is_nifti(child):
+            found[strip_nifti_suffix(child.name)] = child
+    if not found:
+        raise InputError(f"No masks found in {src}; expected NIfTI masks, mask.nii.gz case folders or PNG mask folders.")
+    return found

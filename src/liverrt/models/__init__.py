@@ -1,0 +1,50 @@
+"""Model builders, registered by name.
+
+``build(name, **kwargs)`` constructs a registered model; ``from_config`` rebuilds
+one from the config stored in a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from liverrt.errors import ArtifactError, InputError
+from liverrt.models.unet import UNet, unet_paper
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"unet_paper": unet_paper}
+#: model kind (what a checkpoint says it holds) -> class that rebuilds it from its config
+_KINDS: dict[str, type[nn.Module]] = {"unet": UNet}
+
+
+def names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; ``None`` arguments keep the builder's defaults."""
+    try:
+        builder = _BUILDERS[name]
+    except KeyError:
+        raise InputError(f"Unknown model {name!r}; expected one of {names()}.") from None
+    return builder(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def from_config(kind: str, config: dict) -> nn.Module:
+    """Rebuild a model of ``kind`` from the ``config`` dict stored in a checkpoint."""
+    try:
+        cls = _KINDS[kind]
+    except KeyError:
+        raise ArtifactError(f"Checkpoint holds a model of kind {kind!r}; expected one of {kinds()}.") from None
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise ArtifactError(f"Checkpoint config for {kind!r} does not fit the model: {exc}.") from exc
+
+
+__all__ = ["UNet", "build", "from_config", "kinds", "names", "unet_paper"]

@@ -1,0 +1,40 @@
+"""Engines (one contract, pluggable backends) and the Segmenter built on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from liverrt.errors import InputError
+from liverrt.runtime.base import Engine, InputSpec
+
+
+def _torch(path: Path, **kw) -> Engine:
+    from liverrt.runtime.torch_engine import TorchEngine
+
+    return TorchEngine(path, **kw)
+
+
+def _onnxruntime(path: Path, **kw) -> Engine:
+    from liverrt.runtime.onnxruntime_engine import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(path, **kw)
+
+
+#: engine name -> factory(path, **options); backends are imported lazily.
+ENGINES = {"torch": _torch, "onnxruntime": _onnxruntime}
+
+
+def engine_names() -> list[str]:
+    return list(ENGINES)
+
+
+def open_engine(name: str, path: Path, **options) -> Engine:
+    """An (inactive) engine of backend ``name`` for the artifact at ``path``."""
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise InputError(f"Unknown engine {name!r}; expected one of {engine_names()}.") from None
+    return factory(Path(path), **options)
+
+
+__all__ = ["ENGINES", "Engine", "InputSpec", "engine_names", "open_engine"]

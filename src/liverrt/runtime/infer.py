@@ -1,0 +1,83 @@
+"""Segment every case of a source with one engine and write the results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liverrt.data.io import write_text_atomic
+from liverrt.data.sources import find_cases, load_case
+from liverrt.errors import InputError
+from liverrt.runtime import open_engine
+from liverrt.runtime.outputs import FORMATS, case_summary, write_case
+from liverrt.runtime.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferReport:
+    cases: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    engine: str = ""
+    model: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"engine": self.engine, "model": self.model, "seconds": round(self.seconds, 3),
+                "cases": self.cases, "skipped": self.skipped}
+
+
+def run_inference(
+    model: Path,
+    src: Path,
+    out: Path,
+    *,
+    engine: str = "onnxruntime",
+    batch_size: int = 8,
+    formats: tuple[str, ...] = ("nifti",),
+    overlays: int = 4,
+    engine_options: dict | None = None,
+    on_case: Callable[[str, int, int], None] | None = None,
+) -> InferReport:
+    """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
+
+    A case that cannot be read or segmented is reported in ``skipped`` and the
+    others still run; nothing partial is left for it.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise InputError(f"Output formats {bad}: expected a subset of {FORMATS}.")
+    out = Path(out)
+    refs = find_cases(src)
+    for ref in refs:  # never write a case folder over its own input
+        target = (out / ref.case_id).resolve()
+        if target == ref.image.resolve() or target in ref.image.resolve().parents:
+            raise InputError(f"Output folder {out / ref.case_id} would replace the input {ref.image}; "
+                             "choose another --out.")
+    eng = open_engine(engine, model, **(engine_options or {}))
+    eng.info  # fail early, before any output, if the model is not a liverrt artifact  # noqa: B018
+    report = InferReport(engine=engine, model=str(model))
+    t0 = time.perf_counter()
+    with eng:
+        seg = Segmenter(eng, batch_size=batch_size)
+        for i, ref in enumerate(refs):
+            if on_case:
+                on_case(ref.case_id, i, len(refs))
+            try:
+                volume = load_case(ref)
+                result = seg.segment(volume)
+                write_case(volume, result, out, formats=formats, overlays=overlays)
+            except InputError as exc:
+                log.warning("skipped %s: %s", ref.image, exc)
+                report.skipped.append({"id": ref.case_id, "source": str(ref.image), "reason": str(exc)})
+                continue
+            report.cases.append(case_summary(volume, result))
+    report.seconds = time.perf_counter() - t0
+    if report.cases:
+        write_text_atomic(json.dumps(report.to_dict(), indent=2), out / "summary.json")
+    return report

@@ -1,0 +1,77 @@
+"""Write a segmentation next to its source's geometry: NIfTI, PNG masks, overlays, a summary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from liverrt.data.io import write_nifti, write_png_slices
+from liverrt.data.preprocess import normalize
+from liverrt.data.volume import Volume
+from liverrt.errors import InputError
+from liverrt.runtime.segmenter import Segmentation
+from liverrt.viz import overlay, pick_slices, save_png
+
+FORMATS = ("nifti", "png")
+
+
+def case_summary(volume: Volume, seg: Segmentation) -> dict:
+    has_geometry = volume.intensity == "hu"
+    per_slice = seg.mask.reshape(seg.mask.shape[0], -1).any(axis=1)
+    return {
+        "id": volume.case_id,
+        "source": volume.source,
+        "shape": list(volume.shape),
+        "spacing_mm": list(volume.spacing) if has_geometry else None,
+        "liver_ml": round(seg.liver_ml(volume.spacing), 2) if has_geometry else None,
+        "liver_voxels": int(seg.mask.sum()),
+        "slices_with_liver": int(per_slice.sum()),
+        # a liver cut by the scan range is incomplete: its volume is a lower bound
+        "touches_first_or_last_slice": bool(per_slice[0] or per_slice[-1]) if per_slice.size else False,
+        "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
+    }
+
+
+def _refuse_input_overlap(final: Path, volume: Volume) -> None:
+    """Never replace a folder that holds (or is) the input."""
+    if not volume.source or not final.exists():
+        return
+    src, dst = Path(volume.source).resolve(), final.resolve()
+    if src == dst or dst in src.parents:
+        raise InputError(f"Output folder {final} contains the input {volume.source}; choose another --out.")
+
+
+def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tuple[str, ...] = ("nifti",),
+               overlays: int = 4, window: tuple[float, float] = (50.0, 400.0)) -> Path:
+    """Write ``out_dir/<case>/``: ``mask.nii.gz`` (source affine), ``masks/*.png`` (source stems),
+    ``overlays/*.png``. The case folder is built in a temporary sibling and renamed into place."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / volume.case_id
+    _refuse_input_overlap(final, volume)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{volume.case_id}.", dir=out_dir))
+    try:
+        if "nifti" in formats:
+            write_nifti(seg.mask.astype(np.uint8), volume.affine, tmp / "mask.nii.gz")
+        if "png" in formats:
+            write_png_slices(seg.mask, tmp / "masks", volume.names)
+        if overlays:
+            from liverrt.data.preprocess import PreprocessSpec
+
+            view = PreprocessSpec(window_center=window[0], window_width=window[1])
+            names = volume.names
+            for i in pick_slices(seg.mask, overlays):
+                img = normalize(volume.image[i], volume.intensity, view)
+                gt = volume.mask[i] if volume.mask is not None else None
+                save_png(overlay(img, seg.mask[i], gt), tmp / "overlays" / f"{names[i]}.png")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,93 @@
+"""Checkpoints: weights + model config + PreprocessSpec + metrics, loaded safely.
+
+A checkpoint is a plain dict of tensors, strings and numbers saved with
+``torch.save`` and read with ``torch.load(..., weights_only=True)``; nothing a
+user hands us is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import liverrt
+from liverrt.data.io import atomic_path
+from liverrt.data.preprocess import PreprocessSpec
+from liverrt.errors import ArtifactError, InputError
+from liverrt.models import from_config
+
+FORMAT = "liverrt.checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    spec: PreprocessSpec,
+    metrics: dict | None = None,
+    split: dict | None = None,
+    train_config: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temp file + rename)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "liverrt_version": liverrt.__version__,
+        "torch_version": str(torch.__version__),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "kind": model.kind,
+        "model_name": model_name,
+        "model_config": dict(model.config),
+        "state_dict": state,
+        "preprocess": spec.to_dict(),
+        "metrics": dict(metrics or {}),
+        "split": dict(split or {}),
+        "train_config": dict(train_config or {}),
+        **(extra or {}),
+    }
+    with atomic_path(Path(path), suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: Path, *, expect_kind: str | None = None) -> dict:
+    """Read and validate a checkpoint dict (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Checkpoint {path} does not exist; expected a .pt file written by `liverrt train`.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(
+            f"Cannot load {path} as a liverrt checkpoint ({first[:160]}); expected a .pt file written by "
+            "`liverrt train` (loaded with weights_only=True, so pickled objects are refused)."
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a liverrt checkpoint (no '{FORMAT}' marker); expected a file from `liverrt train`.")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has checkpoint format {ckpt['format_version']}, newer than this liverrt reads ({FORMAT_VERSION}); upgrade liverrt."
+        )
+    if expect_kind is not None and ckpt.get("kind") != expect_kind:
+        raise ArtifactError(f"{path} holds a {ckpt.get('kind')!r} model; expected a {expect_kind!r} checkpoint.")
+    return ckpt
+
+
+def load_model(path: Path, *, expect_kind: str | None = None) -> tuple[nn.Module, PreprocessSpec, dict]:
+    """Rebuild the model in eval mode; returns ``(model, spec, checkpoint dict)``."""
+    ckpt = read_checkpoint(path, expect_kind=expect_kind)
+    model = from_config(ckpt["kind"], ckpt["model_config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not match the stored model config: {str(exc)[:200]}") from exc
+    model.eval()
+    return model, PreprocessSpec.from_dict(ckpt["preprocess"]), ckpt

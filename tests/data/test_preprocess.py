@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from liverrt.data.preprocess import PreprocessSpec, mask_to_input, normalize, placement, restore, to_input
+from liverrt.errors import ArtifactError, InputError
+
+
+@pytest.mark.parametrize("policy", ["letterbox", "resize", "pad"])
+@pytest.mark.parametrize("shape", [(48, 40), (64, 64), (30, 70)])
+def test_mask_round_trip_keeps_geometry(policy, shape):
+    spec = PreprocessSpec(size=64, resize=policy)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = (((yy - h * 0.5) / (h * 0.3)) ** 2 + ((xx - w * 0.4) / (w * 0.25)) ** 2 <= 1)[None]
+    p = placement(shape, spec)
+    x = mask_to_input(mask, p)
+    assert x.shape == (1, 1, 64, 64)
+    back = restore(x[:, 0], p) >= 0.5
+    assert back.shape == mask.shape
+    iou = (back & mask).sum() / (back | mask).sum()
+    assert iou > 0.9
+
+
+def test_pad_policy_is_exact_when_the_slice_fits():
+    spec = PreprocessSpec(size=64, resize="pad")
+    rng = np.random.default_rng(0)
+    mask = rng.random((2, 50, 33)) > 0.5
+    p = placement(mask.shape[1:], spec)
+    assert np.array_equal(restore(mask_to_input(mask, p)[:, 0], p) >= 0.5, mask)
+
+
+def test_pad_policy_crops_larger_slices_and_restores_background():
+    spec = PreprocessSpec(size=32, resize="pad")
+    mask = np.zeros((1, 40, 40), bool)
+    mask[0, 10:30, 10:30] = True
+    p = placement(mask.shape[1:], spec)
+    assert p.offset == (-4, -4)
+    assert np.array_equal(restore(mask_to_input(mask, p)[:, 0], p) >= 0.5, mask)
+
+
+def test_hu_window_and_8bit_scaling():
+    spec = PreprocessSpec(window_center=50, window_width=400)
+    hu = np.array([[[-1000, -150, 50, 250, 3000]]], np.int16)
+    assert np.allclose(normalize(hu, "hu", spec), [[[0, 0, 0.5, 1, 1]]])
+    px = np.array([[[0, 51, 255]]], np.uint8)
+    assert np.allclose(normalize(px, "8bit", spec), [[[0, 0.2, 1]]])
+
+
+def test_quantize_8bit_matches_png_export():
+    spec = PreprocessSpec(quantize_8bit=True)
+    hu = np.linspace(-300, 400, 97, dtype=np.float32).reshape(1, 1, -1)
+    x = normalize(hu, "hu", spec)
+    assert np.allclose(x * 255, np.round(x * 255), atol=1e-4)
+
+
+def test_to_input_shape_range_and_letterbox_padding():
+    spec = PreprocessSpec(size=32)
+    img = np.full((3, 40, 20), 250, np.int16)  # all at the top of the window
+    x, p = to_input(img, "hu", spec)
+    assert x.shape == (3, 1, 32, 32) and x.dtype == np.float32
+    assert p.scaled == (32, 16) and p.offset == (0, 8)
+    assert x.min() == 0.0 and x.max() == pytest.approx(1.0)
+    assert np.all(x[..., :8] == 0) and np.all(x[..., 24:] == 0)
+
+
+def test_spec_round_trips_through_json_and_rejects_bad_values():
+    spec = PreprocessSpec(window_center=60, window_width=350, size=256, resize="pad", input_domain="8bit")
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(InputError, match="multiple of 16"):
+        PreprocessSpec(size=100)
+    with pytest.raises(ArtifactError, match="unknown fields"):
+        PreprocessSpec.from_dict({"size": 64, "colour": "red"})

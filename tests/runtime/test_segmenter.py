@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from conftest import make_volume
+
+from liverrt.data.io import read_nifti, write_nifti
+from liverrt.errors import InputError
+from liverrt.runtime import open_engine
+from liverrt.runtime.infer import run_inference
+from liverrt.runtime.outputs import write_case
+from liverrt.runtime.segmenter import Segmenter
+
+
+def test_segmenter_maps_back_to_source_geometry_for_any_batch(tiny_onnx):
+    vol = make_volume(shape=(7, 50, 38))
+    with open_engine("onnxruntime", tiny_onnx) as eng:
+        a = Segmenter(eng, batch_size=3, keep_prob=True).segment(vol)
+        b = Segmenter(eng, batch_size=7, keep_prob=True).segment(vol)
+    assert a.mask.shape == vol.shape and a.mask.dtype == bool
+    assert np.abs(a.prob - b.prob).max() < 1e-5
+    assert set(a.timings) == {"preprocess", "engine", "postprocess"}
+
+
+def test_engines_agree_through_the_segmenter(tiny_checkpoint, tiny_onnx):
+    vol = make_volume()
+    probs = []
+    for name, path in (("torch", tiny_checkpoint), ("onnxruntime", tiny_onnx)):
+        with open_engine(name, path) as eng:
+            probs.append(Segmenter(eng, keep_prob=True).segment(vol).prob)
+    assert np.abs(probs[0] - probs[1]).max() < 1e-4
+
+
+def test_bad_threshold_and_batch(tiny_onnx):
+    eng = open_engine("onnxruntime", tiny_onnx)
+    with pytest.raises(InputError):
+        Segmenter(eng, batch_size=0)
+    with pytest.raises(InputError):
+        Segmenter(eng, threshold=1.5)
+
+
+def test_run_inference_writes_nifti_with_source_affine_and_skips_bad_cases(tiny_onnx, tmp_path):
+    src = tmp_path / "in"
+    vol = make_volume(case_id="good")
+    write_nifti(vol.image, vol.affine, src / "good.nii.gz")
+    (src / "broken.nii.gz").write_bytes(b"garbage")
+    before = (src / "good.nii.gz").read_bytes()
+    report = run_inference(tiny_onnx, src, tmp_path / "out", formats=("nifti", "png"), overlays=2)
+    assert [c["id"] for c in report.cases] == ["good"]
+    assert [s["id"] for s in report.skipped] == ["broken"]
+    mask, affine, _ = read_nifti(tmp_path / "out" / "good" / "mask.nii.gz")
+    assert mask.shape == vol.shape and np.allclose(affine, vol.affine)
+    assert len(list((tmp_path / "out" / "good" / "masks").glob("*.png"))) == vol.shape[0]
+    assert (tmp_path / "out" / "summary.json").is_file()
+    assert not (tmp_path / "out" / "broken").exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert (src / "good.nii.gz").read_bytes() == before
+
+
+def test_output_folder_holding_the_input_is_refused(tiny_onnx, tmp_path):
+    vol = make_volume(case_id="case")
+    write_nifti(vol.image, vol.affine, tmp_path / "case" / "image.nii.gz")
+    with pytest.raises(InputError, match="would replace the input"):
+        run_inference(tiny_onnx, tmp_path / "case", tmp_path)
+    assert (tmp_path / "case" / "image.nii.gz").is_file()
+    from liverrt.runtime.segmenter import Segmentation
+
+    with pytest.raises(InputError):
+        write_case(
+            make_volume(case_id="case").__class__(**{**vol.__dict__, "source": str(tmp_path / "case" / "image.nii.gz")}),
+            Segmentation("case", vol.mask), tmp_path,
+        )

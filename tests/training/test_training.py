@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+from conftest import make_volume, tiny_unet
+
+from liverrt.data.preprocess import PreprocessSpec
+from liverrt.errors import ArtifactError, InputError
+from liverrt.training.augment import AugmentConfig, augment_batch
+from liverrt.training.checkpoint import load_model, read_checkpoint, save_checkpoint
+from liverrt.training.losses import dice_bce_loss, soft_dice_loss
+from liverrt.training.unet import TrainConfig, train_unet
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path, tiny_spec):
+    model = tiny_unet()
+    path = save_checkpoint(tmp_path / "m.pt", model, model_name="unet_paper", spec=tiny_spec,
+                           metrics={"val_mask_iou": 0.9}, split={"train": ["a"], "val": ["b"]})
+    raw = torch.load(path, weights_only=True)  # must not need pickle
+    assert raw["kind"] == "unet" and raw["split"] == {"train": ["a"], "val": ["b"]}
+    loaded, spec, ckpt = load_model(path)
+    assert spec == tiny_spec and ckpt["metrics"]["val_mask_iou"] == 0.9
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_wrong_kind_and_foreign_files_are_refused(tmp_path, tiny_checkpoint):
+    with pytest.raises(ArtifactError, match="expected a 'maskrcnn'"):
+        read_checkpoint(tiny_checkpoint, expect_kind="maskrcnn")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ArtifactError, match="not a liverrt checkpoint"):
+        read_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ArtifactError, match="Cannot load"):
+        read_checkpoint(tmp_path / "junk.pt")
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    torch.save({"format": "liverrt.checkpoint", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ArtifactError, match="weights_only"):
+        read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_losses_behave():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good = (target * 20 - 10)
+    bad = -good
+    assert soft_dice_loss(good, target) < 0.01 < soft_dice_loss(bad, target)
+    assert dice_bce_loss(good, target) < dice_bce_loss(bad, target)
+
+
+def test_augment_keeps_image_and_mask_aligned():
+    x = torch.zeros(16, 1, 32, 32)
+    x[:, :, 8:20, 6:16] = 1.0
+    y = x.clone()
+    cfg = AugmentConfig(brightness=0, contrast=0, gamma=0)
+    xa, ya = augment_batch(x, y, cfg, torch.Generator().manual_seed(0))
+    assert xa.shape == x.shape and set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+    agree = ((xa >= 0.5) == (ya >= 0.5)).float().mean()
+    assert agree > 0.99
+    assert not torch.equal(ya, y)  # something moved
+    same = augment_batch(x, y, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(same[0], xa)  # reproducible
+
+
+def test_disabled_augmentation_is_identity():
+    x, y = torch.rand(2, 1, 8, 8), torch.ones(2, 1, 8, 8)
+    xa, ya = augment_batch(x, y, AugmentConfig(enabled=False), torch.Generator())
+    assert xa is x and ya is y
+
+
+def _small_cfg(**kw):
+    return TrainConfig(epochs=2, batch_size=4, steps_per_epoch=3, width_scale=0.25, seed=7, **kw)
+
+
+def test_training_writes_best_checkpoint_with_everything(tmp_path):
+    vols = [make_volume(seed=i, case_id=f"c{i}") for i in range(4)]
+    spec = PreprocessSpec(size=32)
+    result = train_unet(vols, tmp_path / "run", spec=spec, config=_small_cfg())
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    assert (tmp_path / "run" / "train_log.csv").read_text().startswith("epoch,loss,val_mask_iou")
+    assert not set(result.split["train"]) & set(result.split["val"])
+    model, spec2, ckpt = load_model(result.best_checkpoint)
+    assert spec2 == spec
+    assert set(ckpt["metrics"]) >= {"epoch", "val_mask_iou", "val_dice"}
+    assert ckpt["split"] == result.split and ckpt["train_config"]["seed"] == 7
+    assert len(result.history) == 2
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path):
+    vols = [make_volume(seed=i, case_id=f"c{i}") for i in range(3)]
+    spec = PreprocessSpec(size=32)
+    a = train_unet(vols, tmp_path / "a", spec=spec, config=_small_cfg())
+    b = train_unet(vols, tmp_path / "b", spec=spec, config=_small_cfg())
+    sa, sb = (torch.load(r.last_checkpoint, weights_only=True)["state_dict"] for r in (a, b))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+
+
+def test_training_learns_a_simple_liver(tmp_path):
+    vols = [make_volume(shape=(8, 48, 48), seed=i, case_id=f"c{i}") for i in range(4)]
+    cfg = TrainConfig(epochs=10, batch_size=8, steps_per_epoch=12, width_scale=0.5, seed=0, lr=3e-3)
+    result = train_unet(vols, tmp_path / "run", spec=PreprocessSpec(size=48), config=cfg)
+    assert result.best_metrics["mask_iou"] > 0.7, result.history
+
+
+def test_unlabelled_volume_cannot_train(tmp_path):
+    vols = [make_volume(case_id="a"), make_volume(case_id="b").with_mask(None)]
+    with pytest.raises(InputError, match="no liver mask"):
+        train_unet(vols, tmp_path, spec=PreprocessSpec(size=32), config=_small_cfg(),
+                   val_volumes=[make_volume(case_id="v")])
+
+
+def test_overlapping_train_and_val_cases_are_refused(tmp_path):
+    v = make_volume(case_id="same")
+    with pytest.raises(InputError, match="both training and validation"):
+        train_unet([v], tmp_path, spec=PreprocessSpec(size=32), config=_small_cfg(), val_volumes=[v])
+    assert np.all(v.mask == make_volume(case_id="same").mask)
