@@ -32,7 +32,7 @@ class DemoConfig:
     phantom_size: int = 256
     phantom_slices: int = 32
     train_size: int = 128  # network input: reduced from the study's 512 to fit a CPU minute budget
-    epochs: int = 14
+    epochs: int = 24
     batch_size: int = 8
     lr: float = 1e-3
     seed: int = 0

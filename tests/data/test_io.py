@@ -4,7 +4,14 @@ import pytest
 from conftest import SHARED_DATA, make_volume
 from PIL import Image
 
-from liverrt.data.io import natural_key, read_nifti, read_nifti_volume, read_slice_folder, write_nifti, write_png_slices
+from liverrt.data.io import (
+    natural_key,
+    read_nifti,
+    read_nifti_volume,
+    read_slice_folder,
+    write_nifti,
+    write_png_slices,
+)
 from liverrt.data.sources import find_cases, find_masks, load_cases, read_mask
 from liverrt.errors import InputError
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from liverrt.data.preprocess import PreprocessSpec, mask_to_input, normalize, placement, restore, to_input
+from liverrt.data.preprocess import (
+    PreprocessSpec,
+    mask_to_input,
+    normalize,
+    placement,
+    restore,
+    to_input,
+)
 from liverrt.errors import ArtifactError, InputError
 
 

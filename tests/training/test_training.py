@@ -83,7 +83,8 @@ def test_training_writes_best_checkpoint_with_everything(tmp_path):
     spec = PreprocessSpec(size=32)
     result = train_unet(vols, tmp_path / "run", spec=spec, config=_small_cfg())
     assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
-    assert (tmp_path / "run" / "train_log.csv").read_text().startswith("epoch,loss,val_mask_iou")
+    header = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[0]
+    assert header.split(",")[:4] == ["epoch", "loss", "lr", "val_mask_iou"]
     assert not set(result.split["train"]) & set(result.split["val"])
     model, spec2, ckpt = load_model(result.best_checkpoint)
     assert spec2 == spec
@@ -121,3 +122,15 @@ def test_overlapping_train_and_val_cases_are_refused(tmp_path):
     with pytest.raises(InputError, match="both training and validation"):
         train_unet([v], tmp_path, spec=PreprocessSpec(size=32), config=_small_cfg(), val_volumes=[v])
     assert np.all(v.mask == make_volume(case_id="same").mask)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    from liverrt.training.unet import lr_factor
+
+    f = lr_factor(TrainConfig(warmup_steps=10, schedule="cosine"), 200)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(105) == pytest.approx(0.525, abs=0.01)
+    assert f(199) == pytest.approx(0.05, abs=1e-3)
+    assert lr_factor(TrainConfig(schedule="constant", warmup_steps=0), 100)(50) == 1.0
+    with pytest.raises(InputError):
+        lr_factor(TrainConfig(schedule="step"), 10)

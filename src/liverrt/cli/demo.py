@@ -30,8 +30,7 @@ def demo(out: Path, epochs: int | None, cases: int | None, seed: int) -> None:
         last = {"stage": None}
 
         def on_step(stage: str, done: int, total: int, info: str) -> None:
-            if stage == "epoch":
-                console.print(f"  epoch {done}/{total}: {info}")
+            if stage == "epoch":  # the training loop logs each epoch's scores
                 return
             if stage != last["stage"]:
                 console.print(f"[bold]{stage}[/]")

@@ -50,11 +50,8 @@ def unet(data_path: Path, out: Path, epochs: int, batch_size: int, lr: float, si
                       device=device, max_minutes=max_minutes, augment=AugmentConfig(enabled=not no_augment))
     with progress_bar("training") as update:
         def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-            if stage == "train":
+            if stage == "train":  # the training loop logs each epoch's scores itself
                 update(done, total, f"epoch {info['epoch']} loss {info['loss']:.3f}")
-            else:
-                console.print(f"epoch {done}/{total}: loss {info['loss']:.4f}, val Mask IoU "
-                              f"{info['val_mask_iou']:.4f}, Dice {info['val_dice']:.4f} ({info['seconds']:.1f}s)")
 
         result = train_unet(loaded.volumes, out, spec=spec, config=cfg, progress=on_progress)
     console.print(f"best checkpoint: {result.best_checkpoint} (val Mask IoU {result.best_metrics['mask_iou']:.4f}, "

@@ -221,6 +221,7 @@ def write_png_slices(
             if sl.dtype == bool:
                 sl = sl.astype(np.uint8) * (255 if scale_mask else 1)
             Image.fromarray(np.ascontiguousarray(sl)).save(tmp / f"{name}.png")
+        set_default_mode(tmp)
         if folder.exists():
             _remove_tree(folder)
         os.replace(tmp, folder)
@@ -237,6 +238,18 @@ def _remove_tree(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def set_default_mode(path: Path) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give outputs the usual umask-based mode."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
 
 
 @contextlib.contextmanager
@@ -256,6 +269,7 @@ def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ())
     tmp = Path(tmp_name)
     try:
         yield tmp
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

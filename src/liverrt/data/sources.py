@@ -23,12 +23,12 @@ import numpy as np
 from liverrt.data.io import (
     IMAGE_SUFFIXES,
     is_nifti,
+    list_slice_images,
     natural_key,
     read_nifti,
     read_nifti_volume,
     read_slice_folder,
     read_slice_image,
-    list_slice_images,
     strip_nifti_suffix,
 )
 from liverrt.data.volume import Volume

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liverrt.data.io import write_nifti, write_png_slices
+from liverrt.data.io import set_default_mode, write_nifti, write_png_slices
 from liverrt.data.preprocess import normalize
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
@@ -68,6 +68,7 @@ def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tup
                 img = normalize(volume.image[i], volume.intensity, view)
                 gt = volume.mask[i] if volume.mask is not None else None
                 save_png(overlay(img, seg.mask[i], gt), tmp / "overlays" / f"{names[i]}.png")
+        set_default_mode(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-3
+    schedule: str = "cosine"  # "cosine" (linear warm-up, cosine decay to 5% of lr) or "constant"
+    warmup_steps: int = 50
     weight_decay: float = 0.0
     bce_weight: float = 1.0
     val_fraction: float = 0.2
@@ -62,6 +65,23 @@ class TrainResult:
     history: list[dict]
     split: dict
     seconds: float
+
+
+def lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``step`` optimiser steps."""
+    if config.schedule not in ("cosine", "constant"):
+        raise InputError(f"schedule: got {config.schedule!r}, expected 'cosine' or 'constant'.")
+    warmup = min(config.warmup_steps, max(total_steps // 10, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+    return factor
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,6 +150,7 @@ def train_unet(
 
     n = len(train_set)
     steps = config.steps_per_epoch or max(1, n // config.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps * config.epochs))
     history: list[dict] = []
     best: dict = {"mask_iou": -1.0}
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
@@ -152,6 +173,7 @@ def train_unet(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             losses.append(float(loss.detach()))
             if progress:
                 progress("train", (epoch - 1) * steps + step + 1, total_steps, {"epoch": epoch, "loss": losses[-1]})
@@ -159,6 +181,7 @@ def train_unet(
         row = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
+            "lr": opt.param_groups[0]["lr"],
             "val_mask_iou": scores["mask_iou"],
             "val_dice": scores["dice"],
             "val_slice_mask_iou": scores["slice_mask_iou"],

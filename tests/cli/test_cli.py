@@ -1,0 +1,154 @@
+"""The command line: happy paths on tiny data, and every error path exits cleanly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_volume
+
+from liverrt.cli import cli
+from liverrt.data.io import write_nifti, write_png_slices
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_clean_error(result, code):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_version_and_help():
+    assert run("--version").exit_code == 0
+    out = run("--help").output
+    for cmd in ("demo", "train", "export", "infer", "eval", "bench", "data"):
+        assert cmd in out
+
+
+def test_synth_then_eval_of_truth_against_itself(tmp_path):
+    r = run("data", "synth", "--out", tmp_path / "ph", "--cases", 2, "--size", 64, "--slices", 6)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ph" / "phantom.json").is_file()
+    r = run("eval", "--pred", tmp_path / "ph", "--gt", tmp_path / "ph", "--json", tmp_path / "m.json")
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert len(data["cases"]) == 2 and data["mean"]["volume"]["mask_iou"] == 1.0
+    assert "| **mean** |" in r.output
+
+
+def test_infer_then_eval_end_to_end(tiny_onnx, tmp_path):
+    vol = make_volume(case_id="c1")
+    write_nifti(vol.image, vol.affine, tmp_path / "data" / "c1" / "image.nii.gz")
+    write_nifti(vol.mask, vol.affine, tmp_path / "data" / "c1" / "mask.nii.gz")
+    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "data", "--out", tmp_path / "pred",
+            "--batch-size", 4)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "pred" / "c1" / "mask.nii.gz").is_file()
+    assert len(list((tmp_path / "pred" / "c1" / "overlays").glob("*.png"))) >= 1
+    r = run("eval", "--pred", tmp_path / "pred", "--gt", tmp_path / "data")
+    assert r.exit_code == 0, r.output and "c1" in r.output
+
+
+def test_png_slice_folder_inference_writes_png_masks(tiny_onnx, tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (3, 40, 40), dtype=np.uint8)
+    write_png_slices(img, tmp_path / "slices", ("a1", "a2", "a10"))
+    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "slices", "--out", tmp_path / "pred",
+            "--format", "png")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "pred" / "slices" / "masks").iterdir()) == ["a1.png", "a10.png", "a2.png"]
+
+
+def test_missing_input_exits_2(tiny_onnx, tmp_path):
+    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "nope", "--out", tmp_path / "o")
+    assert_clean_error(r, 2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_folder_exits_2_without_output(tiny_onnx, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "empty", "--out", tmp_path / "o")
+    assert_clean_error(r, 2)
+    assert "No cases found" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_volume_exits_2_and_others_are_still_processed(tiny_onnx, tmp_path):
+    vol = make_volume(case_id="ok")
+    write_nifti(vol.image, vol.affine, tmp_path / "in" / "ok.nii.gz")
+    (tmp_path / "in" / "truncated.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "in", "--out", tmp_path / "o")
+    assert_clean_error(r, 2)
+    assert "truncated" in r.output
+    assert (tmp_path / "o" / "ok" / "mask.nii.gz").is_file()
+    assert not (tmp_path / "o" / "truncated").exists()
+
+
+def test_checkpoint_of_the_wrong_kind_exits_2(tmp_path):
+    torch.save({"format": "liverrt.checkpoint", "format_version": 1, "kind": "transformer",
+                "model_config": {}, "state_dict": {}, "preprocess": {}}, tmp_path / "odd.pt")
+    r = run("export", tmp_path / "odd.pt", "--out", tmp_path / "m.onnx")
+    assert_clean_error(r, 2)
+    assert "transformer" in r.output and "expected one of" in r.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_foreign_checkpoint_exits_2(tmp_path):
+    torch.save({"model": torch.zeros(2)}, tmp_path / "foreign.pt")
+    r = run("export", tmp_path / "foreign.pt", "--out", tmp_path / "m.onnx")
+    assert_clean_error(r, 2)
+    assert "not a liverrt checkpoint" in r.output
+
+
+def test_onnx_without_liverrt_metadata_exits_2(tmp_path):
+    torch.onnx.export(torch.nn.Conv2d(1, 1, 1), (torch.zeros(1, 1, 8, 8),), str(tmp_path / "plain.onnx"),
+                      dynamo=False)
+    write_nifti(make_volume().image, np.eye(4), tmp_path / "ct.nii.gz")
+    r = run("infer", "--model", tmp_path / "plain.onnx", "--input", tmp_path / "ct.nii.gz", "--out", tmp_path / "o")
+    assert_clean_error(r, 2)
+    assert "no liverrt metadata" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_engine_and_model_mismatch_exits_2(tiny_onnx, tmp_path):
+    write_nifti(make_volume().image, np.eye(4), tmp_path / "ct.nii.gz")
+    r = run("infer", "--engine", "torch", "--model", tiny_onnx, "--input", tmp_path / "ct.nii.gz",
+            "--out", tmp_path / "o")
+    assert_clean_error(r, 2)
+    assert "needs a .pt checkpoint" in r.output
+
+
+def test_eval_shape_mismatch_names_both_shapes(tmp_path):
+    a, b = make_volume(shape=(4, 16, 16)), make_volume(shape=(5, 16, 16))
+    write_nifti(a.mask, a.affine, tmp_path / "p.nii.gz")
+    write_nifti(b.mask, b.affine, tmp_path / "g.nii.gz")
+    r = run("eval", "--pred", tmp_path / "p.nii.gz", "--gt", tmp_path / "g.nii.gz")
+    assert_clean_error(r, 2)
+    assert "(4, 16, 16)" in r.output and "(5, 16, 16)" in r.output
+
+
+def test_train_cli_on_unlabelled_data_exits_2(tmp_path):
+    write_nifti(make_volume().image, np.eye(4), tmp_path / "d" / "a.nii.gz")
+    r = run("train", "unet", "--data", tmp_path / "d", "--out", tmp_path / "run", "--size", 32)
+    assert_clean_error(r, 2)
+    assert "no liver mask" in r.output
+
+
+@pytest.mark.slow
+def test_train_export_infer_eval_through_the_cli(tmp_path):
+    assert run("data", "synth", "--out", tmp_path / "ph", "--cases", 3, "--size", 64, "--slices", 8).exit_code == 0
+    r = run("train", "unet", "--data", tmp_path / "ph", "--out", tmp_path / "run", "--size", 32,
+            "--epochs", 1, "--batch-size", 4, "--val-fraction", 0.34)
+    assert r.exit_code == 0, r.output
+    ckpt = tmp_path / "run" / "best.pt"
+    r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify-data", tmp_path / "ph")
+    assert r.exit_code == 0, r.output and "PASSED" in r.output
+    for engine, model in (("torch", ckpt), ("onnxruntime", tmp_path / "m.onnx")):
+        r = run("infer", "--engine", engine, "--model", model, "--input", tmp_path / "ph",
+                "--out", tmp_path / engine)
+        assert r.exit_code == 0, r.output
+    r = run("eval", "--pred", tmp_path / "torch", "--gt", tmp_path / "onnxruntime")
+    assert r.exit_code == 0, r.output
