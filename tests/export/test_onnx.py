@@ -73,8 +73,22 @@ def test_compare_outputs_catches_nan_and_mask_flips():
     assert not compare_outputs(ref, nan, threshold=0.5, atol=1e-4, max_dice_delta=1e-3).passed
     flipped = ref.copy()
     flipped[1] = 0.1
-    rep = compare_outputs(ref, flipped, threshold=0.5, atol=1.0, max_dice_delta=1e-3)
-    assert not rep.passed and rep.max_dice_delta == 1.0 and rep.mismatched_pixels == 16
+    rep = compare_outputs(ref, flipped, threshold=0.5, atol=float("inf"), max_dice_delta=1e-3)  # metric-only gate
+    assert not rep.passed and rep.max_dice_delta == 1.0 and rep.decisive_mismatches == 16
+
+
+def test_flips_inside_the_tolerance_band_do_not_fail_parity():
+    # an untrained network sits at p ~ 0.5 everywhere: tiny numeric differences flip pixels,
+    # which is within tolerance, not an export error
+    ref = np.full((1, 1, 8, 8), 0.5, np.float32)
+    ref[..., :4] += 2e-7
+    cand = ref.copy()
+    cand[..., :4] -= 4e-7
+    rep = compare_outputs(ref, cand, threshold=0.5, atol=1e-4, max_dice_delta=1e-3)
+    assert rep.passed and rep.mismatched_pixels == 32 and rep.decisive_mismatches == 0
+    far = ref.copy()
+    far[..., :4] = 0.2  # decisive flips beyond atol fail
+    assert not compare_outputs(ref, far, threshold=0.5, atol=1e-4, max_dice_delta=1e-3).passed
 
 
 def test_export_refuses_bad_requests(tiny_checkpoint, tmp_path):

@@ -58,7 +58,7 @@ def test_augment_keeps_image_and_mask_aligned():
     x = torch.zeros(16, 1, 32, 32)
     x[:, :, 8:20, 6:16] = 1.0
     y = x.clone()
-    cfg = AugmentConfig(brightness=0, contrast=0, gamma=0)
+    cfg = AugmentConfig(flip_p=0.5, brightness=0, contrast=0, gamma=0)
     xa, ya = augment_batch(x, y, cfg, torch.Generator().manual_seed(0))
     assert xa.shape == x.shape and set(torch.unique(ya).tolist()) <= {0.0, 1.0}
     agree = ((xa >= 0.5) == (ya >= 0.5)).float().mean()

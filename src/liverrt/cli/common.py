@@ -24,7 +24,7 @@ any_path = click.Path(path_type=Path)
 
 
 def seed_option(f):
-    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed (reproducible runs).")(f)
+    return click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed (reproducible runs).")(f)
 
 
 @contextmanager

@@ -25,9 +25,8 @@ def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, forma
     """Segment the liver in every case of INPUT."""
     from liverrt.runtime.infer import run_inference
 
-    fmts = tuple(formats) or ("nifti", "png")
-    report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=fmts, overlays=overlays,
-                           on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+    report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=tuple(formats) or None,
+                           overlays=overlays, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for c in report.cases:
         vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""

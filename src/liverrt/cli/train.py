@@ -29,10 +29,12 @@ def train() -> None:
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of cases for validation.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-augment", is_flag=True, help="Disable augmentations.")
+@click.option("--flip-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Left-right flip probability (off: volumes are reoriented so the liver is on the image left).")
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this time budget.")
 @seed_option
 def unet(data_path: Path, out: Path, epochs: int, batch_size: int, lr: float, size: int, resize: str,
-         window: tuple[float, float], val_fraction: float, device: str, no_augment: bool,
+         window: tuple[float, float], val_fraction: float, device: str, no_augment: bool, flip_p: float,
          max_minutes: float | None, seed: int) -> None:
     """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
     from liverrt.data.preprocess import PreprocessSpec
@@ -47,7 +49,7 @@ def unet(data_path: Path, out: Path, epochs: int, batch_size: int, lr: float, si
     spec = PreprocessSpec(window_center=window[0], window_width=window[1], size=size, resize=resize,
                           input_domain=domain)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                      device=device, max_minutes=max_minutes, augment=AugmentConfig(enabled=not no_augment))
+                      device=device, max_minutes=max_minutes, augment=AugmentConfig(enabled=not no_augment, flip_p=flip_p))
     with progress_bar("training") as update:
         def on_progress(stage: str, done: int, total: int, info: dict) -> None:
             if stage == "train":  # the training loop logs each epoch's scores itself

@@ -19,6 +19,7 @@ class ParityReport:
     mean_abs_diff: float
     max_dice_delta: float
     mismatched_pixels: int
+    decisive_mismatches: int
     atol: float
     max_dice_delta_allowed: float
     passed: bool
@@ -26,7 +27,8 @@ class ParityReport:
     def summary(self) -> str:
         return (
             f"{self.n_slices} slices, max |Δprob| {self.max_abs_diff:.2e}, mean {self.mean_abs_diff:.2e}, "
-            f"max |ΔDice| {self.max_dice_delta:.2e}, {self.mismatched_pixels} mask pixels differ"
+            f"max |ΔDice| {self.max_dice_delta:.2e}, {self.mismatched_pixels} mask pixels differ "
+            f"({self.decisive_mismatches} farther than atol from the threshold)"
         )
 
     def to_dict(self) -> dict:
@@ -63,11 +65,20 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def compare_outputs(
     reference: np.ndarray, candidate: np.ndarray, *, threshold: float, atol: float, max_dice_delta: float
 ) -> ParityReport:
-    """Compare two (N, 1, S, S) probability stacks: |Δprob| and per-slice Dice of the thresholded masks
-    against the reference's own mask (ΔDice = 1 - Dice(ref mask, candidate mask))."""
+    """Compare two (N, 1, S, S) probability stacks.
+
+    Passes when every probability is finite and within ``atol`` of the reference
+    and, per slice, ΔDice = 1 - Dice(reference mask, candidate mask) <= ``max_dice_delta``.
+    Pixels whose reference probability lies within ``atol`` of the threshold are
+    undecided: a flip there is within tolerance by definition, so they take the
+    reference's label for the Dice comparison (they are still counted in
+    ``mismatched_pixels``). With ``atol=inf`` the gate is purely metric-based.
+    """
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     ref_mask, cand_mask = reference >= threshold, candidate >= threshold
-    deltas = [1.0 - _dice(r, c) for r, c in zip(ref_mask, cand_mask, strict=True)]
+    undecided = np.abs(reference.astype(np.float64) - threshold) <= (atol if np.isfinite(atol) else 0.0)
+    decided_cand = np.where(undecided, ref_mask, cand_mask)
+    deltas = [1.0 - _dice(r, c) for r, c in zip(ref_mask, decided_cand, strict=True)]
     max_abs = float(diff.max()) if diff.size else 0.0
     max_dd = float(max(deltas)) if deltas else 0.0
     finite = bool(np.isfinite(candidate).all())
@@ -77,6 +88,7 @@ def compare_outputs(
         mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
         max_dice_delta=max_dd,
         mismatched_pixels=int((ref_mask != cand_mask).sum()),
+        decisive_mismatches=int((ref_mask != decided_cand).sum()),
         atol=atol,
         max_dice_delta_allowed=max_dice_delta,
         passed=finite and max_abs <= atol and max_dd <= max_dice_delta,

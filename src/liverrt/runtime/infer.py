@@ -39,17 +39,19 @@ def run_inference(
     *,
     engine: str = "onnxruntime",
     batch_size: int = 8,
-    formats: tuple[str, ...] = ("nifti",),
+    formats: tuple[str, ...] | None = None,
     overlays: int = 4,
     engine_options: dict | None = None,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> InferReport:
     """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
 
+    ``formats`` defaults per case: NIfTI for HU volumes, PNG masks for 8-bit slice folders.
+
     A case that cannot be read or segmented is reported in ``skipped`` and the
     others still run; nothing partial is left for it.
     """
-    bad = [f for f in formats if f not in FORMATS]
+    bad = [f for f in formats or () if f not in FORMATS]
     if bad:
         raise InputError(f"Output formats {bad}: expected a subset of {FORMATS}.")
     out = Path(out)
@@ -71,7 +73,8 @@ def run_inference(
             try:
                 volume = load_case(ref)
                 result = seg.segment(volume)
-                write_case(volume, result, out, formats=formats, overlays=overlays)
+                fmts = formats or (("nifti",) if volume.intensity == "hu" else ("png",))
+                write_case(volume, result, out, formats=fmts, overlays=overlays)
             except InputError as exc:
                 log.warning("skipped %s: %s", ref.image, exc)
                 report.skipped.append({"id": ref.case_id, "source": str(ref.image), "reason": str(exc)})

@@ -11,10 +11,16 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Probabilities and ranges; ``AugmentConfig(enabled=False)`` turns everything off."""
+    """Probabilities and ranges; ``AugmentConfig(enabled=False)`` turns everything off.
+
+    The left-right flip is off by default: every volume is reoriented to the
+    radiological display (liver on the image left), and mirrored training slices
+    teach the network to accept a liver on the right, i.e. to confuse it with the
+    spleen. Turn it on (``flip_p``) for data whose orientation is unknown.
+    """
 
     enabled: bool = True
-    flip_p: float = 0.5          # left-right flip
+    flip_p: float = 0.0          # left-right flip probability
     rotate_deg: float = 10.0     # uniform in [-rotate_deg, rotate_deg]
     scale: float = 0.1           # uniform in [1 - scale, 1 + scale]
     affine_p: float = 0.8
