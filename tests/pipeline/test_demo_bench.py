@@ -1,0 +1,45 @@
+"""The demo and the bench, on a miniature budget: every promised file is written."""
+
+import json
+
+import pytest
+
+from liverrt.bench import markdown_report, run_bench
+from liverrt.demo import DemoConfig, run_demo
+from liverrt.errors import InputError
+
+
+@pytest.mark.slow
+def test_demo_writes_report_metrics_model_checkpoint_and_overlays(tmp_path):
+    cfg = DemoConfig(cases=4, test_cases=1, val_cases=1, phantom_size=64, phantom_slices=8, train_size=32,
+                     epochs=1, min_iou=0.0)
+    result = run_demo(tmp_path, cfg)
+    for name in ("report.md", "metrics.json", "model.onnx", "train/best.pt", "train/curves.png",
+                 "train/train_log.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "overlays").glob("*.png"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["held_out_cases"] == ["phantom_003"]
+    assert [c["id"] for c in metrics["evaluation"]["cases"]] == ["phantom_003"]
+    assert metrics["export"]["parity"]["passed"]
+    assert not set(metrics["training"]["split"]["train"]) & {"phantom_002", "phantom_003"}
+    report = (tmp_path / "report.md").read_text()
+    assert "not a substitute for real CT" in report and "reduced input size of 32x32" in report
+    assert result.passed
+
+
+def test_demo_refuses_too_few_cases(tmp_path):
+    with pytest.raises(InputError, match="cannot hold"):
+        run_demo(tmp_path, DemoConfig(cases=3, test_cases=2, val_cases=1))
+
+
+@pytest.mark.slow
+def test_bench_reports_both_engines_and_ratios(tmp_path, tiny_checkpoint):
+    results = run_bench(tmp_path, quick=True, model=tiny_checkpoint, batch_sizes=(1, 2))
+    engines = {(r["engine"], r["batch"]) for r in results["rows"]}
+    assert engines == {("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
+    assert all(r["slice_ms_median"] > 0 and r["slices_per_s"] > 0 for r in results["rows"])
+    assert set(results["speedup_onnxruntime_over_torch"]) == {"batch_1", "batch_2"}
+    assert results["machine"]["cores"] >= 1 and results["machine"]["versions"]["torch"]
+    assert (tmp_path / "report.md").read_text() == markdown_report(results)
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
