@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_volume
+from liverrt_test_helpers import make_volume
 
 from liverrt.cli import cli
 from liverrt.data.io import write_nifti, write_png_slices

@@ -1,7 +1,7 @@
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, make_volume
+from liverrt_test_helpers import SHARED_DATA, make_volume
 from PIL import Image
 
 from liverrt.data.io import (

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import make_volume, tiny_unet
+from liverrt_test_helpers import make_volume, tiny_unet
 
 from liverrt.artifact import artifact_info
 from liverrt.errors import ArtifactError, ExportError, InputError

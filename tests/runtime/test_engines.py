@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_unet
+from liverrt_test_helpers import tiny_unet
 
 from liverrt.errors import ArtifactError, InputError, LiverrtError
 from liverrt.runtime import engine_names, open_engine

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import make_volume
+from liverrt_test_helpers import make_volume
 
 from liverrt.data.io import read_nifti, write_nifti
 from liverrt.errors import InputError

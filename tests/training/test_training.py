@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_volume, tiny_unet
+from liverrt_test_helpers import make_volume, tiny_unet
 
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
