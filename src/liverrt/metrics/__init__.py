@@ -1,76 +1,103 @@
-"""Segmentation metrics (first version: overlap scores).
+"""Segmentation metrics, surface distances and mask post-processing.
 
-Masks are bool (or 0/1 uint8) arrays of shape ``(H, W)`` or ``(D, H, W)``;
-prediction and ground truth must have the same shape (never broadcast).
+Masks are bool (or 0/1 integer) arrays of shape ``(H, W)`` or ``(D, H, W)``;
+prediction P and ground truth G must have the same shape (never broadcast).
+Bad input raises :class:`liverrt.errors.InputError`. The heavy lifting is done
+by the Numba kernels in :mod:`liverrt.kernels`.
 
-* ``mask_iou`` = |P∩G| / |P∪G|, 1.0 when both are empty;
-* ``dice`` = 2|P∩G| / (|P| + |G|), 1.0 when both are empty.
+Definitions (details and empty-mask values in each module's docstring):
+
+* overlap (:mod:`.overlap`, over all voxels): ``mask_iou`` = |P∩G|/|P∪G|,
+  ``dice`` = 2|P∩G|/(|P|+|G|), ``f_measure`` = pixel F1 (= Dice; the study's
+  "F-measure" column), each 1.0 when both are empty; ``ravd`` =
+  |ΣG − ΣP|/ΣG × 100, 0 when both are empty, inf when only G is;
+* per slice (:mod:`.boundary`; 3D input → mean over slices where P or G is
+  non-empty): ``boundary_iou`` (band width d = max(1, round(0.02 × diag))),
+  ``trimap_iou`` (band of chessboard width d around G's 4-contour),
+  ``boundary_f`` (DAVIS, τ = max(1, ceil(0.008 × diag)));
+* surface distances in mm (:mod:`.surface`, CHAOS surfaces, explicit
+  ``spacing``): ``assd``, ``mssd``, ``hd95``; 0 both empty, inf one empty;
+* post-processing (:mod:`.postprocess`): ``label``, ``largest_components``,
+  ``fill_holes``;
+* :class:`MetricAccumulator` for datasets (``update`` / ``compute`` / ``reset``).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from liverrt.metrics._validate import as_mask
+from liverrt.metrics.accumulator import VOLUME_METRICS, MetricAccumulator, reduce_mean
+from liverrt.metrics.boundary import (
+    SLICE_COUNT_FIELDS,
+    SLICE_SCORES,
+    band_width,
+    boundary_band,
+    boundary_f,
+    boundary_iou,
+    boundary_tolerance,
+    contour,
+    slice_counts,
+    slice_mean,
+    slice_metrics,
+    slice_scores,
+    table6_scores,
+    trimap_iou,
+)
+from liverrt.metrics.overlap import (
+    dice,
+    dice_from_counts,
+    f_measure,
+    iou_from_counts,
+    mask_iou,
+    overlap_counts,
+    per_slice_counts,
+    ravd,
+    ravd_from_counts,
+)
+from liverrt.metrics.postprocess import fill_holes, label, largest_components
+from liverrt.metrics.surface import (
+    SurfaceDistances,
+    assd,
+    hd95,
+    mssd,
+    surface,
+    surface_distances,
+)
 
-from liverrt.errors import InputError
-
-__all__ = ["as_mask", "mask_iou", "dice", "overlap_counts", "per_slice_counts"]
-
-
-def as_mask(arr: np.ndarray, name: str) -> np.ndarray:
-    """Validate a binary mask and return it as bool (no copy for bool input)."""
-    arr = np.asarray(arr)
-    if arr.dtype == bool:
-        return arr
-    if arr.dtype.kind not in "uif":
-        raise InputError(f"{name}: got dtype {arr.dtype}, expected a bool or 0/1 integer mask.")
-    if arr.size and not np.isin(arr, (0, 1)).all():
-        values = np.unique(arr)[:5]
-        raise InputError(f"{name}: got values {values.tolist()}..., expected a binary mask of 0/1.")
-    return arr.astype(bool)
-
-
-def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p, g = as_mask(pred, "pred"), as_mask(gt, "gt")
-    if p.shape != g.shape:
-        raise InputError(f"Shape mismatch: pred {p.shape} vs gt {g.shape}; expected equal shapes.")
-    if p.ndim not in (2, 3):
-        raise InputError(f"pred/gt: got {p.ndim} dimensions, expected (H, W) or (D, H, W).")
-    return p, g
-
-
-def overlap_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
-    """``(tp, fp, fn)`` voxel counts of a prediction against the ground truth."""
-    p, g = _check_pair(pred, gt)
-    tp = int(np.count_nonzero(p & g))
-    return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(g)) - tp
-
-
-def per_slice_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """``(D, 3)`` int64 array of per-slice ``(tp, fp, fn)`` for ``(D, H, W)`` masks."""
-    p, g = _check_pair(pred, gt)
-    if p.ndim != 3:
-        raise InputError(f"per_slice_counts: got shape {p.shape}, expected (D, H, W).")
-    tp = np.count_nonzero(p & g, axis=(1, 2))
-    fp = np.count_nonzero(p, axis=(1, 2)) - tp
-    fn = np.count_nonzero(g, axis=(1, 2)) - tp
-    return np.stack([tp, fp, fn], axis=1).astype(np.int64)
-
-
-def iou_from_counts(tp: float, fp: float, fn: float) -> float:
-    union = tp + fp + fn
-    return 1.0 if union == 0 else tp / union
-
-
-def dice_from_counts(tp: float, fp: float, fn: float) -> float:
-    denom = 2 * tp + fp + fn
-    return 1.0 if denom == 0 else 2 * tp / denom
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """|P∩G| / |P∪G| over all voxels; 1.0 when both masks are empty."""
-    return iou_from_counts(*overlap_counts(pred, gt))
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """2|P∩G| / (|P|+|G|) over all voxels; 1.0 when both masks are empty."""
-    return dice_from_counts(*overlap_counts(pred, gt))
+__all__ = [
+    "SLICE_COUNT_FIELDS",
+    "SLICE_SCORES",
+    "VOLUME_METRICS",
+    "MetricAccumulator",
+    "SurfaceDistances",
+    "as_mask",
+    "assd",
+    "band_width",
+    "boundary_band",
+    "boundary_f",
+    "boundary_iou",
+    "boundary_tolerance",
+    "contour",
+    "dice",
+    "dice_from_counts",
+    "f_measure",
+    "fill_holes",
+    "hd95",
+    "iou_from_counts",
+    "label",
+    "largest_components",
+    "mask_iou",
+    "mssd",
+    "overlap_counts",
+    "per_slice_counts",
+    "ravd",
+    "ravd_from_counts",
+    "reduce_mean",
+    "slice_counts",
+    "slice_mean",
+    "slice_metrics",
+    "slice_scores",
+    "surface",
+    "surface_distances",
+    "table6_scores",
+    "trimap_iou",
+]
