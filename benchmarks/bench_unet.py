@@ -1,8 +1,4 @@
-"""U-Net engine latency: torch eager vs onnxruntime, per slice, batch 1 and 8.
-
-Run: ``python benchmarks/bench_unet.py [--full] [--out DIR]`` (same as ``liverrt bench``).
-Prints the Markdown report; ratios are measured in one run on this machine.
-"""
+"""U-Net engine latency (torch eager vs onnxruntime): ``python benchmarks/bench_unet.py [--full] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="more repeats")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    print(markdown_report(run_bench(args.out, quick=not args.full)))
+    print(markdown_report(run_bench(args.out, quick=not args.full, sections=("engines",))))
 
 
 if __name__ == "__main__":

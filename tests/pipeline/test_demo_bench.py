@@ -35,11 +35,13 @@ def test_demo_refuses_too_few_cases(tmp_path):
 
 @pytest.mark.slow
 def test_bench_reports_both_engines_and_ratios(tmp_path, tiny_checkpoint):
-    results = run_bench(tmp_path, quick=True, model=tiny_checkpoint, batch_sizes=(1, 2))
+    full = run_bench(tmp_path, quick=True, model=tiny_checkpoint, batch_sizes=(1, 2), sections=("engines",))
+    results = full["engines"]
     engines = {(r["engine"], r["batch"]) for r in results["rows"]}
     assert engines == {("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
     assert all(r["slice_ms_median"] > 0 and r["slices_per_s"] > 0 for r in results["rows"])
     assert set(results["speedup_onnxruntime_over_torch"]) == {"batch_1", "batch_2"}
     assert results["machine"]["cores"] >= 1 and results["machine"]["versions"]["torch"]
-    assert (tmp_path / "report.md").read_text() == markdown_report(results)
-    assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
+    assert (tmp_path / "report.md").read_text() == markdown_report(full)
+    assert "## U-Net engines" in markdown_report(full)
+    assert json.loads((tmp_path / "results.json").read_text())["engines"]["rows"] == results["rows"]

@@ -14,9 +14,13 @@ from liverrt.cli.common import any_path, console, existing_path
 @click.option("--out", type=any_path, default=Path("bench_out"), show_default=True)
 @click.option("--model", type=existing_path, default=None,
               help="A U-Net checkpoint to time (default: the study's U-Net with random weights).")
-def bench(quick: bool, out: Path, model: Path | None) -> None:
-    """Time the U-Net per slice: torch eager vs onnxruntime, batch 1 and 8; prints a Markdown report."""
-    from liverrt.bench import run_bench
+@click.option("--only", type=click.Choice(["engines", "metrics"]), multiple=True,
+              help="Run only these sections (repeatable; default: all).")
+def bench(quick: bool, out: Path, model: Path | None, only: tuple[str, ...]) -> None:
+    """Measure the U-Net engines (torch vs onnxruntime, batch 1 and 8) and the metric kernels
+    (vs SciPy references); prints a Markdown report and writes report.md and results.json."""
+    from liverrt.bench import SECTIONS, run_bench
 
-    run_bench(out, quick=quick, model=model, on_step=lambda s: console.print(f"[dim]bench:[/] {s}"))
+    run_bench(out, quick=quick, model=model, sections=tuple(only) or SECTIONS,
+              on_step=lambda s: console.print(f"[dim]bench:[/] {s}"))
     click.echo((out / "report.md").read_text())

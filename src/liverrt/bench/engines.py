@@ -1,4 +1,4 @@
-"""``liverrt bench``: per-slice U-Net latency, torch eager vs onnxruntime, measured in one run.
+"""U-Net engine latency per slice, torch eager vs onnxruntime, measured in one run.
 
 Every number is measured here, on the same preprocessed phantom slices (not
 random tensors), after warm-up: median and p95 over repeats, per batch and
@@ -8,7 +8,6 @@ and library versions. The results are not assertions; they are reported.
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liverrt.data.io import write_text_atomic
+from liverrt.bench.timing import time_call
 from liverrt.machine import machine_info
 
 log = logging.getLogger(__name__)
@@ -26,18 +25,6 @@ log = logging.getLogger(__name__)
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-def time_call(fn: Callable[[], object], *, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Path]:
@@ -68,9 +55,9 @@ def _slices(size: int, n: int) -> np.ndarray:
     return x
 
 
-def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None = None,
-              batch_sizes: tuple[int, ...] = (1, 8), on_step: Callable[[str], None] | None = None) -> dict:
-    """Measure the U-Net engines; writes ``report.md`` and ``results.json`` to ``out`` when given."""
+def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: tuple[int, ...] = (1, 8),
+                on_step: Callable[[str], None] | None = None) -> dict:
+    """Measure the U-Net engines; returns the results dict (see :func:`markdown_report`)."""
     from liverrt.artifact import artifact_info
     from liverrt.runtime import open_engine
 
@@ -105,7 +92,7 @@ def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None
         f"batch_{bs}": by[("torch", bs)]["slice_ms_median"] / by[("onnxruntime", bs)]["slice_ms_median"]
         for bs in batch_sizes
     }
-    results = {
+    return {
         "benchmark": "unet_engines",
         "model": "unet_paper (1,940,817 parameters)" if model is None else str(model),
         "input": f"(N, 1, {size}, {size}) float32, preprocessed phantom slices",
@@ -115,17 +102,12 @@ def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None
         "speedup_onnxruntime_over_torch": ratios,
         "machine": machine_info(),
     }
-    if out is not None:
-        out = Path(out)
-        write_text_atomic(json.dumps(results, indent=2), out / "results.json")
-        write_text_atomic(markdown_report(results), out / "report.md")
-    return results
 
 
 def markdown_report(results: dict) -> str:
     m = results["machine"]
     lines = [
-        "# liverrt benchmark: U-Net engines",
+        "## U-Net engines",
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),

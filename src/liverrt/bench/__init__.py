@@ -1,0 +1,58 @@
+"""``liverrt bench``: measured, not asserted.
+
+Sections (each measured in one run, on this machine, with the hardware named):
+
+* ``engines``: per-slice U-Net latency, torch eager vs onnxruntime, batch 1 and 8;
+* ``metrics``: the Numba metric kernels vs naive SciPy references, and their
+  first-call compile times.
+
+``run_bench`` writes ``report.md`` (Markdown) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from liverrt.data.io import write_text_atomic
+from liverrt.errors import InputError
+
+SECTIONS = ("engines", "metrics")
+
+
+def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None = None,
+              sections: tuple[str, ...] = SECTIONS, batch_sizes: tuple[int, ...] = (1, 8),
+              on_step: Callable[[str], None] | None = None) -> dict:
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise InputError(f"Unknown bench sections {unknown}; expected a subset of {SECTIONS}.")
+    results: dict = {"quick": quick}
+    if "engines" in sections:
+        from liverrt.bench.engines import run_engines
+
+        results["engines"] = run_engines(quick=quick, model=model, batch_sizes=batch_sizes, on_step=on_step)
+    if "metrics" in sections:
+        from liverrt.bench import metrics
+
+        if on_step:
+            on_step("metric kernels vs SciPy references (and Numba compile times)")
+        results["metrics"] = metrics.run(quick)
+    if out is not None:
+        out = Path(out)
+        write_text_atomic(json.dumps(results, indent=2), out / "results.json")
+        write_text_atomic(markdown_report(results), out / "report.md")
+    return results
+
+
+def markdown_report(results: dict) -> str:
+    parts = [f"# liverrt benchmark report ({'quick' if results['quick'] else 'full'})", ""]
+    if "engines" in results:
+        from liverrt.bench.engines import markdown_report as engines_md
+
+        parts.append(engines_md(results["engines"]))
+    if "metrics" in results:
+        from liverrt.bench.metrics import to_markdown
+
+        parts += ["## Metric kernels (Numba) vs naive SciPy references", "", to_markdown(results["metrics"]), ""]
+    return "\n".join(parts)
