@@ -158,8 +158,13 @@ def _overlays(test, pred_dir: Path, out: Path) -> None:
 def _report(p: dict, exported, result) -> str:
     cfg = p["config"]
     ev = p["evaluation"]
+    def fmt(v, spec=".4f"):
+        return "inf" if v is None else format(v, spec)
+
     rows = "\n".join(
-        f"| {c['id']} | {c['volume']['mask_iou']:.4f} | {c['volume']['dice']:.4f} | {c['slices']['mask_iou']:.4f} | {c['slices']['n']} |"
+        f"| {c['id']} | {fmt(c['volume']['mask_iou'])} | {fmt(c['volume']['dice'])} | {fmt(c['volume']['hd95'], '.2f')} "
+        f"| {fmt(c['slices']['mask_iou'])} | {fmt(c['slices']['trimap_iou'])} | {fmt(c['slices']['boundary_iou'])} "
+        f"| {fmt(c['slices']['boundary_f'])} | {c['slices']['n']} |"
         for c in ev["cases"]
     )
     st = p["stage_seconds"]
@@ -186,14 +191,15 @@ def _report(p: dict, exported, result) -> str:
 | train | {len(result.history)} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']}, Dice + BCE, augmentations; best epoch {result.best_metrics['epoch']} (val Mask IoU {result.best_metrics['mask_iou']:.4f}) | {st['train']:.1f} |
 | export | ONNX opset {exported.opset}, dynamic batch; parity vs PyTorch on validation slices: {exported.parity.summary()} | {st['export']:.1f} |
 | inference | onnxruntime (CPU) on the held-out volumes | {st['inference']:.1f} |
-| eval | Mask IoU / Dice per volume and per slice | {st['eval']:.1f} |
+| eval | `liverrt eval` metric set (volume overlap and surface distances, per-slice Table-6 metrics) | {st['eval']:.1f} |
 
 ## Held-out cases
-| case | Mask IoU (volume) | Dice (volume) | Mask IoU (slice mean) | slices scored |
-|---|---|---|---|---|
+| case | Mask IoU (volume) | Dice (volume) | HD95 mm | Mask IoU (slices) | Trimap IoU | Boundary IoU | boundary F | slices scored |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
-Slice means cover slices where prediction or truth holds liver.
+Slice columns are means over slices where prediction or truth holds liver (the study's Table 6
+metrics are per slice); HD95 uses the phantom's voxel spacing. `liverrt eval` gives the full set.
 
 ## Files
 - `model.onnx`: the exported model (PreprocessSpec in its metadata)

@@ -1,91 +1,171 @@
-"""Compare predicted masks with ground truth, case by case (``liverrt eval``).
+"""Compare predicted liver masks with the ground truth, case by case (``liverrt eval``).
 
-Predictions and ground truth are NIfTI masks, PNG mask folders, case folders
+Predictions and ground truth are NIfTI masks (label > 0 is liver), PNG/JPG
+mask folders (natural sort order; one folder is one volume), case folders
 holding either, or roots of such case folders; cases are matched by name.
-JSON layout::
 
-    {"cases": [{"id", "volume": {"dice", "mask_iou"}, "slices": {"mask_iou", "dice", "n"}}],
-     "mean": {"volume": {...}, "slices": {...}}, "unmatched": {...}}
+Distances need the voxel spacing in mm, taken from, in this order: an explicit
+``spacing``; the geometry of ``like`` (a NIfTI file, or a DICOM series folder);
+the ground truth's NIfTI header; the prediction's NIfTI header. PNG masks have
+no geometry: without ``spacing``/``like`` their distances are in pixels, and
+the report says so.
+
+JSON layout (see :class:`liverrt.metrics.MetricAccumulator` for definitions)::
+
+    {"spacing_source": ..., "cases": [{"id", "pred", "gt", "spacing_mm",
+       "volume": {dice, mask_iou, ravd, assd, mssd, hd95},
+       "slices": {mask_iou, dice, f_measure, boundary_iou, trimap_iou, boundary_f, n}}],
+     "mean": {"volume": {...}, "slices": {...}}, "excluded": {...}, "unmatched": {...}}
 
 Slice metrics are averaged over slices where prediction or truth is non-empty.
+Infinite distances (exactly one mask empty) are written as ``null`` and listed
+with their reason in ``excluded``; means leave them out.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
-import numpy as np
-
+from liverrt.data.io import atomic_path, is_nifti, nifti_spacing
 from liverrt.data.sources import find_masks, read_mask
 from liverrt.errors import InputError
-from liverrt.metrics import dice_from_counts, iou_from_counts, overlap_counts, per_slice_counts
+from liverrt.metrics import SLICE_SCORES, VOLUME_METRICS, MetricAccumulator
+
+Spacing = tuple[float, float, float]
 
 
-def case_metrics(pred: np.ndarray, gt: np.ndarray) -> dict:
-    if pred.shape != gt.shape:
-        raise InputError(f"Shape mismatch: pred {pred.shape} vs gt {gt.shape}; expected equal shapes.")
-    tp, fp, fn = overlap_counts(pred, gt)
-    counts = per_slice_counts(pred, gt)
-    nz = counts.sum(axis=1) > 0
-    s_iou = [iou_from_counts(*c) for c in counts[nz]]
-    s_dice = [dice_from_counts(*c) for c in counts[nz]]
-    return {
-        "volume": {"dice": dice_from_counts(tp, fp, fn), "mask_iou": iou_from_counts(tp, fp, fn)},
-        "slices": {
-            "mask_iou": float(np.mean(s_iou)) if s_iou else 1.0,
-            "dice": float(np.mean(s_dice)) if s_dice else 1.0,
-            "n": int(nz.sum()),
-        },
-    }
+def spacing_like(ref: Path) -> Spacing:
+    """``(dz, dy, dx)`` of a NIfTI file or a DICOM series folder."""
+    ref = Path(ref)
+    if is_nifti(ref):
+        return nifti_spacing(ref)
+    if ref.is_dir():
+        from liverrt.data.dicom import series_spacing
+
+        return series_spacing(ref)
+    raise InputError(f"--like {ref}: expected a NIfTI file or a DICOM series folder.")
 
 
-def _nanmean(values: list[float]) -> float | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
+def check_spacing(spacing: tuple[float, ...]) -> Spacing:
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise InputError(f"spacing: got {spacing}, expected three positive numbers Z,Y,X in mm.")
+    return values  # type: ignore[return-value]
 
 
-def evaluate(pred: Path, gt: Path) -> dict:
-    """Match cases by name and compute per-case and mean metrics."""
+def _pairs(pred: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], dict[str, list[str]]]:
     preds, gts = find_masks(pred), find_masks(gt)
-    single = len(preds) == 1 and len(gts) == 1  # one volume against one volume: names need not match
-    if single:
+    if len(preds) == 1 and len(gts) == 1:  # one volume against one volume: names need not match
         (gid, gpath), ppath = next(iter(gts.items())), next(iter(preds.values()))
-        pairs = [(gid, ppath, gpath)]
-    else:
-        pairs = [(cid, preds[cid], gts[cid]) for cid in gts if cid in preds]
+        return [(gid, ppath, gpath)], {"pred": [], "gt": []}
+    pairs = [(cid, preds[cid], gts[cid]) for cid in gts if cid in preds]
     if not pairs:
         raise InputError(
             f"No case names match between {pred} ({sorted(preds)[:5]}) and {gt} ({sorted(gts)[:5]}); "
             "expected the same case folder or file names."
         )
-    cases = []
+    return pairs, {"pred": sorted(set(preds) - set(gts)), "gt": sorted(set(gts) - set(preds))}
+
+
+def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, like: Path | None = None,
+             csv_path: Path | None = None, surface: bool = True) -> dict:
+    """Score every matched case; optionally write one CSV row per slice to ``csv_path``."""
+    if spacing is not None and like is not None:
+        raise InputError("Give either spacing or like, not both.")
+    fixed, source = None, None
+    if spacing is not None:
+        fixed, source = check_spacing(spacing), "given"
+    elif like is not None:
+        fixed, source = spacing_like(like), f"like {like}"
+    pairs, unmatched = _pairs(pred, gt)
+    acc = MetricAccumulator(surface=surface)
+    cases, sources = [], set()
     for cid, ppath, gpath in pairs:
         p, g = read_mask(ppath, cid), read_mask(gpath, cid)
         if p.mask.shape != g.mask.shape:
             raise InputError(
                 f"Case {cid}: prediction {ppath} has shape {p.mask.shape}, ground truth {gpath} has "
-                f"{g.mask.shape}; expected equal shapes (D, H, W)."
+                f"{g.mask.shape}; expected equal shapes (D, H, W), i.e. the same slice count and size."
             )
-        cases.append({"id": cid, "pred": str(ppath), "gt": str(gpath), **case_metrics(p.mask, g.mask)})
-    mean = {
-        group: {k: _nanmean([c[group][k] for c in cases]) for k in cases[0][group] if k != "n"}
-        for group in ("volume", "slices")
-    }
-    return {
+        case_spacing, case_source = fixed, source
+        if case_spacing is None:
+            for name, header in (("ground-truth header", g.spacing), ("prediction header", p.spacing)):
+                if header is not None:
+                    case_spacing, case_source = header, name
+                    break
+            else:
+                case_spacing, case_source = (1.0, 1.0, 1.0), "none: distances in pixels"
+        sources.add(case_source)
+        acc.update(cid, p.mask, g.mask, case_spacing)
+        cases.append({"id": cid, "pred": str(ppath), "gt": str(gpath), "spacing_mm": list(case_spacing)})
+    scores = acc.compute()
+    for case in cases:
+        case.update(scores["cases"][case["id"]])
+    if csv_path is not None:
+        write_slice_csv(scores["slices"], csv_path)
+    return _json_safe({
+        "spacing_source": sorted(sources)[0] if len(sources) == 1 else sorted(sources),
         "cases": cases,
-        "mean": mean,
-        "unmatched": {"pred": [] if single else sorted(set(preds) - set(gts)),
-                      "gt": [] if single else sorted(set(gts) - set(preds))},
-    }
+        "mean": {"volume": scores["mean"]["volume"], "slices": scores["mean"]["slices"]},
+        "excluded": scores["excluded"],
+        "unmatched": unmatched,
+    })
+
+
+def write_slice_csv(rows: list[dict], path: Path) -> Path:
+    fields = ["case_id", "slice", "counted", *SLICE_SCORES]
+    with atomic_path(Path(path), suffix=".csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in fields} for r in rows)
+    return Path(path)
+
+
+def _json_safe(obj):
+    """inf/NaN -> None (JSON has neither); the reasons are kept in ``excluded``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+_COLUMNS = (
+    ("Dice", "volume", "dice", "{:.4f}"),
+    ("Mask IoU", "volume", "mask_iou", "{:.4f}"),
+    ("RAVD %", "volume", "ravd", "{:.2f}"),
+    ("ASSD mm", "volume", "assd", "{:.2f}"),
+    ("HD95 mm", "volume", "hd95", "{:.2f}"),
+    ("Mask IoU (sl)", "slices", "mask_iou", "{:.4f}"),
+    ("Trimap IoU (sl)", "slices", "trimap_iou", "{:.4f}"),
+    ("Boundary IoU (sl)", "slices", "boundary_iou", "{:.4f}"),
+    ("F-measure (sl)", "slices", "f_measure", "{:.4f}"),
+    ("boundary F (sl)", "slices", "boundary_f", "{:.4f}"),
+)
+
+
+def _cell(value, fmt: str) -> str:
+    return "inf/n.a." if value is None else fmt.format(value)
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| case | Dice (vol) | Mask IoU (vol) | Mask IoU (slice mean) | slices |", "|---|---|---|---|---|"]
+    head = "| case | " + " | ".join(c[0] for c in _COLUMNS) + " | slices |"
+    lines = [head, "|" + "---|" * (len(_COLUMNS) + 2)]
     for c in result["cases"]:
-        lines.append(f"| {c['id']} | {c['volume']['dice']:.4f} | {c['volume']['mask_iou']:.4f} | "
-                     f"{c['slices']['mask_iou']:.4f} | {c['slices']['n']} |")
+        cells = [_cell(c[group][key], fmt) for _, group, key, fmt in _COLUMNS]
+        lines.append(f"| {c['id']} | " + " | ".join(cells) + f" | {c['slices']['n']} |")
     m = result["mean"]
-    lines.append(f"| **mean** | {m['volume']['dice']:.4f} | {m['volume']['mask_iou']:.4f} | "
-                 f"{m['slices']['mask_iou']:.4f} | |")
-    return "\n".join(lines)
+    cells = [_cell(m[group][key], fmt) for _, group, key, fmt in _COLUMNS]
+    lines.append("| **mean** | " + " | ".join(cells) + " | |")
+    notes = [f"spacing: {result['spacing_source']}; (sl) = mean over slices where prediction or truth has liver; "
+             "F-measure is pixel F1 (= Dice), boundary F the DAVIS contour F."]
+    for key, items in result["excluded"].items():
+        notes.append(f"{key} left out of the mean for " + ", ".join(f"{e['case_id']} ({e['reason']})" for e in items))
+    return "\n".join(lines + [""] + notes)
+
+
+__all__ = ["VOLUME_METRICS", "evaluate", "markdown_table", "spacing_like", "write_slice_csv"]

@@ -45,7 +45,7 @@ def test_infer_then_eval_end_to_end(tiny_onnx, tmp_path):
     write_nifti(vol.image, vol.affine, tmp_path / "data" / "c1" / "image.nii.gz")
     write_nifti(vol.mask, vol.affine, tmp_path / "data" / "c1" / "mask.nii.gz")
     r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "data", "--out", tmp_path / "pred",
-            "--batch-size", 4)
+            "--batch-size", 4, "--fill-holes", "--keep-largest")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "pred" / "c1" / "mask.nii.gz").is_file()
     assert len(list((tmp_path / "pred" / "c1" / "overlays").glob("*.png"))) >= 1

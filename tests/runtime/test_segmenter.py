@@ -68,3 +68,17 @@ def test_output_folder_holding_the_input_is_refused(tiny_onnx, tmp_path):
             make_volume(case_id="case").__class__(**{**vol.__dict__, "source": str(tmp_path / "case" / "image.nii.gz")}),
             Segmentation("case", vol.mask), tmp_path,
         )
+
+
+def test_postprocessing_fills_holes_and_keeps_the_largest_component(tiny_onnx):
+    eng = open_engine("onnxruntime", tiny_onnx)
+    raw = np.zeros((3, 20, 20), bool)
+    raw[:, 2:12, 2:12] = True
+    raw[:, 5:8, 5:8] = False  # a hole
+    raw[1, 16:19, 16:19] = True  # a separate speck
+    seg = Segmenter(eng, fill_holes=True, keep_largest=True)
+    out = seg.postprocess(raw)
+    expected = np.zeros_like(raw)
+    expected[:, 2:12, 2:12] = True
+    assert np.array_equal(out, expected)
+    assert np.array_equal(Segmenter(eng).postprocess(raw), raw)  # off by default

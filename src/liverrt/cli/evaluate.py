@@ -10,16 +10,37 @@ import click
 from liverrt.cli.common import any_path, existing_path
 
 
+def _parse_spacing(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"got {value!r}, expected three numbers Z,Y,X in mm, e.g. 2.5,0.8,0.8") from None
+    if len(parts) != 3 or min(parts) <= 0:
+        raise click.BadParameter(f"got {value!r}, expected three positive numbers Z,Y,X in mm")
+    return parts
+
+
 @click.command("eval")
 @click.option("--pred", type=existing_path, required=True, help="Predicted masks (NIfTI, PNG folder or case folders).")
 @click.option("--gt", type=existing_path, required=True, help="Ground-truth masks, matched by case name.")
+@click.option("--spacing", callback=_parse_spacing, default=None, metavar="Z,Y,X",
+              help="Voxel spacing in mm for distances (overrides file headers).")
+@click.option("--like", type=existing_path, default=None,
+              help="Take the spacing from this NIfTI file or DICOM series folder.")
 @click.option("--json", "json_path", type=any_path, default=None, help="Write the metrics as JSON here.")
-def eval_cmd(pred: Path, gt: Path, json_path: Path | None) -> None:
-    """Compare predicted liver masks with the ground truth (Mask IoU, Dice; per volume and per slice)."""
+@click.option("--csv", "csv_path", type=any_path, default=None, help="Write per-slice metrics as CSV here.")
+def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path | None,
+             csv_path: Path | None) -> None:
+    """Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 per
+    volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice. Prints a Markdown table."""
     from liverrt.data.io import write_text_atomic
     from liverrt.evaluation import evaluate, markdown_table
 
-    result = evaluate(pred, gt)
+    if spacing is not None and like is not None:
+        raise click.UsageError("give --spacing or --like, not both")
+    result = evaluate(pred, gt, spacing=spacing, like=like, csv_path=csv_path)
     click.echo(markdown_table(result))
     if json_path:
         write_text_atomic(json.dumps(result, indent=2), json_path)

@@ -20,13 +20,16 @@ from liverrt.errors import InputError
 @click.option("--format", "formats", type=click.Choice(["nifti", "png"]), multiple=True,
               help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices).")
 @click.option("--overlays", type=click.IntRange(0), default=4, show_default=True, help="Overlay PNGs per case.")
+@click.option("--fill-holes", is_flag=True, help="Fill holes inside the liver, slice by slice.")
+@click.option("--keep-largest", is_flag=True,
+              help="Keep only the largest 3D-connected liver component (contiguous volumes only).")
 def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
-          overlays: int) -> None:
+          overlays: int, fill_holes: bool, keep_largest: bool) -> None:
     """Segment the liver in every case of INPUT."""
     from liverrt.runtime.infer import run_inference
 
     report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=tuple(formats) or None,
-                           overlays=overlays, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+                           overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for c in report.cases:
         vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""

@@ -82,6 +82,18 @@ def read_nifti(path: Path, *, case_id: str | None = None) -> tuple[np.ndarray, n
     return np.ascontiguousarray(data.transpose(2, 1, 0)), affine, spacing
 
 
+def nifti_spacing(path: Path) -> tuple[float, float, float]:
+    """``(dz, dy, dx)`` of a NIfTI file in liverrt's axis order, from the header alone."""
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise InputError(f"Cannot read NIfTI header of {path}: {exc}. Expected a valid .nii/.nii.gz file.") from exc
+    ornt = nib.orientations.io_orientation(img.affine)
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))  # voxel size along each stored axis
+    by_axis = {int(ornt[i, 0]): float(zooms[i]) for i in range(3)}  # world axis (x, y, z) -> size
+    return by_axis[2], by_axis[1], by_axis[0]
+
+
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
     """Write a ``(D, H, W)`` array as NIfTI with ``affine`` (atomic)."""
     path = Path(path)

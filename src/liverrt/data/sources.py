@@ -134,7 +134,7 @@ def load_cases(src: Path, *, require_mask: bool = False) -> LoadResult:
 class MaskVolume:
     case_id: str
     mask: np.ndarray  # (D, H, W) bool
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, float, float] | None  # None: the source has no geometry (PNG)
     source: Path
 
 
@@ -164,7 +164,7 @@ def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
     if len({s.shape for s in slices}) != 1:
         raise InputError(f"Mask slices in {path} have different shapes; expected one shape per volume.")
     name = case_id or (path.parent.name if path.name in ("masks", "mask") else path.name)
-    return MaskVolume(name, np.stack(slices), (1.0, 1.0, 1.0), path)
+    return MaskVolume(name, np.stack(slices), None, path)
 
 
 def find_masks(src: Path) -> dict[str, Path]:

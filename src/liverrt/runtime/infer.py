@@ -42,6 +42,8 @@ def run_inference(
     formats: tuple[str, ...] | None = None,
     overlays: int = 4,
     engine_options: dict | None = None,
+    fill_holes: bool = False,
+    keep_largest: bool = False,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> InferReport:
     """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
@@ -66,7 +68,7 @@ def run_inference(
     report = InferReport(engine=engine, model=str(model))
     t0 = time.perf_counter()
     with eng:
-        seg = Segmenter(eng, batch_size=batch_size)
+        seg = Segmenter(eng, batch_size=batch_size, fill_holes=fill_holes, keep_largest=keep_largest)
         for i, ref in enumerate(refs):
             if on_case:
                 on_case(ref.case_id, i, len(refs))

@@ -32,10 +32,17 @@ class Segmentation:
 
 
 class Segmenter:
-    """Batches slices through an active :class:`Engine` using the artifact's PreprocessSpec."""
+    """Batches slices through an active :class:`Engine` using the artifact's PreprocessSpec.
+
+    Post-processing (off by default, in this order after thresholding):
+    ``fill_holes`` fills background enclosed by liver in each slice;
+    ``keep_largest`` keeps the largest 26-connected liver component of the
+    volume (right for contiguous CT volumes, wrong for folders of unrelated
+    slices, whose livers do not touch from slice to slice).
+    """
 
     def __init__(self, engine: Engine, *, batch_size: int = 8, threshold: float | None = None,
-                 keep_prob: bool = False) -> None:
+                 keep_prob: bool = False, fill_holes: bool = False, keep_largest: bool = False) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size: got {batch_size}, expected >= 1.")
         self.engine = engine
@@ -44,6 +51,8 @@ class Segmenter:
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"threshold: got {self.threshold}, expected a value in (0, 1).")
         self.keep_prob = keep_prob
+        self.fill_holes = fill_holes
+        self.keep_largest = keep_largest
 
     def segment(self, volume: Volume, on_batch: Callable[[int, int], None] | None = None) -> Segmentation:
         if not self.engine.is_active:
@@ -67,6 +76,16 @@ class Segmenter:
             if on_batch:
                 on_batch(stop, d)
         t0 = time.perf_counter()
-        mask = prob >= self.threshold
+        mask = self.postprocess(prob >= self.threshold)
         t["postprocess"] += time.perf_counter() - t0
         return Segmentation(volume.case_id, mask, prob if self.keep_prob else None, t)
+
+    def postprocess(self, mask: np.ndarray) -> np.ndarray:
+        """The enabled post-processing steps on a ``(D, H, W)`` bool mask."""
+        from liverrt import metrics
+
+        if self.fill_holes:
+            mask = metrics.fill_holes(mask)
+        if self.keep_largest:
+            mask = metrics.largest_components(mask, k=1, connectivity=26)
+        return mask

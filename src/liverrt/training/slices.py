@@ -10,6 +10,7 @@ import torch
 from liverrt.data.preprocess import PreprocessSpec, mask_to_input, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
+from liverrt.metrics import dice_from_counts, iou_from_counts, per_slice_counts
 
 
 @dataclass
@@ -49,17 +50,10 @@ def volume_scores(pred: np.ndarray, target: np.ndarray, case_index: np.ndarray, 
     ``pred``/``target``: (N, S, S) bool on the network grid. The slice mean
     covers slices where prediction or truth is non-empty.
     """
-    ious, dices = [], []
-    for c in range(n_cases):
-        sel = case_index == c
-        p, t = pred[sel], target[sel]
-        tp = np.count_nonzero(p & t)
-        fp = np.count_nonzero(p) - tp
-        fn = np.count_nonzero(t) - tp
-        ious.append(1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn))
-        dices.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    inter = np.count_nonzero(pred & target, axis=(1, 2))
-    union = np.count_nonzero(pred | target, axis=(1, 2))
-    nz = union > 0
-    slice_iou = float(np.mean(inter[nz] / union[nz])) if nz.any() else 1.0
+    counts = per_slice_counts(pred, target)  # (N, 3) tp, fp, fn
+    per_case = [counts[case_index == c].sum(axis=0) for c in range(n_cases)]
+    ious = [iou_from_counts(*c) for c in per_case]
+    dices = [dice_from_counts(*c) for c in per_case]
+    nz = counts.sum(axis=1) > 0
+    slice_iou = float(np.mean([iou_from_counts(*c) for c in counts[nz]])) if nz.any() else 1.0
     return {"mask_iou": float(np.mean(ious)), "dice": float(np.mean(dices)), "slice_mask_iou": slice_iou}

@@ -1,0 +1,148 @@
+"""``liverrt eval``: geometry sources, the full metric set, CSV/JSON, and clear errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from liverrt_test_helpers import SHARED_DATA, make_volume
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from liverrt.cli import cli
+from liverrt.data.dicom import series_spacing
+from liverrt.data.io import write_nifti, write_png_slices
+from liverrt.errors import InputError
+from liverrt.evaluation import evaluate, markdown_table
+from liverrt.metrics import hd95
+
+
+def _pair(tmp_path, spacing=(2.5, 0.8, 0.8)):
+    gt = make_volume(shape=(6, 40, 40), spacing=spacing)
+    pred = np.roll(gt.mask, 2, axis=2)
+    write_nifti(gt.mask, gt.affine, tmp_path / "gt" / "c1" / "mask.nii.gz")
+    write_nifti(pred, gt.affine, tmp_path / "pred" / "c1" / "mask.nii.gz")
+    return pred, gt.mask
+
+
+def test_full_metric_set_with_header_spacing(tmp_path):
+    pred, gt = _pair(tmp_path)
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", csv_path=tmp_path / "slices.csv")
+    case = result["cases"][0]
+    assert result["spacing_source"] == "ground-truth header"
+    assert set(case["volume"]) == {"dice", "mask_iou", "ravd", "assd", "mssd", "hd95"}
+    assert set(case["slices"]) == {"mask_iou", "dice", "f_measure", "boundary_iou", "trimap_iou", "boundary_f", "n"}
+    assert case["volume"]["hd95"] == pytest.approx(hd95(pred, gt, (2.5, 0.8, 0.8)))
+    assert 0 < case["volume"]["mask_iou"] < 1 and case["slices"]["n"] == 6
+    rows = list(csv.DictReader((tmp_path / "slices.csv").open()))
+    assert len(rows) == 6 and rows[0]["case_id"] == "c1"
+    assert "HD95 mm" in markdown_table(result)
+
+
+def test_explicit_spacing_scales_distances(tmp_path):
+    _pair(tmp_path)
+    base = evaluate(tmp_path / "pred", tmp_path / "gt")["cases"][0]["volume"]
+    double = evaluate(tmp_path / "pred", tmp_path / "gt", spacing=(5.0, 1.6, 1.6))
+    assert double["spacing_source"] == "given"
+    assert double["cases"][0]["volume"]["assd"] == pytest.approx(2 * base["assd"])
+
+
+def test_like_nifti_and_png_folders_without_geometry(tmp_path):
+    gt = make_volume(shape=(4, 32, 32), spacing=(3.0, 0.7, 0.7))
+    write_png_slices(gt.mask, tmp_path / "gt", ("s1", "s2", "s10", "s3"))
+    write_png_slices(np.roll(gt.mask, 1, axis=1), tmp_path / "pred", ("s1", "s2", "s10", "s3"))
+    pixels = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert pixels["spacing_source"] == "none: distances in pixels"
+    write_nifti(gt.image, gt.affine, tmp_path / "ref.nii.gz")
+    mm = evaluate(tmp_path / "pred", tmp_path / "gt", like=tmp_path / "ref.nii.gz")
+    assert mm["cases"][0]["spacing_mm"] == pytest.approx([3.0, 0.7, 0.7])
+    assert mm["cases"][0]["volume"]["mssd"] == pytest.approx(0.7 * pixels["cases"][0]["volume"]["mssd"])
+
+
+def test_empty_prediction_gives_null_distance_with_reason(tmp_path):
+    gt = make_volume(shape=(3, 24, 24))
+    write_nifti(gt.mask, gt.affine, tmp_path / "g.nii.gz")
+    write_nifti(np.zeros_like(gt.mask), gt.affine, tmp_path / "p.nii.gz")
+    result = evaluate(tmp_path / "p.nii.gz", tmp_path / "g.nii.gz")
+    text = json.dumps(result)  # strict JSON: no Infinity/NaN
+    assert "Infinity" not in text and "NaN" not in text
+    assert result["cases"][0]["volume"]["hd95"] is None
+    assert "no surface" in result["excluded"]["volume.hd95"][0]["reason"]
+    assert result["cases"][0]["volume"]["dice"] == 0.0
+
+
+def test_unequal_slice_counts_name_both_shapes(tmp_path):
+    a, b = make_volume(shape=(4, 16, 16)), make_volume(shape=(5, 16, 16))
+    write_nifti(a.mask, a.affine, tmp_path / "p.nii.gz")
+    write_nifti(b.mask, b.affine, tmp_path / "g.nii.gz")
+    with pytest.raises(InputError, match=r"\(4, 16, 16\).*\(5, 16, 16\)"):
+        evaluate(tmp_path / "p.nii.gz", tmp_path / "g.nii.gz")
+
+
+def _write_ct_series(folder, positions, spacing=(0.7, 0.7), series_uid=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    for i, pos in enumerate(positions):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = series_uid
+        ds.ImagePositionPatient = [-100.0, -120.0, float(pos)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = list(spacing)
+        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
+    return series_uid
+
+
+def test_dicom_series_spacing_from_first_and_last_positions(tmp_path):
+    _write_ct_series(tmp_path / "ct", [10.0, 12.5, 15.0, 17.5], spacing=(0.6, 0.65))
+    (tmp_path / "ct" / "README.txt").write_text("not dicom")
+    assert series_spacing(tmp_path / "ct") == pytest.approx((2.5, 0.6, 0.65))
+
+
+def test_dicom_mixed_series_is_refused(tmp_path):
+    _write_ct_series(tmp_path / "ct", [0.0, 5.0])
+    other = tmp_path / "other"
+    _write_ct_series(other, [0.0, 5.0])
+    for f in other.iterdir():
+        f.rename(tmp_path / "ct" / f"B{f.name}")
+    with pytest.raises(InputError, match="mixes 2 DICOM series"):
+        series_spacing(tmp_path / "ct")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "dcmqi_ct3slice").is_dir(), reason="shared real-data samples not present")
+def test_real_dicom_series_geometry_ignores_the_seg_object():
+    dz, dy, dx = series_spacing(SHARED_DATA / "dcmqi_ct3slice")
+    assert dy == pytest.approx(dx) and 0.7 < dx < 0.9
+    # 1.25 mm thick slices reconstructed every 1.0 mm: the spacing is the position step, not the thickness
+    assert dz == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cli_eval_errors_exit_2(tmp_path):
+    _pair(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                            "--spacing", "1,2"])
+    assert r.exit_code == 2 and "Z,Y,X" in r.output
+    r = runner.invoke(cli, ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                            "--spacing", "1,1,1", "--like", str(tmp_path / "gt" / "c1" / "mask.nii.gz")])
+    assert r.exit_code == 2
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(cli, ["eval", "--pred", str(tmp_path / "empty"), "--gt", str(tmp_path / "gt")])
+    assert r.exit_code == 2 and "No masks found" in r.output and "Traceback" not in r.output
+
+
+def test_cli_eval_writes_json_and_csv(tmp_path):
+    _pair(tmp_path)
+    r = CliRunner().invoke(cli, ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                                 "--json", str(tmp_path / "m.json"), "--csv", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["cases"][0]["id"] == "c1" and data["mean"]["volume"]["hd95"] is not None
+    assert (tmp_path / "s.csv").read_text().startswith("case_id,slice,counted,")
