@@ -108,7 +108,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | No
     stages["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    metrics = evaluate(pred_dir, data_dir)  # matched by case name: only the held-out cases have predictions
+    metrics = evaluate(pred_dir, data_dir, missing="skip")  # only the held-out cases have predictions
     _overlays(test, pred_dir, out / "overlays")
     stages["eval"] = time.perf_counter() - t
 

@@ -28,8 +28,10 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
+
 from liverrt.data.io import atomic_path, is_nifti, nifti_spacing
-from liverrt.data.sources import find_masks, read_mask
+from liverrt.data.sources import MaskVolume, find_masks, read_mask, single_mask
 from liverrt.errors import InputError
 from liverrt.metrics import SLICE_SCORES, VOLUME_METRICS, MetricAccumulator
 
@@ -55,23 +57,70 @@ def check_spacing(spacing: tuple[float, ...]) -> Spacing:
     return values  # type: ignore[return-value]
 
 
-def _pairs(pred: Path, gt: Path) -> tuple[list[tuple[str, Path, Path]], dict[str, list[str]]]:
+MISSING_POLICIES = ("error", "skip", "empty")
+
+
+def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | None, Path]], dict[str, list[str]]]:
+    """Match prediction and ground-truth volumes by case name.
+
+    Two single volumes (NIfTI files or mask slice folders) are compared whatever
+    their names. A ground-truth case without a prediction is an error
+    (``missing="error"``), left out (``"skip"``, listed in ``unmatched``) or
+    scored as an empty prediction (``"empty"``, the challenge convention).
+    """
+    if missing not in MISSING_POLICIES:
+        raise InputError(f"missing: got {missing!r}, expected one of {MISSING_POLICIES}.")
+    single_p, single_g = single_mask(pred), single_mask(gt)
+    if single_p is not None and single_g is not None:
+        name = next(iter(find_masks(gt)))
+        return [(name, single_p, single_g)], {"pred": [], "gt": []}
     preds, gts = find_masks(pred), find_masks(gt)
-    if len(preds) == 1 and len(gts) == 1:  # one volume against one volume: names need not match
-        (gid, gpath), ppath = next(iter(gts.items())), next(iter(preds.values()))
-        return [(gid, ppath, gpath)], {"pred": [], "gt": []}
-    pairs = [(cid, preds[cid], gts[cid]) for cid in gts if cid in preds]
+    absent = [cid for cid in gts if cid not in preds]
+    if absent and missing == "error":
+        raise InputError(
+            f"{len(absent)} ground-truth case(s) have no prediction in {pred}: {absent[:5]}; expected one per case "
+            "(use --missing skip to leave them out, --missing empty to score them as empty predictions)."
+        )
+    pairs = [(cid, preds.get(cid), gpath) for cid, gpath in gts.items() if cid in preds or missing == "empty"]
     if not pairs:
         raise InputError(
             f"No case names match between {pred} ({sorted(preds)[:5]}) and {gt} ({sorted(gts)[:5]}); "
             "expected the same case folder or file names."
         )
-    return pairs, {"pred": sorted(set(preds) - set(gts)), "gt": sorted(set(gts) - set(preds))}
+    return pairs, {"pred": sorted(set(preds) - set(gts)), "gt": sorted(absent)}
+
+
+def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[str]]:
+    """The prediction's mask in the ground truth's slice order, and warnings about the pair."""
+    warnings = []
+    pm = p.mask
+    if p.slice_names is not None and g.slice_names is not None and p.slice_names != g.slice_names:
+        if set(p.slice_names) != set(g.slice_names):
+            only_p = sorted(set(p.slice_names) - set(g.slice_names))[:3]
+            only_g = sorted(set(g.slice_names) - set(p.slice_names))[:3]
+            raise InputError(
+                f"Case {cid}: prediction and ground-truth slice files differ (only in prediction: {only_p}, "
+                f"only in ground truth: {only_g}); expected the same file stems."
+            )
+        index = {name: i for i, name in enumerate(p.slice_names)}
+        pm = pm[[index[name] for name in g.slice_names]]
+    if pm.shape != g.mask.shape:
+        raise InputError(
+            f"Case {cid}: prediction {p.source} has shape {pm.shape}, ground truth {g.source} has "
+            f"{g.mask.shape}; expected equal shapes (D, H, W), i.e. the same slice count and size."
+        )
+    if p.affine is not None and g.affine is not None and not np.allclose(p.affine, g.affine, atol=1e-3):
+        warnings.append("prediction and ground-truth NIfTI affines differ: are they on the same grid?")
+    return pm, warnings
 
 
 def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, like: Path | None = None,
-             csv_path: Path | None = None, surface: bool = True) -> dict:
-    """Score every matched case; optionally write one CSV row per slice to ``csv_path``."""
+             csv_path: Path | None = None, surface: bool = True, missing: str = "error") -> dict:
+    """Score every matched case; optionally write one CSV row per slice to ``csv_path``.
+
+    A case that cannot be scored (unreadable mask, shape mismatch) is listed in
+    ``skipped`` with its reason and the others are still scored.
+    """
     if spacing is not None and like is not None:
         raise InputError("Give either spacing or like, not both.")
     fixed, source = None, None
@@ -79,16 +128,21 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
         fixed, source = check_spacing(spacing), "given"
     elif like is not None:
         fixed, source = spacing_like(like), f"like {like}"
-    pairs, unmatched = _pairs(pred, gt)
+    pairs, unmatched = _pairs(pred, gt, missing)
     acc = MetricAccumulator(surface=surface)
-    cases, sources = [], set()
+    cases, sources, skipped = [], set(), []
     for cid, ppath, gpath in pairs:
-        p, g = read_mask(ppath, cid), read_mask(gpath, cid)
-        if p.mask.shape != g.mask.shape:
-            raise InputError(
-                f"Case {cid}: prediction {ppath} has shape {p.mask.shape}, ground truth {gpath} has "
-                f"{g.mask.shape}; expected equal shapes (D, H, W), i.e. the same slice count and size."
-            )
+        try:
+            g = read_mask(gpath, cid)
+            if ppath is None:  # --missing empty
+                p = MaskVolume(cid, np.zeros_like(g.mask), None, Path("<missing: scored as empty>"),
+                               slice_names=g.slice_names)
+            else:
+                p = read_mask(ppath, cid)
+            pmask, warnings = _aligned(cid, p, g)
+        except InputError as exc:
+            skipped.append({"id": cid, "reason": str(exc)})
+            continue
         case_spacing, case_source = fixed, source
         if case_spacing is None:
             for name, header in (("ground-truth header", g.spacing), ("prediction header", p.spacing)):
@@ -98,25 +152,29 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
             else:
                 case_spacing, case_source = (1.0, 1.0, 1.0), "none: distances in pixels"
         sources.add(case_source)
-        acc.update(cid, p.mask, g.mask, case_spacing)
-        cases.append({"id": cid, "pred": str(ppath), "gt": str(gpath), "spacing_mm": list(case_spacing)})
+        acc.update(cid, pmask, g.mask, case_spacing)
+        cases.append({"id": cid, "pred": str(p.source), "gt": str(gpath), "spacing_mm": list(case_spacing),
+                      "warnings": warnings})
+    if not cases:
+        raise InputError("No case could be scored: " + "; ".join(f"{s['id']}: {s['reason']}" for s in skipped))
     scores = acc.compute()
     for case in cases:
         case.update(scores["cases"][case["id"]])
     if csv_path is not None:
-        write_slice_csv(scores["slices"], csv_path)
+        write_slice_csv(scores["slices"], csv_path, protect=(Path(pred), Path(gt)))
     return _json_safe({
         "spacing_source": sorted(sources)[0] if len(sources) == 1 else sorted(sources),
         "cases": cases,
         "mean": {"volume": scores["mean"]["volume"], "slices": scores["mean"]["slices"]},
         "excluded": scores["excluded"],
         "unmatched": unmatched,
+        "skipped": skipped,
     })
 
 
-def write_slice_csv(rows: list[dict], path: Path) -> Path:
+def write_slice_csv(rows: list[dict], path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
     fields = ["case_id", "slice", "counted", *SLICE_SCORES]
-    with atomic_path(Path(path), suffix=".csv") as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(Path(path), suffix=".csv", protect=protect) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows({k: r[k] for k in fields} for r in rows)
@@ -163,6 +221,12 @@ def markdown_table(result: dict) -> str:
     lines.append("| **mean** | " + " | ".join(cells) + " | |")
     notes = [f"spacing: {result['spacing_source']}; (sl) = mean over slices where prediction or truth has liver; "
              "F-measure is pixel F1 (= Dice), boundary F the DAVIS contour F."]
+    for c in result["cases"]:
+        notes += [f"warning, {c['id']}: {w}" for w in c.get("warnings", [])]
+    if result["unmatched"]["gt"]:
+        notes.append(f"ground-truth cases without a prediction, left out: {', '.join(result['unmatched']['gt'])}")
+    for item in result.get("skipped", []):
+        notes.append(f"skipped {item['id']}: {item['reason']}")
     for key, items in result["excluded"].items():
         notes.append(f"{key} left out of the mean for " + ", ".join(f"{e['case_id']} ({e['reason']})" for e in items))
     return "\n".join(lines + [""] + notes)

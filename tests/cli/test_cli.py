@@ -152,3 +152,15 @@ def test_train_export_infer_eval_through_the_cli(tmp_path):
         assert r.exit_code == 0, r.output
     r = run("eval", "--pred", tmp_path / "torch", "--gt", tmp_path / "onnxruntime")
     assert r.exit_code == 0, r.output
+
+
+def test_output_that_is_a_file_and_bad_training_options_exit_2(tiny_onnx, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    write_nifti(make_volume().image, np.eye(4), tmp_path / "ct.nii.gz")
+    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "ct.nii.gz", "--out", tmp_path / "afile")
+    assert_clean_error(r, 2)
+    assert run("data", "synth", "--out", tmp_path / "ph", "--cases", 2, "--size", 48, "--slices", 4).exit_code == 0
+    for extra in (("--lr", "-1"), ("--device", "foo")):
+        r = run("train", "unet", "--data", tmp_path / "ph", "--out", tmp_path / "run", "--size", 32, *extra)
+        assert_clean_error(r, 2)
+    assert not (tmp_path / "run").exists()

@@ -112,3 +112,23 @@ def test_real_ircad_volume_liver_hu_is_plausible():
     assert 40 <= liver_hu <= 200
     # LPS display: the liver (patient's right) lies on the image's left half
     assert np.nonzero(vol.mask)[2].mean() < vol.image.shape[2] / 2
+
+
+def test_2d_nifti_is_one_slice_and_odd_files_are_clear_errors(tmp_path):
+    nib.save(nib.Nifti1Image(np.arange(12, dtype=np.int16).reshape(3, 4), np.eye(4)), str(tmp_path / "2d.nii.gz"))
+    arr, _, _ = read_nifti(tmp_path / "2d.nii.gz")
+    assert arr.shape == (1, 4, 3)
+    rgb = np.zeros((4, 4, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(InputError, match="not RGB"):
+        read_nifti(tmp_path / "rgb.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.int16), np.eye(4)), str(tmp_path / "4d.nii.gz"))
+    with pytest.raises(InputError, match="3D volume"):
+        read_nifti(tmp_path / "4d.nii.gz")
+
+
+def test_nan_voxels_become_the_bottom_of_the_window():
+    from liverrt.data.preprocess import PreprocessSpec, normalize
+
+    x = normalize(np.array([[[np.nan, 50.0, np.inf]]]), "hu", PreprocessSpec())
+    assert np.allclose(x, [[[0.0, 0.5, 1.0]]])

@@ -146,3 +146,67 @@ def test_cli_eval_writes_json_and_csv(tmp_path):
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["cases"][0]["id"] == "c1" and data["mean"]["volume"]["hd95"] is not None
     assert (tmp_path / "s.csv").read_text().startswith("case_id,slice,counted,")
+
+
+def test_eval_never_overwrites_its_inputs(tmp_path):
+    _pair(tmp_path)
+    gt_file = tmp_path / "gt" / "c1" / "mask.nii.gz"
+    before = gt_file.read_bytes()
+    for flag in ("--json", "--csv"):
+        r = CliRunner().invoke(cli, ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                                     flag, str(gt_file)])
+        assert r.exit_code == 2 and "Refusing to overwrite" in r.output
+    assert gt_file.read_bytes() == before
+
+
+def test_missing_predictions_error_skip_or_empty(tmp_path):
+    _pair(tmp_path)
+    extra = make_volume(shape=(6, 40, 40), case_id="c2")
+    write_nifti(extra.mask, extra.affine, tmp_path / "gt" / "c2" / "mask.nii.gz")
+    with pytest.raises(InputError, match="no prediction"):
+        evaluate(tmp_path / "pred", tmp_path / "gt")
+    skipped = evaluate(tmp_path / "pred", tmp_path / "gt", missing="skip")
+    assert [c["id"] for c in skipped["cases"]] == ["c1"] and skipped["unmatched"]["gt"] == ["c2"]
+    assert "without a prediction" in markdown_table(skipped)
+    empty = evaluate(tmp_path / "pred", tmp_path / "gt", missing="empty")
+    c2 = next(c for c in empty["cases"] if c["id"] == "c2")
+    assert c2["volume"]["dice"] == 0.0 and c2["volume"]["hd95"] is None
+    assert empty["mean"]["volume"]["dice"] < skipped["mean"]["volume"]["dice"]
+
+
+def test_case_folders_are_matched_by_name_even_when_there_is_one(tmp_path):
+    _pair(tmp_path)
+    (tmp_path / "pred" / "c1").rename(tmp_path / "pred" / "other")
+    with pytest.raises(InputError, match="no prediction"):
+        evaluate(tmp_path / "pred", tmp_path / "gt")
+
+
+def test_png_masks_are_paired_by_file_stem(tmp_path):
+    gt = make_volume(shape=(3, 24, 24))
+    names = ("s1", "s2", "s10")
+    write_png_slices(gt.mask, tmp_path / "gt", names)
+    write_png_slices(gt.mask[::-1], tmp_path / "pred", names[::-1])  # same slices, stored in another order
+    assert evaluate(tmp_path / "pred", tmp_path / "gt")["cases"][0]["volume"]["dice"] == 1.0
+    write_png_slices(gt.mask, tmp_path / "other", ("x1", "x2", "x3"))
+    with pytest.raises(InputError, match="slice files differ"):
+        evaluate(tmp_path / "other", tmp_path / "gt")
+
+
+def test_one_bad_case_is_skipped_and_the_others_scored(tmp_path):
+    _pair(tmp_path)
+    bad = make_volume(shape=(5, 40, 40))
+    write_nifti(bad.mask, bad.affine, tmp_path / "gt" / "c2" / "mask.nii.gz")
+    write_nifti(bad.mask[:4], bad.affine, tmp_path / "pred" / "c2" / "mask.nii.gz")
+    result = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert [c["id"] for c in result["cases"]] == ["c1"]
+    assert result["skipped"][0]["id"] == "c2" and "(4, 40, 40)" in result["skipped"][0]["reason"]
+    r = CliRunner().invoke(cli, ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")])
+    assert r.exit_code == 2 and "c1" in r.output and "skipped c2" in r.output
+
+
+def test_dicom_slices_are_ordered_by_position_not_file_name(tmp_path):
+    _write_ct_series(tmp_path / "ct", [15.0, 10.0, 17.5, 12.5])  # names IM0000.. not in position order
+    assert series_spacing(tmp_path / "ct")[0] == pytest.approx(2.5)
+    _write_ct_series(tmp_path / "gap", [0.0, 2.5, 5.0, 10.0])
+    with pytest.raises(InputError, match="uneven slice gaps"):
+        series_spacing(tmp_path / "gap")

@@ -110,6 +110,6 @@ def test_onnx_without_liverrt_metadata_is_refused(tmp_path):
 def test_checkpoint_is_never_overwritten_by_export(tiny_spec, tmp_path):
     path = save_checkpoint(tmp_path / "m.onnx", tiny_unet(), model_name="unet_paper", spec=tiny_spec)
     before = path.read_bytes()
-    with pytest.raises(InputError, match="overwrite the input"):
+    with pytest.raises(InputError, match="Refusing to overwrite"):
         export_onnx(path, path, verify_volumes=[make_volume()])
     assert path.read_bytes() == before

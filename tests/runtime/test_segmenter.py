@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from liverrt_test_helpers import make_volume
 
-from liverrt.data.io import read_nifti, write_nifti
+from liverrt.data.io import read_nifti, write_nifti, write_png_slices
 from liverrt.errors import InputError
 from liverrt.runtime import open_engine
 from liverrt.runtime.infer import run_inference
@@ -82,3 +82,53 @@ def test_postprocessing_fills_holes_and_keeps_the_largest_component(tiny_onnx):
     expected[:, 2:12, 2:12] = True
     assert np.array_equal(out, expected)
     assert np.array_equal(Segmenter(eng).postprocess(raw), raw)  # off by default
+
+
+def test_nifti_output_matches_the_source_file_voxel_for_voxel(tiny_onnx, tmp_path):
+    import nibabel as nib
+
+    vol = make_volume(case_id="ras")
+    # store the volume RAS-ordered with an origin, as many converters do
+    data = np.ascontiguousarray(vol.image.transpose(2, 1, 0)[::-1, ::-1, :])
+    affine = np.array([[0.8, 0, 0, -20.0], [0, 0.8, 0, -30.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "ras.nii.gz"))
+    run_inference(tiny_onnx, tmp_path / "ras.nii.gz", tmp_path / "out", overlays=0)
+    out = nib.load(str(tmp_path / "out" / "ras" / "mask.nii.gz"))
+    assert out.shape == data.shape
+    assert np.allclose(out.affine, affine)
+    # the mask lines up with the source: same voxel index, same anatomy
+    with open_engine("onnxruntime", tiny_onnx) as eng:
+        expected = Segmenter(eng).segment(vol).mask.transpose(2, 1, 0)[::-1, ::-1, :]
+    assert np.array_equal(np.asarray(out.dataobj) > 0, expected)
+
+
+def test_inference_ignores_unreadable_ground_truth(tiny_onnx, tmp_path):
+    from PIL import Image
+
+    img = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
+    write_png_slices(img, tmp_path / "case" / "images", ("a", "b"))
+    (tmp_path / "case" / "masks").mkdir()
+    for name in ("a", "b"):  # CVAT-style colour masks: not a binary mask, but not needed to segment
+        Image.fromarray(np.dstack([img[0], img[1], img[0] // 2])).save(tmp_path / "case" / "masks" / f"{name}.png")
+    report = run_inference(tiny_onnx, tmp_path / "case", tmp_path / "out", overlays=0)
+    assert [c["id"] for c in report.cases] == ["case"] and not report.skipped
+
+
+def test_a_crashing_case_is_reported_and_the_others_still_run(tiny_onnx, tmp_path, monkeypatch):
+    from liverrt.runtime import segmenter as seg_mod
+
+    for cid in ("a", "b"):
+        v = make_volume(case_id=cid)
+        write_nifti(v.image, v.affine, tmp_path / "in" / f"{cid}.nii.gz")
+    real = seg_mod.Segmenter.segment
+
+    def flaky(self, volume, on_batch=None):
+        if volume.case_id == "a":
+            raise RuntimeError("engine exploded")
+        return real(self, volume, on_batch)
+
+    monkeypatch.setattr(seg_mod.Segmenter, "segment", flaky)
+    report = run_inference(tiny_onnx, tmp_path / "in", tmp_path / "out", overlays=0)
+    assert [c["id"] for c in report.cases] == ["b"]
+    assert report.skipped[0]["kind"] == "runtime" and "engine exploded" in report.skipped[0]["reason"]
+    assert not (tmp_path / "out" / "a").exists()

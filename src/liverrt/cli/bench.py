@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path
+from liverrt.cli.common import console, existing_path, out_dir
 
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Fewer repeats (CI).")
-@click.option("--out", type=any_path, default=Path("bench_out"), show_default=True)
+@click.option("--out", type=out_dir, default=Path("bench_out"), show_default=True)
 @click.option("--model", type=existing_path, default=None,
               help="A U-Net checkpoint to time (default: the study's U-Net with random weights).")
 @click.option("--only", type=click.Choice(["engines", "metrics"]), multiple=True,

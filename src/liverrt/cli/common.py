@@ -21,6 +21,8 @@ console = Console(stderr=True)
 
 existing_path = click.Path(exists=True, path_type=Path)
 any_path = click.Path(path_type=Path)
+#: an output folder: may not exist yet, must not be a file
+out_dir = click.Path(file_okay=False, path_type=Path)
 
 
 def seed_option(f):

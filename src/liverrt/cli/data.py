@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, progress_bar, seed_option
+from liverrt.cli.common import console, out_dir, progress_bar, seed_option
 
 
 @click.group()
@@ -15,7 +15,7 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--out", type=any_path, required=True, help="Output folder (one sub-folder per case).")
+@click.option("--out", type=out_dir, required=True, help="Output folder (one sub-folder per case).")
 @click.option("--cases", type=click.IntRange(1, 10000), default=8, show_default=True)
 @seed_option
 @click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Slice size in pixels.")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, progress_bar, seed_option
+from liverrt.cli.common import console, out_dir, progress_bar, seed_option
 from liverrt.errors import LiverrtError
 
 
 @click.command()
-@click.option("--out", type=any_path, default=Path("demo_out"), show_default=True)
+@click.option("--out", type=out_dir, default=Path("demo_out"), show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the demo's budget).")
 @click.option("--cases", type=click.IntRange(4), default=None, help="Phantom cases to synthesise.")
 @seed_option

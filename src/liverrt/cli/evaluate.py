@@ -31,16 +31,25 @@ def _parse_spacing(ctx, param, value: str | None):
               help="Take the spacing from this NIfTI file or DICOM series folder.")
 @click.option("--json", "json_path", type=any_path, default=None, help="Write the metrics as JSON here.")
 @click.option("--csv", "csv_path", type=any_path, default=None, help="Write per-slice metrics as CSV here.")
+@click.option("--missing", type=click.Choice(["error", "skip", "empty"]), default="error", show_default=True,
+              help="A ground-truth case without a prediction: fail, leave it out, or score it as empty.")
 def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path | None,
-             csv_path: Path | None) -> None:
+             csv_path: Path | None, missing: str) -> None:
     """Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 per
     volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice. Prints a Markdown table."""
-    from liverrt.data.io import write_text_atomic
+    from liverrt.data.io import refuse_overwriting_inputs, write_text_atomic
+    from liverrt.errors import InputError
     from liverrt.evaluation import evaluate, markdown_table
 
     if spacing is not None and like is not None:
         raise click.UsageError("give --spacing or --like, not both")
-    result = evaluate(pred, gt, spacing=spacing, like=like, csv_path=csv_path)
+    inputs = tuple(p for p in (pred, gt, like) if p is not None)
+    for out in (json_path, csv_path):
+        if out is not None:
+            refuse_overwriting_inputs(out, inputs)
+    result = evaluate(pred, gt, spacing=spacing, like=like, csv_path=csv_path, missing=missing)
     click.echo(markdown_table(result))
     if json_path:
-        write_text_atomic(json.dumps(result, indent=2), json_path)
+        write_text_atomic(json.dumps(result, indent=2), json_path, protect=inputs)
+    if result["skipped"]:
+        raise InputError(f"{len(result['skipped'])} case(s) could not be scored (listed above); the others were.")

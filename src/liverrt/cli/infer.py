@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path
-from liverrt.errors import InputError
+from liverrt.cli.common import console, existing_path, out_dir
+from liverrt.errors import InputError, LiverrtError
 
 
 @click.command()
@@ -15,7 +15,7 @@ from liverrt.errors import InputError
 @click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True)
 @click.option("--input", "src", type=existing_path, required=True,
               help="NIfTI file, slice folder, case folder or folder of cases.")
-@click.option("--out", type=any_path, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
+@click.option("--out", type=out_dir, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--format", "formats", type=click.Choice(["nifti", "png"]), multiple=True,
               help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices).")
@@ -37,4 +37,7 @@ def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, forma
     console.print(f"{len(report.cases)} cases in {report.seconds:.1f}s -> {out}")
     if report.skipped:
         lines = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped)
-        raise InputError(f"{len(report.skipped)} case(s) skipped: {lines}")
+        message = f"{len(report.skipped)} case(s) skipped, the others were written: {lines}"
+        if any(s["kind"] == "runtime" for s in report.skipped):
+            raise LiverrtError(message)
+        raise InputError(message)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path, progress_bar, seed_option
+from liverrt.cli.common import console, existing_path, out_dir, progress_bar, seed_option
 
 
 @click.group()
@@ -17,7 +17,7 @@ def train() -> None:
 
 @train.command()
 @click.option("--data", "data_path", type=existing_path, required=True, help="Labelled cases (see `liverrt data`).")
-@click.option("--out", type=any_path, required=True, help="Output folder for best.pt, last.pt and train_log.csv.")
+@click.option("--out", type=out_dir, required=True, help="Output folder for best.pt, last.pt and train_log.csv.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)

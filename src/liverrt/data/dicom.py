@@ -16,9 +16,12 @@ def series_spacing(folder: Path) -> tuple[float, float, float]:
     Files are taken in sorted file-name order (any names, with or without
     ``.dcm``); non-DICOM files and objects without ImagePositionPatient and
     PixelSpacing (a DICOM SEG, a report) are ignored. ``dy, dx`` come from
-    PixelSpacing (row, column spacing); ``dz`` is the distance between the
-    ImagePositionPatient of the first and the last file divided by the number
-    of gaps (SpacingBetweenSlices or SliceThickness for a single slice).
+    PixelSpacing (row, column spacing). Slices are ordered by their
+    ImagePositionPatient along the slice normal (file names need not follow
+    position); ``dz`` is the distance between the first and the last position
+    divided by the number of gaps, and gaps that differ by more than 10 % are
+    refused (missing slices). A single slice uses SpacingBetweenSlices or
+    SliceThickness.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -46,9 +49,16 @@ def series_spacing(folder: Path) -> tuple[float, float, float]:
         if dz <= 0:
             raise InputError(f"{slices[0][0]}: a single slice without SliceThickness; expected a slice spacing.")
         return dz, dy, dx
-    first = np.asarray(slices[0][1].ImagePositionPatient, dtype=float)
-    last = np.asarray(slices[-1][1].ImagePositionPatient, dtype=float)
-    dz = float(np.linalg.norm(last - first)) / (len(slices) - 1)
-    if dz <= 0:
-        raise InputError(f"{folder}: first and last slices share one position; expected a stack of distinct slices.")
+    iop = np.asarray(slices[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.sort([float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))) for _, ds in slices])
+    gaps = np.diff(positions)
+    dz = float(positions[-1] - positions[0]) / (len(slices) - 1)
+    if dz <= 0 or gaps.min() <= 0:
+        raise InputError(f"{folder}: two slices share one position; expected a stack of distinct slices.")
+    if np.abs(gaps - dz).max() > 0.1 * dz:
+        raise InputError(
+            f"{folder}: uneven slice gaps ({gaps.min():.3g}..{gaps.max():.3g} mm); expected evenly spaced slices "
+            "(missing slices?). Give --spacing explicitly."
+        )
     return dz, dy, dx

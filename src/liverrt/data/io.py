@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -52,12 +53,27 @@ def list_slice_images(folder: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- NIfTI
 
 
-def read_nifti(path: Path, *, case_id: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Read a NIfTI file, reoriented to liverrt's convention.
+@dataclass(frozen=True, eq=False)
+class NiftiData:
+    """A NIfTI volume in liverrt's convention plus what it takes to write results back in the source's.
 
-    Returns:
-        ``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))``; the array keeps
-        the file's dtype after scaling (float for scaled data, else the raw dtype).
+    ``to_source`` is the nibabel orientation transform from the LPS-ordered
+    ``(w, h, d)`` array back to the file's voxel order; ``source_affine`` is
+    the file's own affine.
+    """
+
+    array: np.ndarray  # (D, H, W)
+    affine: np.ndarray  # of the LPS-ordered (w, h, d) array
+    spacing: tuple[float, float, float]
+    source_affine: np.ndarray
+    to_source: np.ndarray
+
+
+def load_nifti(path: Path) -> NiftiData:
+    """Read a NIfTI file, reoriented to liverrt's convention (see :mod:`liverrt.data.volume`).
+
+    2D images become one slice; 4D images with a single volume are accepted.
+    Any failure to read becomes an :class:`InputError` naming the file.
     """
     path = Path(path)
     try:
@@ -65,21 +81,38 @@ def read_nifti(path: Path, *, case_id: str | None = None) -> tuple[np.ndarray, n
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for damaged files
         raise InputError(f"Cannot read NIfTI file {path}: {exc}. Expected a valid .nii/.nii.gz file.") from exc
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"NIfTI file {path}: got voxel type {data.dtype}, expected grey-scale numbers (not RGB).")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[:, :, None]
-    if data.ndim != 3:
-        raise InputError(f"NIfTI file {path}: got {data.ndim} dimensions {data.shape}, expected a 3D volume.")
-    affine = img.affine
-    current = nib.orientations.io_orientation(affine)
-    target = nib.orientations.axcodes2ornt(LPS)
-    transform = nib.orientations.ornt_transform(current, target)
-    data = nib.orientations.apply_orientation(data, transform)
-    affine = affine @ nib.orientations.inv_ornt_aff(transform, img.shape[:3])
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # column norms = voxel size per (w, h, d)
+    if data.ndim != 3 or data.size == 0:
+        raise InputError(f"NIfTI file {path}: got shape {data.shape}, expected a non-empty 3D volume.")
+    try:
+        affine = img.affine
+        current = nib.orientations.io_orientation(affine)
+        target = nib.orientations.axcodes2ornt(LPS)
+        transform = nib.orientations.ornt_transform(current, target)
+        lps = nib.orientations.apply_orientation(data, transform)
+        lps_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
+    except Exception as exc:
+        raise InputError(f"NIfTI file {path}: unusable orientation in its affine ({exc}).") from exc
+    zooms = np.sqrt((lps_affine[:3, :3] ** 2).sum(axis=0))  # column norms = voxel size per (w, h, d)
     spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), affine, spacing
+    return NiftiData(
+        array=np.ascontiguousarray(lps.transpose(2, 1, 0)),
+        affine=lps_affine,
+        spacing=spacing,
+        source_affine=np.asarray(affine, dtype=float),
+        to_source=nib.orientations.ornt_transform(target, current),
+    )
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))`` of a NIfTI file, reoriented to LPS."""
+    d = load_nifti(path)
+    return d.array, d.affine, d.spacing
 
 
 def nifti_spacing(path: Path) -> tuple[float, float, float]:
@@ -94,13 +127,23 @@ def nifti_spacing(path: Path) -> tuple[float, float, float]:
     return by_axis[2], by_axis[1], by_axis[0]
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
-    """Write a ``(D, H, W)`` array as NIfTI with ``affine`` (atomic)."""
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: tuple[Path, ...] = (),
+                to_source: np.ndarray | None = None) -> Path:
+    """Write a ``(D, H, W)`` array as NIfTI (atomic).
+
+    Without ``to_source``, ``affine`` belongs to the LPS-ordered array (a
+    Volume's ``affine``). With it (a Volume's ``to_source``), the array is put
+    back into the source file's voxel order and ``affine`` must be the source's
+    own affine: the output then matches the source file voxel for voxel.
+    """
     path = Path(path)
     array = np.asarray(array)
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    img = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), np.asarray(affine, dtype=float))
+    data = array.transpose(2, 1, 0)
+    if to_source is not None:
+        data = nib.orientations.apply_orientation(data, to_source)
+    img = nib.Nifti1Image(np.ascontiguousarray(data), np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
@@ -112,7 +155,8 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: t
 
 def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_id: str | None = None) -> Volume:
     """A HU volume from a NIfTI image and an optional NIfTI label map (liver = label > 0)."""
-    image, affine, spacing = read_nifti(image_path)
+    src = load_nifti(image_path)
+    image, affine, spacing = src.array, src.affine, src.spacing
     mask = None
     if mask_path is not None:
         labels, mask_affine, _ = read_nifti(mask_path)
@@ -132,6 +176,8 @@ def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_i
         mask=mask,
         case_id=case_id or strip_nifti_suffix(Path(image_path).name),
         source=str(image_path),
+        source_affine=src.source_affine,
+        to_source=src.to_source,
     )
 
 
@@ -264,6 +310,18 @@ def set_default_mode(path: Path) -> None:
     os.chmod(path, base & ~_umask())
 
 
+def refuse_overwriting_inputs(path: Path, inputs: tuple[Path, ...] | list[Path]) -> None:
+    """Raise :class:`InputError` if ``path`` exists and is, or lies inside, one of ``inputs``."""
+    path = Path(path)
+    if not path.exists():
+        return
+    target = path.resolve()
+    for p in inputs:
+        p = Path(p)
+        if p.exists() and (target == p.resolve() or p.resolve() in target.parents):
+            raise InputError(f"Refusing to overwrite {path}: it belongs to the input {p}; choose another output path.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -272,9 +330,7 @@ def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ())
     one of them raises :class:`InputError` before anything is written.
     """
     path = Path(path)
-    for p in protect:
-        if Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
-            raise InputError(f"Refusing to overwrite the input file {p}; choose another output path.")
+    refuse_overwriting_inputs(path, protect)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp" if not suffix else suffix, dir=path.parent)
     os.close(fd)
@@ -288,11 +344,11 @@ def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ())
         raise
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(data: bytes, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
+    with atomic_path(path, protect=protect) as tmp:
         tmp.write_bytes(data)
     return path
 
 
-def write_text_atomic(text: str, path: Path) -> Path:
-    return write_bytes_atomic(text.encode("utf-8"), path)
+def write_text_atomic(text: str, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
+    return write_bytes_atomic(text.encode("utf-8"), path, protect=protect)

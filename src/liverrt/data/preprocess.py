@@ -132,12 +132,13 @@ def normalize(image: np.ndarray, intensity: str, spec: PreprocessSpec) -> np.nda
     if intensity == "hu":
         lo = spec.window_center - spec.window_width / 2.0
         x = (image.astype(np.float32) - np.float32(lo)) / np.float32(spec.window_width)
-        x = np.clip(x, 0.0, 1.0)
+        # NaN voxels (outside a reconstructed field of view) count as the bottom of the window
+        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
         if spec.quantize_8bit:
             x = np.round(x * 255.0) / 255.0
         return x.astype(np.float32, copy=False)
     if intensity == "8bit":
-        return np.clip(image.astype(np.float32) / 255.0, 0.0, 1.0)
+        return np.clip(np.nan_to_num(image.astype(np.float32) / 255.0), 0.0, 1.0)
     raise InputError(f"intensity: got {intensity!r}, expected 'hu' or '8bit'.")
 
 

@@ -103,10 +103,12 @@ def find_cases(src: Path) -> list[CaseRef]:
     return cases
 
 
-def load_case(ref: CaseRef) -> Volume:
+def load_case(ref: CaseRef, *, with_mask: bool = True) -> Volume:
+    """Read one case; ``with_mask=False`` ignores its labels (inference needs none)."""
+    mask = ref.mask if with_mask else None
     if ref.kind == "nifti":
-        return read_nifti_volume(ref.image, ref.mask, case_id=ref.case_id)
-    return read_slice_folder(ref.image, ref.mask, case_id=ref.case_id)
+        return read_nifti_volume(ref.image, mask, case_id=ref.case_id)
+    return read_slice_folder(ref.image, mask, case_id=ref.case_id)
 
 
 def load_cases(src: Path, *, require_mask: bool = False) -> LoadResult:
@@ -136,6 +138,8 @@ class MaskVolume:
     mask: np.ndarray  # (D, H, W) bool
     spacing: tuple[float, float, float] | None  # None: the source has no geometry (PNG)
     source: Path
+    affine: np.ndarray | None = None  # NIfTI masks: affine of the LPS-ordered array
+    slice_names: tuple[str, ...] | None = None  # PNG masks: file stems in natural order
 
 
 def _mask_path(folder: Path) -> Path | None:
@@ -155,8 +159,8 @@ def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
     """A liver mask from a NIfTI label map (label > 0) or a PNG/JPG mask folder."""
     path = Path(path)
     if path.is_file():
-        labels, _, spacing = read_nifti(path)
-        return MaskVolume(case_id or strip_nifti_suffix(path.name), labels > 0, spacing, path)
+        labels, affine, spacing = read_nifti(path)
+        return MaskVolume(case_id or strip_nifti_suffix(path.name), labels > 0, spacing, path, affine=affine)
     files = list_slice_images(path)
     if not files:
         raise InputError(f"No mask slices in {path}; expected PNG/JPG masks.")
@@ -164,7 +168,15 @@ def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
     if len({s.shape for s in slices}) != 1:
         raise InputError(f"Mask slices in {path} have different shapes; expected one shape per volume.")
     name = case_id or (path.parent.name if path.name in ("masks", "mask") else path.name)
-    return MaskVolume(name, np.stack(slices), None, path)
+    return MaskVolume(name, np.stack(slices), None, path, slice_names=tuple(f.stem for f in files))
+
+
+def single_mask(src: Path) -> Path | None:
+    """``src`` itself as one mask volume (a NIfTI file or a mask slice folder), else None."""
+    src = Path(src)
+    if src.is_file():
+        return src if is_nifti(src) else None
+    return src if list_slice_images(src) else None
 
 
 def find_masks(src: Path) -> dict[str, Path]:

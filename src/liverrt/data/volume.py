@@ -47,6 +47,9 @@ class Volume:
         slice_names: per-slice provenance (file stems), ``len == D``.
         case_id: a short name for reports and output files.
         source: where it was read from.
+        source_affine, to_source: for NIfTI sources, the file's own affine and
+            the orientation transform back to its voxel order, so results can
+            be written to match the source file voxel for voxel.
     """
 
     image: np.ndarray
@@ -58,6 +61,8 @@ class Volume:
     slice_names: tuple[str, ...] = field(default_factory=tuple)
     case_id: str = "case"
     source: str = ""
+    source_affine: np.ndarray | None = None
+    to_source: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3:

@@ -32,6 +32,17 @@ class InferReport:
                 "cases": self.cases, "skipped": self.skipped}
 
 
+def _load_for_inference(ref):
+    """The case with its mask (drawn on overlays) when readable, else without it."""
+    try:
+        return load_case(ref)
+    except InputError as exc:
+        if ref.mask is None:
+            raise
+        log.warning("%s: ignoring its ground-truth mask (%s)", ref.case_id, exc)
+        return load_case(ref, with_mask=False)
+
+
 def run_inference(
     model: Path,
     src: Path,
@@ -73,13 +84,15 @@ def run_inference(
             if on_case:
                 on_case(ref.case_id, i, len(refs))
             try:
-                volume = load_case(ref)
+                volume = _load_for_inference(ref)
                 result = seg.segment(volume)
                 fmts = formats or (("nifti",) if volume.intensity == "hu" else ("png",))
                 write_case(volume, result, out, formats=fmts, overlays=overlays)
-            except InputError as exc:
-                log.warning("skipped %s: %s", ref.image, exc)
-                report.skipped.append({"id": ref.case_id, "source": str(ref.image), "reason": str(exc)})
+            except Exception as exc:  # one case never stops the others; the reason is reported
+                kind = "input" if isinstance(exc, InputError) else "runtime"
+                reason = str(exc) if kind == "input" else f"{type(exc).__name__}: {exc}"
+                log.warning("skipped %s: %s", ref.image, reason)
+                report.skipped.append({"id": ref.case_id, "source": str(ref.image), "reason": reason, "kind": kind})
                 continue
             report.cases.append(case_summary(volume, result))
     report.seconds = time.perf_counter() - t0

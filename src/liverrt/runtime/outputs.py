@@ -7,8 +7,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from liverrt.data.io import set_default_mode, write_nifti, write_png_slices
 from liverrt.data.preprocess import normalize
 from liverrt.data.volume import Volume
@@ -56,7 +54,10 @@ def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tup
     tmp = Path(tempfile.mkdtemp(prefix=f".{volume.case_id}.", dir=out_dir))
     try:
         if "nifti" in formats:
-            write_nifti(seg.mask.astype(np.uint8), volume.affine, tmp / "mask.nii.gz")
+            if volume.to_source is not None:  # NIfTI source: same voxel order and affine as the file
+                write_nifti(seg.mask, volume.source_affine, tmp / "mask.nii.gz", to_source=volume.to_source)
+            else:
+                write_nifti(seg.mask, volume.affine, tmp / "mask.nii.gz")
         if "png" in formats:
             write_png_slices(seg.mask, tmp / "masks", volume.names)
         if overlays:

@@ -38,7 +38,6 @@ class TorchEngine(Engine):
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     def _deactivate(self) -> None:
+        # drop only our references; emptying the CUDA cache would touch memory others hold
         self._model = None
-        if self._device is not None and self._device.type == "cuda":
-            torch.cuda.empty_cache()
         self._device = None

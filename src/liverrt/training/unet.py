@@ -89,7 +89,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"Device {name!r} requested but CUDA is not available here; expected 'cpu' or 'auto'.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"Unknown device {name!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
 
 
 @torch.no_grad()
@@ -122,12 +125,17 @@ def train_unet(
     unless ``val_volumes`` is given. The best checkpoint is the one with the
     highest validation volume Mask IoU.
     """
+    if config.lr <= 0 or config.epochs < 1 or config.batch_size < 1:
+        raise InputError(
+            f"TrainConfig: got lr={config.lr}, epochs={config.epochs}, batch_size={config.batch_size}; "
+            "expected lr > 0 and at least one epoch and one slice per batch."
+        )
     t_start = time.perf_counter()
+    device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    device = resolve_device(config.device)
 
     if val_volumes is None:
         ids = [v.case_id for v in volumes]
