@@ -87,7 +87,8 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
             f"No case names match between {pred} ({sorted(preds)[:5]}) and {gt} ({sorted(gts)[:5]}); "
             "expected the same case folder or file names."
         )
-    return pairs, {"pred": sorted(set(preds) - set(gts)), "gt": sorted(absent)}
+    left_out = sorted(absent) if missing == "skip" else []  # with "empty" they are scored, not left out
+    return pairs, {"pred": sorted(set(preds) - set(gts)), "gt": left_out}
 
 
 def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[str]]:

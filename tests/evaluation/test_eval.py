@@ -170,7 +170,7 @@ def test_missing_predictions_error_skip_or_empty(tmp_path):
     assert "without a prediction" in markdown_table(skipped)
     empty = evaluate(tmp_path / "pred", tmp_path / "gt", missing="empty")
     c2 = next(c for c in empty["cases"] if c["id"] == "c2")
-    assert c2["volume"]["dice"] == 0.0 and c2["volume"]["hd95"] is None
+    assert c2["volume"]["dice"] == 0.0 and c2["volume"]["hd95"] is None and empty["unmatched"]["gt"] == []
     assert empty["mean"]["volume"]["dice"] < skipped["mean"]["volume"]["dice"]
 
 
