@@ -1,4 +1,4 @@
-"""``liverrt data``: synthetic phantoms (and, later, inspect/convert/split)."""
+"""``liverrt data``: synthetic phantoms and case-level splits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import console, out_dir, progress_bar, seed_option
+from liverrt.cli.common import any_path, console, existing_path, out_dir, progress_bar, seed_option
 
 
 @click.group()
@@ -32,3 +32,27 @@ def synth(out: Path, cases: int, seed: int, size: int, slices: int, no_lesions: 
     with progress_bar("synthesising", cases) as update:
         folders = synth_dataset(out, cases, seed=seed, config=cfg, on_case=lambda k, n: update(k + 1, n))
     console.print(f"wrote {len(folders)} phantom cases to {out} (see {out / 'phantom.json'})")
+
+
+@data.command()
+@click.argument("src", type=existing_path)
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@seed_option
+@click.option("--out", "out_file", type=any_path, default=None, help="Write the folds as JSON here (default: stdout).")
+def split(src: Path, folds: int, seed: int, out_file: Path | None) -> None:
+    """Case-level K-fold split of the cases in SRC (slices of one case never in two folds)."""
+    import json
+
+    from liverrt.data.io import refuse_overwriting_inputs, write_text_atomic
+    from liverrt.data.sources import find_cases
+    from liverrt.data.splits import kfold_split
+
+    ids = [c.case_id for c in find_cases(src)]
+    payload = json.dumps({"source": str(src), "seed": seed, "folds": kfold_split(ids, folds=folds, seed=seed)},
+                         indent=2)
+    if out_file is None:
+        click.echo(payload)
+    else:
+        refuse_overwriting_inputs(out_file, (src,))
+        write_text_atomic(payload, out_file)
+        console.print(f"{folds} folds of {len(ids)} cases -> {out_file}")
