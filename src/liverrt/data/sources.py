@@ -1,6 +1,11 @@
 """Find the cases in a source path and read them into Volumes.
 
-Layouts understood by this first version (the real-data readers extend it):
+Layouts understood (auto-detected; a root may hold several cases):
+
+* the study's release: case folders of CT slices plus a CVAT KITTI 1.0 export
+  (:mod:`liverrt.data.kitti`);
+* LiTS (``volume-N`` + ``segmentation-N``) and MSD (``imagesTr`` + ``labelsTr``)
+  NIfTI datasets (:mod:`liverrt.data.nifti_sets`);
 
 * a NIfTI file: one volume (``liver = label > 0`` when read as a mask);
 * a case folder with ``image.nii[.gz]`` and optional ``mask.nii[.gz]``
@@ -42,9 +47,9 @@ class CaseRef:
     """Where one case's image and (optional) mask live."""
 
     case_id: str
-    kind: str  # "nifti" | "slices"
-    image: Path
-    mask: Path | None
+    kind: str  # "nifti" | "slices" | "kitti"
+    image: Path  # kitti: the case folder
+    mask: Path | None  # kitti: the CVAT export folder
 
 
 @dataclass
@@ -62,6 +67,10 @@ def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def _case_in_folder(folder: Path) -> CaseRef | None:
+    from liverrt.data.kitti import is_kitti_case
+
+    if is_kitti_case(folder):  # the study's release: CT slices + a CVAT KITTI 1.0 export
+        return CaseRef(folder.name, "kitti", folder, folder)
     image = _first_existing(folder, ("image.nii.gz", "image.nii"))
     if image is not None:
         return CaseRef(folder.name, "nifti", image, _first_existing(folder, ("mask.nii.gz", "mask.nii")))
@@ -82,6 +91,12 @@ def find_cases(src: Path) -> list[CaseRef]:
         if is_nifti(src):
             return [CaseRef(strip_nifti_suffix(src.name), "nifti", src, None)]
         raise InputError(f"Input {src} is not a NIfTI file (.nii/.nii.gz); expected a volume or a folder.")
+    from liverrt.data.nifti_sets import detect_nifti_set, find_lits, find_msd
+
+    dataset = detect_nifti_set(src)  # LiTS (volume-N/segmentation-N) or MSD (imagesTr/labelsTr)
+    if dataset is not None:
+        pairs = find_lits(src) if dataset == "lits" else find_msd(src)
+        return [CaseRef(cid, "nifti", image, mask) for cid, image, mask in pairs]
     ref = _case_in_folder(src)
     if ref is not None:
         return [ref]
@@ -104,7 +119,20 @@ def find_cases(src: Path) -> list[CaseRef]:
 
 
 def load_case(ref: CaseRef, *, with_mask: bool = True) -> Volume:
-    """Read one case; ``with_mask=False`` ignores its labels (inference needs none)."""
+    """Read one case; ``with_mask=False`` ignores its labels (inference needs none).
+
+    A KITTI case holds only its annotated slices when read with masks (for
+    training and evaluation) and every image when read without (for inference).
+    """
+    if ref.kind == "kitti":
+        from dataclasses import replace
+
+        from liverrt.data.kitti import read_kitti_case
+
+        volume, warnings = read_kitti_case(ref.image, unannotated="exclude" if with_mask else "negative")
+        for w in warnings:
+            log.warning("%s: %s", ref.case_id, w)
+        return volume if with_mask else replace(volume, mask=None, instances=None)
     mask = ref.mask if with_mask else None
     if ref.kind == "nifti":
         return read_nifti_volume(ref.image, mask, case_id=ref.case_id)

@@ -33,7 +33,13 @@ class InferReport:
 
 
 def _load_for_inference(ref):
-    """The case with its mask (drawn on overlays) when readable, else without it."""
+    """The case with its mask (drawn on overlays) when readable, else without it.
+
+    A KITTI case read with masks holds only its annotated slices, so inference
+    reads it without them: every image is segmented.
+    """
+    if ref.kind == "kitti":
+        return load_case(ref, with_mask=False)
     try:
         return load_case(ref)
     except InputError as exc:
