@@ -1,4 +1,4 @@
-"""``liverrt data``: synthetic phantoms and case-level splits."""
+"""``liverrt data``: synthetic phantoms, inspection and case-level splits."""
 
 from __future__ import annotations
 
@@ -56,3 +56,16 @@ def split(src: Path, folds: int, seed: int, out_file: Path | None) -> None:
         refuse_overwriting_inputs(out_file, (src,))
         write_text_atomic(payload, out_file)
         console.print(f"{folds} folds of {len(ids)} cases -> {out_file}")
+
+
+@data.command()
+@click.argument("src", type=existing_path)
+@click.option("--json", "as_json", is_flag=True, help='One JSON object {"cases": [...], "warnings": [...]} on stdout.')
+def inspect(src: Path, as_json: bool) -> None:
+    """Summarise what SRC holds: layout, slices, annotated range, geometry, two-region slices, warnings."""
+    import json
+
+    from liverrt.data.inspect import inspect_source, text_report
+
+    report = inspect_source(src)
+    click.echo(json.dumps(report, indent=2) if as_json else text_report(report))

@@ -6,6 +6,8 @@ Layouts understood (auto-detected; a root may hold several cases):
   (:mod:`liverrt.data.kitti`);
 * LiTS (``volume-N`` + ``segmentation-N``) and MSD (``imagesTr`` + ``labelsTr``)
   NIfTI datasets (:mod:`liverrt.data.nifti_sets`);
+* a DICOM series folder, and CHAOS CT cases (``DICOM_anon/`` + ``Ground/``)
+  (:mod:`liverrt.data.dicom`);
 
 * a NIfTI file: one volume (``liver = label > 0`` when read as a mask);
 * a case folder with ``image.nii[.gz]`` and optional ``mask.nii[.gz]``
@@ -47,7 +49,7 @@ class CaseRef:
     """Where one case's image and (optional) mask live."""
 
     case_id: str
-    kind: str  # "nifti" | "slices" | "kitti"
+    kind: str  # "nifti" | "slices" | "kitti" | "dicom" | "chaos"
     image: Path  # kitti: the case folder
     mask: Path | None  # kitti: the CVAT export folder
 
@@ -71,6 +73,9 @@ def _case_in_folder(folder: Path) -> CaseRef | None:
 
     if is_kitti_case(folder):  # the study's release: CT slices + a CVAT KITTI 1.0 export
         return CaseRef(folder.name, "kitti", folder, folder)
+    if (folder / "DICOM_anon").is_dir():  # CHAOS CT: DICOM_anon/ + Ground/liver_GT_NNN.png
+        ground = folder / "Ground"
+        return CaseRef(folder.name, "chaos", folder, ground if ground.is_dir() else None)
     image = _first_existing(folder, ("image.nii.gz", "image.nii"))
     if image is not None:
         return CaseRef(folder.name, "nifti", image, _first_existing(folder, ("mask.nii.gz", "mask.nii")))
@@ -79,7 +84,25 @@ def _case_in_folder(folder: Path) -> CaseRef | None:
         return CaseRef(folder.name, "slices", folder / "images", masks if masks.is_dir() else None)
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file()):
         return CaseRef(folder.name, "slices", folder, None)
+    if _holds_dicom(folder):
+        return CaseRef(folder.name, "dicom", folder, None)
     return None
+
+
+def _holds_dicom(folder: Path, probe: int = 16) -> bool:
+    """True when one of the first ``probe`` files is DICOM (by suffix or the 'DICM' preamble)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))[:probe]
+    for path in files:
+        if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+            return True
+        try:
+            with path.open("rb") as f:
+                head = f.read(132)
+        except OSError:
+            continue
+        if head[128:132] == b"DICM":
+            return True
+    return False
 
 
 def find_cases(src: Path) -> list[CaseRef]:
@@ -133,6 +156,16 @@ def load_case(ref: CaseRef, *, with_mask: bool = True) -> Volume:
         for w in warnings:
             log.warning("%s: %s", ref.case_id, w)
         return volume if with_mask else replace(volume, mask=None, instances=None)
+    if ref.kind in ("dicom", "chaos"):
+        from liverrt.data.dicom import read_chaos_case, read_dicom_series
+
+        if ref.kind == "dicom":
+            volume, warnings = read_dicom_series(ref.image, case_id=ref.case_id)
+        else:
+            volume, warnings = read_chaos_case(ref.image)
+        for w in warnings:
+            log.warning("%s: %s", ref.case_id, w)
+        return volume if with_mask else volume.with_mask(None)
     mask = ref.mask if with_mask else None
     if ref.kind == "nifti":
         return read_nifti_volume(ref.image, mask, case_id=ref.case_id)

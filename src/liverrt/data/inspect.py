@@ -1,0 +1,107 @@
+"""``liverrt data inspect``: what a source holds, case by case, before anything is trained on it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from liverrt.data.sources import CaseRef, find_cases, load_case
+from liverrt.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class _Collect(logging.Handler):
+    """Catches the readers' warnings so they land in the report, not only in the log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def two_region_slices(mask: np.ndarray) -> list[int]:
+    """Indices of slices whose liver has two or more 8-connected regions (the study's hard case)."""
+    from liverrt.metrics import label
+
+    if mask is None or not mask.any():
+        return []
+    _, counts = label(mask, connectivity=8, per_slice=True)
+    return [int(i) for i in np.flatnonzero(np.asarray(counts) >= 2)]
+
+
+def _summary(ref: CaseRef) -> dict:
+    volume = load_case(ref, with_mask=ref.mask is not None)
+    names = volume.names
+    info = {
+        "id": ref.case_id,
+        "layout": ref.kind,
+        "source": str(ref.image),
+        "n_images": volume.shape[0],
+        "n_annotated": 0,
+        "first_annotated": None,
+        "last_annotated": None,
+        "shape": list(volume.shape),
+        "spacing": list(volume.spacing) if volume.intensity == "hu" else None,
+        "intensity": volume.intensity,
+        "orphan_masks": [],
+        "unannotated": [],
+        "two_region_slices": [],
+    }
+    if ref.kind == "kitti":
+        from liverrt.data.kitti import scan_kitti_case
+
+        scan = scan_kitti_case(ref.image)
+        annotated = scan.annotated
+        info.update(n_images=len(scan.images), n_annotated=len(annotated), orphan_masks=scan.orphan_masks,
+                    unannotated=scan.unannotated)
+        if annotated:
+            info.update(first_annotated=annotated[0], last_annotated=annotated[-1])
+    elif volume.mask is not None:  # a label map or a mask per slice covers every slice
+        info.update(n_annotated=len(names), first_annotated=names[0], last_annotated=names[-1])
+    if volume.mask is not None:
+        info["liver_slices"] = int(volume.mask.reshape(volume.shape[0], -1).any(axis=1).sum())
+        info["two_region_slices"] = [names[i] for i in two_region_slices(volume.mask)]
+    return info
+
+
+def inspect_source(src: Path) -> dict:
+    """``{"cases": [...], "warnings": [...]}``; raises :class:`InputError` when nothing is readable."""
+    refs = find_cases(src)
+    cases, warnings = [], []
+    collector = _Collect()
+    root = logging.getLogger("liverrt")
+    root.addHandler(collector)
+    try:
+        for ref in refs:
+            collector.messages.clear()
+            try:
+                cases.append(_summary(ref))
+            except InputError as exc:
+                warnings.append(f"{ref.case_id}: skipped: {exc}")
+            warnings += collector.messages
+    finally:
+        root.removeHandler(collector)
+    if not cases:
+        raise InputError(f"Nothing readable in {src}: " + "; ".join(warnings[:3]))
+    return {"cases": cases, "warnings": warnings}
+
+
+def text_report(report: dict) -> str:
+    lines = []
+    for c in report["cases"]:
+        spacing = "x".join(f"{s:g}" for s in c["spacing"]) + " mm" if c["spacing"] else "no geometry"
+        rng = f", annotated {c['first_annotated']}..{c['last_annotated']}" if c["first_annotated"] else ""
+        lines.append(
+            f"{c['id']} [{c['layout']}] {c['n_images']} images, {c['n_annotated']} annotated{rng}; "
+            f"shape {'x'.join(map(str, c['shape']))}, {spacing}, {c['intensity']}; "
+            f"{len(c['two_region_slices'])} two-region slices"
+            + (f"; {len(c['unannotated'])} unannotated" if c["unannotated"] else "")
+            + (f"; {len(c['orphan_masks'])} orphan masks" if c["orphan_masks"] else "")
+        )
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
