@@ -1,4 +1,4 @@
-"""``liverrt data``: synthetic phantoms, inspection and case-level splits."""
+"""``liverrt data``: synthetic phantoms, inspection, conversion and case-level splits."""
 
 from __future__ import annotations
 
@@ -69,3 +69,20 @@ def inspect(src: Path, as_json: bool) -> None:
 
     report = inspect_source(src)
     click.echo(json.dumps(report, indent=2) if as_json else text_report(report))
+
+
+@data.command()
+@click.argument("src", type=existing_path)
+@click.option("--out", type=out_dir, required=True, help="Output folder: one <case>/ folder per case.")
+@click.option("--to", "to", type=click.Choice(["nifti", "png"]), required=True)
+def convert(src: Path, out: Path, to: str) -> None:
+    """Convert every case of SRC (any readable layout) to NIfTI or PNG case folders."""
+    from liverrt.data.convert import convert as run_convert
+    from liverrt.errors import InputError
+
+    report = run_convert(src, out, to=to, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+    for note in report["notes"]:
+        console.print(f"[yellow]note[/] {note}")
+    console.print(f"{len(report['cases'])} case(s) -> {out}")
+    if report["skipped"]:
+        raise InputError("skipped: " + "; ".join(f"{s['id']}: {s['reason']}" for s in report["skipped"]))

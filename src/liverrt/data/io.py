@@ -67,6 +67,7 @@ class NiftiData:
     spacing: tuple[float, float, float]
     source_affine: np.ndarray
     to_source: np.ndarray
+    descrip: bytes = b""
 
 
 def load_nifti(path: Path) -> NiftiData:
@@ -106,6 +107,8 @@ def load_nifti(path: Path) -> NiftiData:
         spacing=spacing,
         source_affine=np.asarray(affine, dtype=float),
         to_source=nib.orientations.ornt_transform(target, current),
+        descrip=bytes(np.asarray(img.header.get("descrip", b"")).tobytes()).rstrip(b"\x00")
+        if hasattr(img, "header") else b"",
     )
 
 
@@ -127,8 +130,12 @@ def nifti_spacing(path: Path) -> tuple[float, float, float]:
     return by_axis[2], by_axis[1], by_axis[0]
 
 
+#: NIfTI ``descrip`` marker of 8-bit (already windowed) images written by liverrt
+DESCRIP_8BIT = b"liverrt intensity=8bit"
+
+
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: tuple[Path, ...] = (),
-                to_source: np.ndarray | None = None) -> Path:
+                to_source: np.ndarray | None = None, intensity: str = "hu") -> Path:
     """Write a ``(D, H, W)`` array as NIfTI (atomic).
 
     Without ``to_source``, ``affine`` belongs to the LPS-ordered array (a
@@ -147,6 +154,8 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: t
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
+    if intensity == "8bit":
+        img.header["descrip"] = DESCRIP_8BIT
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix, protect=protect) as tmp:
         nib.save(img, str(tmp))
@@ -154,7 +163,10 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: t
 
 
 def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_id: str | None = None) -> Volume:
-    """A HU volume from a NIfTI image and an optional NIfTI label map (liver = label > 0)."""
+    """A volume from a NIfTI image and an optional NIfTI label map (liver = label > 0).
+
+    Images are HU unless liverrt wrote them as 8-bit (``descrip`` marker).
+    """
     src = load_nifti(image_path)
     image, affine, spacing = src.array, src.affine, src.spacing
     mask = None
@@ -172,7 +184,7 @@ def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_i
         image=image,
         spacing=spacing,
         affine=affine,
-        intensity="hu",
+        intensity="8bit" if src.descrip == DESCRIP_8BIT else "hu",
         mask=mask,
         case_id=case_id or strip_nifti_suffix(Path(image_path).name),
         source=str(image_path),
@@ -272,20 +284,11 @@ def write_png_slices(
     folder = Path(folder)
     if len(names) != array.shape[0]:
         raise ValueError(f"got {len(names)} names for {array.shape[0]} slices")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         for name, sl in zip(names, array, strict=True):
             if sl.dtype == bool:
                 sl = sl.astype(np.uint8) * (255 if scale_mask else 1)
             Image.fromarray(np.ascontiguousarray(sl)).save(tmp / f"{name}.png")
-        set_default_mode(tmp)
-        if folder.exists():
-            _remove_tree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
     return folder
 
 
@@ -341,6 +344,27 @@ def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(folder: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``folder`` in one rename.
+
+    The folder appears complete or not at all: on any error the temporary
+    folder is removed and an existing ``folder`` is left untouched.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        set_default_mode(tmp)
+        if folder.exists():
+            _remove_tree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        _remove_tree(tmp)
         raise
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from liverrt.data.io import set_default_mode, write_nifti, write_png_slices
+from liverrt.data.io import atomic_dir, write_nifti, write_png_slices
 from liverrt.data.preprocess import normalize
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
@@ -47,12 +44,9 @@ def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tup
                overlays: int = 4, window: tuple[float, float] = (50.0, 400.0)) -> Path:
     """Write ``out_dir/<case>/``: ``mask.nii.gz`` (source affine), ``masks/*.png`` (source stems),
     ``overlays/*.png``. The case folder is built in a temporary sibling and renamed into place."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / volume.case_id
+    final = Path(out_dir) / volume.case_id
     _refuse_input_overlap(final, volume)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{volume.case_id}.", dir=out_dir))
-    try:
+    with atomic_dir(final) as tmp:
         if "nifti" in formats:
             if volume.to_source is not None:  # NIfTI source: same voxel order and affine as the file
                 write_nifti(seg.mask, volume.source_affine, tmp / "mask.nii.gz", to_source=volume.to_source)
@@ -69,11 +63,4 @@ def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tup
                 img = normalize(volume.image[i], volume.intensity, view)
                 gt = volume.mask[i] if volume.mask is not None else None
                 save_png(overlay(img, seg.mask[i], gt), tmp / "overlays" / f"{names[i]}.png")
-        set_default_mode(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

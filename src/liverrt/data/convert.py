@@ -1,0 +1,74 @@
+"""``liverrt data convert``: any readable layout to liverrt's NIfTI or PNG case folders.
+
+NIfTI output (``DIR/<case>/image.nii.gz``, ``mask.nii.gz``, ``instances.nii.gz``)
+keeps the array, the geometry and the intensity kind (8-bit images carry a
+header marker), so NIfTI -> Volume -> NIfTI loses nothing. PNG output
+(``DIR/<case>/images/``, ``masks/``) keeps 8-bit images exactly; HU volumes are
+windowed to 8 bits (lossy, reported) with the given window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from liverrt.data.io import (
+    atomic_dir,
+    refuse_overwriting_inputs,
+    write_nifti,
+    write_png_slices,
+)
+from liverrt.data.phantom import window_to_uint8
+from liverrt.data.sources import find_cases, load_case
+from liverrt.data.volume import Volume
+from liverrt.errors import InputError
+
+log = logging.getLogger(__name__)
+TARGETS = ("nifti", "png")
+
+
+def write_volume(volume: Volume, folder: Path, *, to: str, window: tuple[float, float] = (50.0, 400.0)) -> list[str]:
+    """Write one volume as a case folder (built in a temporary sibling, renamed into place)."""
+    notes: list[str] = []
+    with atomic_dir(Path(folder)) as tmp:
+        if to == "nifti":
+            write_nifti(volume.image, volume.affine, tmp / "image.nii.gz", intensity=volume.intensity)
+            if volume.mask is not None:
+                write_nifti(volume.mask, volume.affine, tmp / "mask.nii.gz")
+            if volume.instances is not None:
+                write_nifti(volume.instances, volume.affine, tmp / "instances.nii.gz")
+        else:
+            image = volume.image
+            if volume.intensity == "hu":
+                image = window_to_uint8(image, *window)
+                notes.append(f"{volume.case_id}: HU windowed to 8-bit PNG (centre {window[0]:g}, width {window[1]:g})")
+            write_png_slices(image, tmp / "images", volume.names)
+            if volume.mask is not None:
+                write_png_slices(volume.mask, tmp / "masks", volume.names)
+    return notes
+
+
+def convert(src: Path, out: Path, *, to: str, on_case: Callable[[str, int, int], None] | None = None) -> dict:
+    """Convert every case under ``src``; returns ``{"cases": [...], "skipped": [...], "notes": [...]}``."""
+    if to not in TARGETS:
+        raise InputError(f"--to {to!r}: expected one of {TARGETS}.")
+    refs = find_cases(src)
+    out = Path(out)
+    for ref in refs:
+        refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
+        if (out / ref.case_id).resolve() in Path(ref.image).resolve().parents:
+            raise InputError(f"Output {out / ref.case_id} holds the input {ref.image}; choose another --out.")
+    report: dict = {"cases": [], "skipped": [], "notes": []}
+    for i, ref in enumerate(refs):
+        if on_case:
+            on_case(ref.case_id, i, len(refs))
+        try:
+            volume = load_case(ref, with_mask=ref.mask is not None)
+            report["notes"] += write_volume(volume, out / ref.case_id, to=to)
+        except InputError as exc:
+            report["skipped"].append({"id": ref.case_id, "reason": str(exc)})
+            continue
+        report["cases"].append({"id": ref.case_id, "layout": ref.kind, "shape": list(volume.shape),
+                                "mask": volume.mask is not None, "instances": volume.instances is not None})
+    return report
