@@ -188,3 +188,19 @@ def test_kitti_root_flows_through_sources_training_and_inference(tmp_path, phant
     assert [c["id"] for c in report.cases] == ["case2", "case10"] and not report.skipped
     stems = sorted(p.stem for p in (tmp_path / "out" / "case2" / "masks").glob("*.png"))
     assert len(stems) == phantom.shape[0] and "image12" in stems
+
+
+def test_layout_and_read_options_reach_the_kitti_reader(tmp_path, phantom):
+    from liverrt.data.sources import ReadOptions, find_cases, load_cases
+
+    root = tmp_path / "release"
+    write_kitti_case(root / "case1", phantom)
+    assert [r.kind for r in find_cases(root, layout="kitti")] == ["kitti"]
+    with pytest.raises(InputError, match="No dicom cases"):
+        find_cases(root, layout="dicom")
+    with pytest.raises(InputError, match="Unknown layout"):
+        find_cases(root, layout="xml")
+    every = load_cases(root, options=ReadOptions(unannotated="negative")).volumes[0]
+    assert every.shape[0] == phantom.shape[0] and not every.mask[0].any()
+    kidney = load_cases(root, options=ReadOptions(label="kidney")).volumes[0]
+    assert kidney.mask[:, :3, :3].all() and kidney.mask.sum() == 9 * len(ANNOTATED)

@@ -42,3 +42,18 @@ def progress_bar(description: str, total: int | None = None):
             bar.update(task, completed=done, total=total, info=info)
 
         yield update
+
+
+def layout_option(f):
+    from liverrt.data.sources import LAYOUTS
+
+    return click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+                        help="Read only this layout (default: detect).")(f)
+
+
+def kitti_options(f):
+    f = click.option("--unannotated", type=click.Choice(["exclude", "negative"]), default="exclude",
+                     show_default=True,
+                     help="KITTI images without a mask: leave out, or keep as liver-free slices.")(f)
+    return click.option("--label", default="liver", show_default=True,
+                        help="Label name of the liver in a KITTI label_colors.txt.")(f)

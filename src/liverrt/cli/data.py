@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path, out_dir, progress_bar, seed_option
+from liverrt.cli.common import (
+    any_path,
+    console,
+    existing_path,
+    kitti_options,
+    layout_option,
+    out_dir,
+    progress_bar,
+    seed_option,
+)
 
 
 @click.group()
@@ -39,7 +48,8 @@ def synth(out: Path, cases: int, seed: int, size: int, slices: int, no_lesions: 
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @seed_option
 @click.option("--out", "out_file", type=any_path, default=None, help="Write the folds as JSON here (default: stdout).")
-def split(src: Path, folds: int, seed: int, out_file: Path | None) -> None:
+@layout_option
+def split(src: Path, folds: int, seed: int, out_file: Path | None, layout: str | None) -> None:
     """Case-level K-fold split of the cases in SRC (slices of one case never in two folds)."""
     import json
 
@@ -47,7 +57,7 @@ def split(src: Path, folds: int, seed: int, out_file: Path | None) -> None:
     from liverrt.data.sources import find_cases
     from liverrt.data.splits import kfold_split
 
-    ids = [c.case_id for c in find_cases(src)]
+    ids = [c.case_id for c in find_cases(src, layout=layout)]
     payload = json.dumps({"source": str(src), "seed": seed, "folds": kfold_split(ids, folds=folds, seed=seed)},
                          indent=2)
     if out_file is None:
@@ -61,13 +71,16 @@ def split(src: Path, folds: int, seed: int, out_file: Path | None) -> None:
 @data.command()
 @click.argument("src", type=existing_path)
 @click.option("--json", "as_json", is_flag=True, help='One JSON object {"cases": [...], "warnings": [...]} on stdout.')
-def inspect(src: Path, as_json: bool) -> None:
+@layout_option
+@kitti_options
+def inspect(src: Path, as_json: bool, layout: str | None, label: str, unannotated: str) -> None:
     """Summarise what SRC holds: layout, slices, annotated range, geometry, two-region slices, warnings."""
     import json
 
     from liverrt.data.inspect import inspect_source, text_report
+    from liverrt.data.sources import ReadOptions
 
-    report = inspect_source(src)
+    report = inspect_source(src, layout=layout, options=ReadOptions(label=label, unannotated=unannotated))
     click.echo(json.dumps(report, indent=2) if as_json else text_report(report))
 
 
@@ -75,12 +88,16 @@ def inspect(src: Path, as_json: bool) -> None:
 @click.argument("src", type=existing_path)
 @click.option("--out", type=out_dir, required=True, help="Output folder: one <case>/ folder per case.")
 @click.option("--to", "to", type=click.Choice(["nifti", "png"]), required=True)
-def convert(src: Path, out: Path, to: str) -> None:
+@layout_option
+@kitti_options
+def convert(src: Path, out: Path, to: str, layout: str | None, label: str, unannotated: str) -> None:
     """Convert every case of SRC (any readable layout) to NIfTI or PNG case folders."""
     from liverrt.data.convert import convert as run_convert
+    from liverrt.data.sources import ReadOptions
     from liverrt.errors import InputError
 
-    report = run_convert(src, out, to=to, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+    report = run_convert(src, out, to=to, layout=layout, options=ReadOptions(label=label, unannotated=unannotated),
+                         on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for note in report["notes"]:
         console.print(f"[yellow]note[/] {note}")
     console.print(f"{len(report['cases'])} case(s) -> {out}")

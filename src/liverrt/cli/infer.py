@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import console, existing_path, out_dir
+from liverrt.cli.common import console, existing_path, layout_option, out_dir
 from liverrt.errors import InputError, LiverrtError
 
 
@@ -23,13 +23,14 @@ from liverrt.errors import InputError, LiverrtError
 @click.option("--fill-holes", is_flag=True, help="Fill holes inside the liver, slice by slice.")
 @click.option("--keep-largest", is_flag=True,
               help="Keep only the largest 3D-connected liver component (contiguous volumes only).")
+@layout_option
 def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
-          overlays: int, fill_holes: bool, keep_largest: bool) -> None:
+          overlays: int, fill_holes: bool, keep_largest: bool, layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
     from liverrt.runtime.infer import run_inference
 
     report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=tuple(formats) or None,
-                           overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+                           overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for c in report.cases:
         vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""

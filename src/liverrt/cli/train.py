@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import console, existing_path, out_dir, progress_bar, seed_option
+from liverrt.cli.common import (
+    console,
+    existing_path,
+    kitti_options,
+    layout_option,
+    out_dir,
+    progress_bar,
+    seed_option,
+)
 
 
 @click.group()
@@ -32,17 +40,20 @@ def train() -> None:
 @click.option("--flip-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Left-right flip probability (off: volumes are reoriented so the liver is on the image left).")
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this time budget.")
+@layout_option
+@kitti_options
 @seed_option
 def unet(data_path: Path, out: Path, epochs: int, batch_size: int, lr: float, size: int, resize: str,
          window: tuple[float, float], val_fraction: float, device: str, no_augment: bool, flip_p: float,
-         max_minutes: float | None, seed: int) -> None:
+         max_minutes: float | None, layout: str | None, label: str, unannotated: str, seed: int) -> None:
     """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
     from liverrt.data.preprocess import PreprocessSpec
-    from liverrt.data.sources import load_cases
+    from liverrt.data.sources import ReadOptions, load_cases
     from liverrt.training.augment import AugmentConfig
     from liverrt.training.unet import TrainConfig, train_unet
 
-    loaded = load_cases(data_path, require_mask=True)
+    loaded = load_cases(data_path, require_mask=True, layout=layout,
+                        options=ReadOptions(label=label, unannotated=unannotated))
     for source, reason in loaded.skipped:
         console.print(f"[yellow]skipped[/] {source}: {reason}")
     domain = "8bit" if all(v.intensity == "8bit" for v in loaded.volumes) else "hu"

@@ -20,7 +20,7 @@ from liverrt.data.io import (
     write_png_slices,
 )
 from liverrt.data.phantom import window_to_uint8
-from liverrt.data.sources import find_cases, load_case
+from liverrt.data.sources import DEFAULT_OPTIONS, ReadOptions, find_cases, load_case
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
 
@@ -49,11 +49,12 @@ def write_volume(volume: Volume, folder: Path, *, to: str, window: tuple[float, 
     return notes
 
 
-def convert(src: Path, out: Path, *, to: str, on_case: Callable[[str, int, int], None] | None = None) -> dict:
+def convert(src: Path, out: Path, *, to: str, layout: str | None = None, options: ReadOptions = DEFAULT_OPTIONS,
+            on_case: Callable[[str, int, int], None] | None = None) -> dict:
     """Convert every case under ``src``; returns ``{"cases": [...], "skipped": [...], "notes": [...]}``."""
     if to not in TARGETS:
         raise InputError(f"--to {to!r}: expected one of {TARGETS}.")
-    refs = find_cases(src)
+    refs = find_cases(src, layout=layout)
     out = Path(out)
     for ref in refs:
         refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
@@ -64,7 +65,7 @@ def convert(src: Path, out: Path, *, to: str, on_case: Callable[[str, int, int],
         if on_case:
             on_case(ref.case_id, i, len(refs))
         try:
-            volume = load_case(ref, with_mask=ref.mask is not None)
+            volume = load_case(ref, with_mask=ref.mask is not None, options=options)
             report["notes"] += write_volume(volume, out / ref.case_id, to=to)
         except InputError as exc:
             report["skipped"].append({"id": ref.case_id, "reason": str(exc)})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liverrt.data.sources import CaseRef, find_cases, load_case
+from liverrt.data.sources import DEFAULT_OPTIONS, CaseRef, ReadOptions, find_cases, load_case
 from liverrt.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def two_region_slices(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(np.asarray(counts) >= 2)]
 
 
-def _summary(ref: CaseRef) -> dict:
-    volume = load_case(ref, with_mask=ref.mask is not None)
+def _summary(ref: CaseRef, options: ReadOptions) -> dict:
+    volume = load_case(ref, with_mask=ref.mask is not None, options=options)
     names = volume.names
     info = {
         "id": ref.case_id,
@@ -69,9 +69,9 @@ def _summary(ref: CaseRef) -> dict:
     return info
 
 
-def inspect_source(src: Path) -> dict:
+def inspect_source(src: Path, *, layout: str | None = None, options: ReadOptions = DEFAULT_OPTIONS) -> dict:
     """``{"cases": [...], "warnings": [...]}``; raises :class:`InputError` when nothing is readable."""
-    refs = find_cases(src)
+    refs = find_cases(src, layout=layout)
     cases, warnings = [], []
     collector = _Collect()
     root = logging.getLogger("liverrt")
@@ -80,7 +80,7 @@ def inspect_source(src: Path) -> dict:
         for ref in refs:
             collector.messages.clear()
             try:
-                cases.append(_summary(ref))
+                cases.append(_summary(ref, options))
             except InputError as exc:
                 warnings.append(f"{ref.case_id}: skipped: {exc}")
             warnings += collector.messages

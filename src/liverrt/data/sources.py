@@ -54,6 +54,25 @@ class CaseRef:
     mask: Path | None  # kitti: the CVAT export folder
 
 
+LAYOUTS = ("kitti", "lits", "msd", "dicom", "chaos", "nifti", "slices")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How labelled sources are read.
+
+    ``label``: the label name that is liver in a KITTI ``label_colors.txt``;
+    ``unannotated``: KITTI images without a mask are left out (``exclude``) or
+    kept as liver-free slices (``negative``).
+    """
+
+    label: str = "liver"
+    unannotated: str = "exclude"
+
+
+DEFAULT_OPTIONS = ReadOptions()
+
+
 @dataclass
 class LoadResult:
     volumes: list[Volume] = field(default_factory=list)
@@ -105,8 +124,30 @@ def _holds_dicom(folder: Path, probe: int = 16) -> bool:
     return False
 
 
-def find_cases(src: Path) -> list[CaseRef]:
-    """The cases under ``src``; raises :class:`InputError` when there are none."""
+def find_cases(src: Path, *, layout: str | None = None) -> list[CaseRef]:
+    """The cases under ``src``; raises :class:`InputError` when there are none.
+
+    ``layout`` (one of :data:`LAYOUTS`) keeps only cases of that layout instead
+    of accepting whatever is detected.
+    """
+    if layout is not None and layout not in LAYOUTS:
+        raise InputError(f"Unknown layout {layout!r}; expected one of {LAYOUTS}.")
+    if layout in ("lits", "msd"):
+        from liverrt.data.nifti_sets import find_lits, find_msd
+
+        pairs = find_lits(Path(src)) if layout == "lits" else find_msd(Path(src))
+        if not pairs:
+            raise InputError(f"No {layout.upper()} cases in {src}; expected its file layout (see liverrt data inspect).")
+        return [CaseRef(cid, "nifti", image, mask) for cid, image, mask in pairs]
+    refs = _detect_cases(Path(src))
+    if layout is not None:
+        refs = [r for r in refs if r.kind == layout]
+        if not refs:
+            raise InputError(f"No {layout} cases in {src}; `liverrt data inspect {src}` shows what was found.")
+    return refs
+
+
+def _detect_cases(src: Path) -> list[CaseRef]:
     src = Path(src)
     if not src.exists():
         raise InputError(f"Input {src} does not exist; expected a NIfTI file, a slice folder or a folder of cases.")
@@ -141,7 +182,7 @@ def find_cases(src: Path) -> list[CaseRef]:
     return cases
 
 
-def load_case(ref: CaseRef, *, with_mask: bool = True) -> Volume:
+def load_case(ref: CaseRef, *, with_mask: bool = True, options: ReadOptions = DEFAULT_OPTIONS) -> Volume:
     """Read one case; ``with_mask=False`` ignores its labels (inference needs none).
 
     A KITTI case holds only its annotated slices when read with masks (for
@@ -152,7 +193,8 @@ def load_case(ref: CaseRef, *, with_mask: bool = True) -> Volume:
 
         from liverrt.data.kitti import read_kitti_case
 
-        volume, warnings = read_kitti_case(ref.image, unannotated="exclude" if with_mask else "negative")
+        volume, warnings = read_kitti_case(ref.image, label=options.label,
+                                           unannotated=options.unannotated if with_mask else "negative")
         for w in warnings:
             log.warning("%s: %s", ref.case_id, w)
         return volume if with_mask else replace(volume, mask=None, instances=None)
@@ -172,15 +214,16 @@ def load_case(ref: CaseRef, *, with_mask: bool = True) -> Volume:
     return read_slice_folder(ref.image, mask, case_id=ref.case_id)
 
 
-def load_cases(src: Path, *, require_mask: bool = False) -> LoadResult:
+def load_cases(src: Path, *, require_mask: bool = False, layout: str | None = None,
+               options: ReadOptions = DEFAULT_OPTIONS) -> LoadResult:
     """Read every case under ``src``; unreadable or unlabelled cases are skipped with a reason."""
     result = LoadResult()
-    for ref in find_cases(src):
+    for ref in find_cases(src, layout=layout):
         if require_mask and ref.mask is None:
             result.skipped.append((str(ref.image), "no liver mask (expected mask.nii.gz or masks/)"))
             continue
         try:
-            result.volumes.append(load_case(ref))
+            result.volumes.append(load_case(ref, options=options))
         except InputError as exc:
             log.warning("skipping %s: %s", ref.image, exc)
             result.skipped.append((str(ref.image), str(exc)))

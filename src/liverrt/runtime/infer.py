@@ -61,6 +61,7 @@ def run_inference(
     engine_options: dict | None = None,
     fill_holes: bool = False,
     keep_largest: bool = False,
+    layout: str | None = None,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> InferReport:
     """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
@@ -74,7 +75,7 @@ def run_inference(
     if bad:
         raise InputError(f"Output formats {bad}: expected a subset of {FORMATS}.")
     out = Path(out)
-    refs = find_cases(src)
+    refs = find_cases(src, layout=layout)
     for ref in refs:  # never write a case folder over its own input
         target = (out / ref.case_id).resolve()
         if target == ref.image.resolve() or target in ref.image.resolve().parents:
