@@ -132,3 +132,16 @@ def test_nan_voxels_become_the_bottom_of_the_window():
 
     x = normalize(np.array([[[np.nan, 50.0, np.inf]]]), "hu", PreprocessSpec())
     assert np.allclose(x, [[[0.0, 0.5, 1.0]]])
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "amos").is_dir(), reason="shared real-data samples not present")
+@pytest.mark.parametrize("name", ["amos", "chaos_jpg"])
+def test_real_8bit_slice_folders_pair_masks_with_their_images(name):
+    vol = read_slice_folder(SHARED_DATA / name / "images", SHARED_DATA / name / "masks")
+    assert vol.intensity == "8bit" and vol.image.shape[1:] == (512, 512)
+    img = vol.image.astype(float)
+    body = (img > 20) & ~vol.mask
+    assert vol.mask.reshape(vol.shape[0], -1).any(axis=1).all()  # every slice has liver
+    # enhanced liver is brighter than the rest of the body, and on the image left (patient's right)
+    assert img[vol.mask].mean() > img[body].mean() + 20
+    assert np.nonzero(vol.mask)[2].mean() < vol.image.shape[2] / 2
