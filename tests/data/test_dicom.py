@@ -328,3 +328,21 @@ def test_inspect_reports_layouts_annotations_and_two_region_slices(tmp_path):
     (tmp_path / "empty").mkdir()
     r = runner.invoke(cli, ["data", "inspect", str(tmp_path / "empty")])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_ircad_case_pairs_the_liver_mask_series_with_the_ct(tmp_path):
+    from liverrt.data.sources import find_cases, load_case
+
+    case = tmp_path / "3Dircadb1.1"
+    ipps = [(0.0, 0.0, z) for z in (4.0, 0.0, 2.0)]
+    _write_series(case / "PATIENT_DICOM", ipps, ["image_0", "image_1", "image_2"])
+    liver = [np.where(_stored(i, 5, 6) % 3 == 0, 255, 0).astype(np.uint16) for i in range(3)]
+    _write_series(case / "MASKS_DICOM" / "liver", ipps, ["image_0", "image_1", "image_2"], pixels=liver,
+                  slope=1.0, intercept=0.0)
+    (ref,) = find_cases(case)
+    assert ref.kind == "ircad"
+    vol = load_case(ref)
+    ct, _ = read_dicom_series(case / "PATIENT_DICOM")
+    # the mask marks exactly the voxels whose stored CT value is divisible by 3, slice for slice
+    stored = (ct.image.astype(int) + 1024) // 2
+    assert np.array_equal(vol.mask, stored % 3 == 0)

@@ -211,3 +211,23 @@ def test_real_series_round_trips_the_dcmqi_liver(tmp_path):
         assert np.array_equal(ours[uid], mask[k]), vol.slice_names[k]
     seg = hd.seg.segread(out)
     assert seg.segmented_property_types[0].value == "10200004"
+
+
+def test_an_empty_mask_still_writes_a_valid_seg(tmp_path):
+    folder = tmp_path / "series"
+    _write_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
+    out = write_dicom_seg(np.zeros((2, 5, 6), bool), folder, tmp_path / "seg.dcm")
+    uids = _uid_by_stem(folder)
+    frames = _seg_frames(out, [uids["1"], uids["2"]])
+    assert not any(f.any() for f in frames.values())
+    assert pydicom.dcmread(out).Modality == "SEG"
+
+
+def test_missing_highdicom_is_a_clear_backend_error(tmp_path, monkeypatch):
+    import sys
+
+    from liverrt.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # makes ``import highdicom`` raise ImportError
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'liverrt\[dicom\]'"):
+        write_dicom_seg(np.zeros((1, 5, 6), bool), tmp_path, tmp_path / "seg.dcm")

@@ -6,8 +6,8 @@ Layouts understood (auto-detected; a root may hold several cases):
   (:mod:`liverrt.data.kitti`);
 * LiTS (``volume-N`` + ``segmentation-N``) and MSD (``imagesTr`` + ``labelsTr``)
   NIfTI datasets (:mod:`liverrt.data.nifti_sets`);
-* a DICOM series folder, and CHAOS CT cases (``DICOM_anon/`` + ``Ground/``)
-  (:mod:`liverrt.data.dicom`);
+* a DICOM series folder, CHAOS CT cases (``DICOM_anon/`` + ``Ground/``) and
+  3D-IRCADb cases (``PATIENT_DICOM/`` + ``MASKS_DICOM/liver/``) (:mod:`liverrt.data.dicom`);
 
 * a NIfTI file: one volume (``liver = label > 0`` when read as a mask);
 * a case folder with ``image.nii[.gz]`` and optional ``mask.nii[.gz]``
@@ -49,12 +49,12 @@ class CaseRef:
     """Where one case's image and (optional) mask live."""
 
     case_id: str
-    kind: str  # "nifti" | "slices" | "kitti" | "dicom" | "chaos"
+    kind: str  # "nifti" | "slices" | "kitti" | "dicom" | "chaos" | "ircad"
     image: Path  # kitti: the case folder
     mask: Path | None  # kitti: the CVAT export folder
 
 
-LAYOUTS = ("kitti", "lits", "msd", "dicom", "chaos", "nifti", "slices")
+LAYOUTS = ("kitti", "lits", "msd", "dicom", "chaos", "ircad", "nifti", "slices")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,9 @@ def _case_in_folder(folder: Path) -> CaseRef | None:
 
     if is_kitti_case(folder):  # the study's release: CT slices + a CVAT KITTI 1.0 export
         return CaseRef(folder.name, "kitti", folder, folder)
+    if (folder / "PATIENT_DICOM").is_dir():  # 3D-IRCADb: PATIENT_DICOM/ + MASKS_DICOM/liver/
+        masks = folder / "MASKS_DICOM" / "liver"
+        return CaseRef(folder.name, "ircad", folder / "PATIENT_DICOM", masks if masks.is_dir() else None)
     if (folder / "DICOM_anon").is_dir():  # CHAOS CT: DICOM_anon/ + Ground/liver_GT_NNN.png
         ground = folder / "Ground"
         return CaseRef(folder.name, "chaos", folder, ground if ground.is_dir() else None)
@@ -198,13 +201,15 @@ def load_case(ref: CaseRef, *, with_mask: bool = True, options: ReadOptions = DE
         for w in warnings:
             log.warning("%s: %s", ref.case_id, w)
         return volume if with_mask else replace(volume, mask=None, instances=None)
-    if ref.kind in ("dicom", "chaos"):
+    if ref.kind in ("dicom", "chaos", "ircad"):
         from liverrt.data.dicom import read_chaos_case, read_dicom_series
 
-        if ref.kind == "dicom":
-            volume, warnings = read_dicom_series(ref.image, case_id=ref.case_id)
-        else:
+        if ref.kind == "chaos":
             volume, warnings = read_chaos_case(ref.image)
+        else:
+            volume, warnings = read_dicom_series(ref.image, case_id=ref.case_id)
+            if ref.kind == "ircad" and ref.mask is not None and with_mask:
+                volume = volume.with_mask(_ircad_mask(ref, volume))
         for w in warnings:
             log.warning("%s: %s", ref.case_id, w)
         return volume if with_mask else volume.with_mask(None)
@@ -212,6 +217,19 @@ def load_case(ref: CaseRef, *, with_mask: bool = True, options: ReadOptions = DE
     if ref.kind == "nifti":
         return read_nifti_volume(ref.image, mask, case_id=ref.case_id)
     return read_slice_folder(ref.image, mask, case_id=ref.case_id)
+
+
+def _ircad_mask(ref: CaseRef, volume: Volume) -> np.ndarray:
+    """The liver mask series of a 3D-IRCADb case (non-zero = liver), checked against the CT's geometry."""
+    from liverrt.data.dicom import read_dicom_series
+
+    masks, _ = read_dicom_series(ref.mask, case_id=ref.case_id)
+    if masks.shape != volume.shape or not np.allclose(masks.affine, volume.affine, atol=1e-3):
+        raise InputError(
+            f"{ref.mask}: mask series {masks.shape} does not share the geometry of {ref.image} {volume.shape}; "
+            "expected the same slices."
+        )
+    return masks.image > 0
 
 
 def load_cases(src: Path, *, require_mask: bool = False, layout: str | None = None,
