@@ -231,3 +231,20 @@ def test_missing_highdicom_is_a_clear_backend_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "highdicom", None)  # makes ``import highdicom`` raise ImportError
     with pytest.raises(BackendUnavailableError, match=r"pip install 'liverrt\[dicom\]'"):
         write_dicom_seg(np.zeros((1, 5, 6), bool), tmp_path, tmp_path / "seg.dcm")
+
+
+def test_infer_writes_a_dicom_seg_for_a_dicom_series_input(tmp_path, tiny_onnx):
+    from click.testing import CliRunner
+
+    from liverrt.cli import cli
+
+    _write_series(tmp_path / "ct", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0)], ["c.dcm", "a.dcm", "b.dcm"],
+                  shape=(24, 20))
+    r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_onnx), "--input", str(tmp_path / "ct"),
+                                 "--out", str(tmp_path / "out"), "--format", "dicom-seg", "--format", "nifti"])
+    assert r.exit_code == 0, r.output
+    seg = pydicom.dcmread(tmp_path / "out" / "ct" / "seg.dcm")
+    assert seg.Modality == "SEG"
+    referenced = {i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
+    assert referenced == set(_uid_by_stem(tmp_path / "ct").values())
+    assert (tmp_path / "out" / "ct" / "mask.nii.gz").is_file()

@@ -17,8 +17,9 @@ from liverrt.errors import InputError, LiverrtError
               help="NIfTI file, slice folder, case folder or folder of cases.")
 @click.option("--out", type=out_dir, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--format", "formats", type=click.Choice(["nifti", "png"]), multiple=True,
-              help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices).")
+@click.option("--format", "formats", type=click.Choice(["nifti", "png", "dicom-seg"]), multiple=True,
+              help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices; "
+                   "dicom-seg for DICOM series inputs, needs liverrt[dicom]).")
 @click.option("--overlays", type=click.IntRange(0), default=4, show_default=True, help="Overlay PNGs per case.")
 @click.option("--fill-holes", is_flag=True, help="Fill holes inside the liver, slice by slice.")
 @click.option("--keep-largest", is_flag=True,

@@ -11,7 +11,7 @@ from liverrt.errors import InputError
 from liverrt.runtime.segmenter import Segmentation
 from liverrt.viz import overlay, pick_slices, save_png
 
-FORMATS = ("nifti", "png")
+FORMATS = ("nifti", "png", "dicom-seg")
 
 
 def case_summary(volume: Volume, seg: Segmentation) -> dict:
@@ -54,6 +54,12 @@ def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tup
                 write_nifti(seg.mask, volume.affine, tmp / "mask.nii.gz")
         if "png" in formats:
             write_png_slices(seg.mask, tmp / "masks", volume.names)
+        if "dicom-seg" in formats:  # a DICOM SEG referencing the source series' instances
+            from liverrt.data.dicom_seg import write_dicom_seg
+
+            if not volume.source or not Path(volume.source).is_dir():
+                raise InputError(f"{volume.case_id}: DICOM SEG output needs a DICOM series folder as input.")
+            write_dicom_seg(seg.mask, Path(volume.source), tmp / "seg.dcm")
         if overlays:
             from liverrt.data.preprocess import PreprocessSpec
 
