@@ -346,3 +346,26 @@ def test_ircad_case_pairs_the_liver_mask_series_with_the_ct(tmp_path):
     # the mask marks exactly the voxels whose stored CT value is divisible by 3, slice for slice
     stored = (ct.image.astype(int) + 1024) // 2
     assert np.array_equal(vol.mask, stored % 3 == 0)
+
+
+@pytest.mark.skipif(not DCMQI.is_dir(), reason="shared real-data samples not present")
+def test_real_series_matches_simpleitk_voxel_for_voxel():
+    import pydicom
+    import SimpleITK as sitk
+
+    uid = pydicom.dcmread(DCMQI / "01.dcm", stop_before_pixels=True).SeriesInstanceUID
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(DCMQI), uid))
+    itk = reader.Execute()
+    ref = sitk.GetArrayFromImage(itk)  # (k, j, i) in ITK's LPS index order
+    vol, _ = read_dicom_series(DCMQI)
+    direction = np.array(itk.GetDirection()).reshape(3, 3)
+    spacing, origin = np.array(itk.GetSpacing()), np.array(itk.GetOrigin())
+    inverse = np.linalg.inv(vol.affine)
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # the same world point holds the same HU in both readers
+        k, j, i = rng.integers(0, ref.shape[0]), rng.integers(0, 512), rng.integers(0, 512)
+        lps = origin + direction @ (spacing * np.array([i, j, k]))
+        w, h, d = np.round(inverse @ np.array([-lps[0], -lps[1], lps[2], 1.0]))[:3].astype(int)
+        assert vol.image[d, h, w] == ref[k, j, i]
+    assert vol.spacing == pytest.approx(tuple(spacing[::-1]), abs=1e-6)
