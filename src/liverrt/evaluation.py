@@ -31,7 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from liverrt.data.io import atomic_path, is_nifti, nifti_spacing
-from liverrt.data.sources import MaskVolume, find_masks, read_mask, single_mask
+from liverrt.data.sources import (
+    CaseRef,
+    MaskVolume,
+    find_cases,
+    find_masks,
+    load_case,
+    read_mask,
+    single_mask,
+)
 from liverrt.errors import InputError
 from liverrt.metrics import SLICE_SCORES, VOLUME_METRICS, MetricAccumulator
 
@@ -60,6 +68,27 @@ def check_spacing(spacing: tuple[float, ...]) -> Spacing:
 MISSING_POLICIES = ("error", "skip", "empty")
 
 
+def _ground_truth(gt: Path) -> dict[str, Path | CaseRef]:
+    """Ground-truth masks by case: NIfTI/PNG masks, or the labelled cases of any readable layout
+    (the study's KITTI release, CHAOS, 3D-IRCADb, LiTS, MSD)."""
+    try:
+        return find_masks(gt)
+    except InputError:
+        labelled = {ref.case_id: ref for ref in find_cases(gt) if ref.mask is not None}
+        if not labelled:
+            raise
+        return labelled
+
+
+def _read_truth(where: Path | CaseRef, cid: str) -> MaskVolume:
+    if not isinstance(where, CaseRef):
+        return read_mask(where, cid)
+    volume = load_case(where)
+    spacing = volume.spacing if volume.intensity == "hu" else None
+    return MaskVolume(cid, volume.mask, spacing, Path(where.image), affine=volume.affine if spacing else None,
+                      slice_names=volume.slice_names or None)
+
+
 def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | None, Path]], dict[str, list[str]]]:
     """Match prediction and ground-truth volumes by case name.
 
@@ -74,7 +103,7 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
     if single_p is not None and single_g is not None:
         name = next(iter(find_masks(gt)))
         return [(name, single_p, single_g)], {"pred": [], "gt": []}
-    preds, gts = find_masks(pred), find_masks(gt)
+    preds, gts = find_masks(pred), _ground_truth(gt)
     absent = [cid for cid in gts if cid not in preds]
     if absent and missing == "error":
         raise InputError(
@@ -96,7 +125,7 @@ def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[s
     warnings = []
     pm = p.mask
     if p.slice_names is not None and g.slice_names is not None and p.slice_names != g.slice_names:
-        if set(p.slice_names) != set(g.slice_names):
+        if not set(g.slice_names) <= set(p.slice_names):
             only_p = sorted(set(p.slice_names) - set(g.slice_names))[:3]
             only_g = sorted(set(g.slice_names) - set(p.slice_names))[:3]
             raise InputError(
@@ -105,6 +134,8 @@ def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[s
             )
         index = {name: i for i, name in enumerate(p.slice_names)}
         pm = pm[[index[name] for name in g.slice_names]]
+        if len(g.slice_names) < len(p.slice_names):
+            warnings.append(f"scored on the {len(g.slice_names)} annotated of {len(p.slice_names)} predicted slices")
     if pm.shape != g.mask.shape:
         raise InputError(
             f"Case {cid}: prediction {p.source} has shape {pm.shape}, ground truth {g.source} has "
@@ -134,7 +165,7 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
     cases, sources, skipped = [], set(), []
     for cid, ppath, gpath in pairs:
         try:
-            g = read_mask(gpath, cid)
+            g = _read_truth(gpath, cid)
             if ppath is None:  # --missing empty
                 p = MaskVolume(cid, np.zeros_like(g.mask), None, Path("<missing: scored as empty>"),
                                slice_names=g.slice_names)
@@ -154,7 +185,7 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
                 case_spacing, case_source = (1.0, 1.0, 1.0), "none: distances in pixels"
         sources.add(case_source)
         acc.update(cid, pmask, g.mask, case_spacing)
-        cases.append({"id": cid, "pred": str(p.source), "gt": str(gpath), "spacing_mm": list(case_spacing),
+        cases.append({"id": cid, "pred": str(p.source), "gt": str(g.source), "spacing_mm": list(case_spacing),
                       "warnings": warnings})
     if not cases:
         raise InputError("No case could be scored: " + "; ".join(f"{s['id']}: {s['reason']}" for s in skipped))

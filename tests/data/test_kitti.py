@@ -204,3 +204,17 @@ def test_layout_and_read_options_reach_the_kitti_reader(tmp_path, phantom):
     assert every.shape[0] == phantom.shape[0] and not every.mask[0].any()
     kidney = load_cases(root, options=ReadOptions(label="kidney")).volumes[0]
     assert kidney.mask[:, :3, :3].all() and kidney.mask.sum() == 9 * len(ANNOTATED)
+
+
+def test_eval_scores_predictions_against_a_kitti_release_on_its_annotated_slices(tmp_path, phantom):
+    from liverrt.data.io import write_png_slices
+    from liverrt.evaluation import evaluate
+
+    root = tmp_path / "release"
+    write_kitti_case(root / "case1", phantom, orphan=False)
+    stems = tuple(f"image{d + 1}" for d in range(phantom.shape[0]))
+    write_png_slices(phantom.mask, tmp_path / "pred" / "case1" / "masks", stems)  # a perfect prediction, all slices
+    result = evaluate(tmp_path / "pred", root)
+    case = result["cases"][0]
+    assert case["volume"]["dice"] == 1.0 and case["slices"]["n"] == int(phantom.mask[list(ANNOTATED)].any(axis=(1, 2)).sum())
+    assert "annotated of 12 predicted slices" in case["warnings"][0]
