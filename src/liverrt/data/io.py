@@ -222,6 +222,24 @@ def read_slice_image(path: Path, *, as_mask: bool = False) -> np.ndarray:
     return arr
 
 
+def stack_slice_images(files: list[Path]) -> np.ndarray:
+    """Grey slices of one shape as a ``(D, H, W)`` uint8 stack.
+
+    16-bit slices are scaled to 0..255 by the stack's own maximum (kept as
+    8-bit intensities); a slice of another shape raises, naming it.
+    """
+    slices = [read_slice_image(p) for p in files]
+    shape = slices[0].shape
+    for p, s in zip(files, slices, strict=True):
+        if s.shape != shape:
+            raise InputError(f"Slice {p} has shape {s.shape}, expected {shape} like {files[0].name}.")
+    image = np.stack(slices)
+    if image.dtype != np.uint8:
+        hi = float(image.max()) or 1.0
+        image = np.round(image.astype(np.float32) * (255.0 / hi)).astype(np.uint8)
+    return image
+
+
 def read_slice_folder(
     images: Path, masks: Path | None = None, *, case_id: str | None = None
 ) -> Volume:
@@ -234,17 +252,9 @@ def read_slice_folder(
     files = list_slice_images(images) if images.is_dir() else []
     if not files:
         raise InputError(f"No PNG/JPG slices found in {images}; expected a folder of slice images.")
-    slices = [read_slice_image(p) for p in files]
-    shape = slices[0].shape
-    for p, s in zip(files, slices, strict=True):
-        if s.shape != shape:
-            raise InputError(f"Slice {p} has shape {s.shape}, expected {shape} like {files[0].name}.")
-    image = np.stack(slices)
+    image = stack_slice_images(files)
+    shape = image.shape[1:]
     intensity = "8bit"
-    if image.dtype == np.uint16:
-        # 16-bit PNG slices: scale to 0..255 by the folder's range, keep as 8-bit intensities.
-        hi = float(image.max()) or 1.0
-        image = np.round(image.astype(np.float32) * (255.0 / hi)).astype(np.uint8)
     mask = None
     if masks is not None:
         by_stem = {p.stem: p for p in list_slice_images(Path(masks))}

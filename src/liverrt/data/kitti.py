@@ -28,7 +28,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from liverrt.data.io import IMAGE_SUFFIXES, list_slice_images, natural_key, read_slice_image
+from liverrt.data.io import (
+    IMAGE_SUFFIXES,
+    list_slice_images,
+    natural_key,
+    stack_slice_images,
+)
 from liverrt.data.volume import Volume, default_affine
 from liverrt.errors import InputError
 
@@ -279,20 +284,6 @@ def _instance_slice(path: Path, mask: np.ndarray, lid: int) -> np.ndarray | None
     return ids if np.array_equal(ids > 0, mask) else None
 
 
-def _stack_images(files: list[Path]) -> np.ndarray:
-    slices = [read_slice_image(p) for p in files]
-    shape = slices[0].shape
-    for p, s in zip(files, slices, strict=True):
-        if s.shape != shape:
-            raise InputError(f"Slice {p} has shape {s.shape}, expected {shape} like {files[0].name}.")
-    image = np.stack(slices)
-    if image.dtype != np.uint8:
-        # 16-bit slices: scale to 0..255 by the case's range, like read_slice_folder.
-        hi = float(image.max()) or 1.0
-        image = np.round(image.astype(np.float32) * (255.0 / hi)).astype(np.uint8)
-    return image
-
-
 def read_kitti_case(
     folder: Path, *, label: str = "liver", unannotated: str = "exclude"
 ) -> tuple[Volume, list[str]]:
@@ -339,7 +330,7 @@ def read_kitti_case(
             f"KITTI case {folder}: no image has a mask in default/semantic/; expected at least one "
             "annotated slice (or unannotated='negative')."
         )
-    image = _stack_images(files)
+    image = stack_slice_images(files)
     shape = image.shape[1:]
     mask = np.zeros(image.shape, dtype=bool)
     instances = np.zeros(image.shape, dtype=np.uint16)
