@@ -5,62 +5,15 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from liverrt_test_helpers import SHARED_DATA
+from liverrt_test_helpers import AXIAL, SHARED_DATA, stored_pixels, write_ct_series
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from liverrt.data.dicom import read_chaos_case, read_dicom_series, series_spacing
 from liverrt.errors import InputError
 
 DCMQI = SHARED_DATA / "dcmqi_ct3slice"
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-
-def _stored(k, rows, cols):
-    """Stored pixel values that identify slice k, row r and column c."""
-    r, c = np.mgrid[0:rows, 0:cols]
-    return (100 * k + 10 * r + c).astype(np.uint16)
-
-
-def _write_slice(path, pixels, ipp, *, iop=AXIAL, spacing=(0.8, 0.7), series_uid, description="",
-                 slope=2.0, intercept=-1024.0):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesDescription = description
-    ds.Modality = "CT"
-    ds.ImagePositionPatient = [float(v) for v in ipp]
-    ds.ImageOrientationPatient = [float(v) for v in iop]
-    ds.PixelSpacing = list(spacing)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-def _write_series(folder, ipps, names, *, iop=AXIAL, spacing=(0.8, 0.7), shape=(5, 6), description="",
-                  slope=2.0, intercept=-1024.0, pixels=None):
-    """One file per position; ``pixels[i]`` (default: values coding i) goes to ``names[i]``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = generate_uid()
-    for i, (ipp, name) in enumerate(zip(ipps, names, strict=True)):
-        px = _stored(i, *shape) if pixels is None else pixels[i]
-        _write_slice(folder / name, px, ipp, iop=iop, spacing=spacing, series_uid=uid, description=description,
-                     slope=slope, intercept=intercept)
-    return uid
 
 
 def _world_lps(ipp, iop, spacing, r, c):
@@ -91,7 +44,7 @@ def test_axial_series_values_order_spacing_and_affine(tmp_path):
     z = [15.0, 10.0, 17.5, 12.5]  # file-name order is not position order
     ipps = [(-100.0, -120.0, zz) for zz in z]
     names = ["b", "a.dcm", "IM10", "1.2.840.5"]
-    _write_series(folder, ipps, names)
+    write_ct_series(folder, ipps, names)
     (folder / "README.txt").write_text("not dicom")
     seg = Dataset()  # a non-image DICOM object (no position): ignored
     seg.file_meta = FileMetaDataset()
@@ -110,7 +63,7 @@ def test_axial_series_values_order_spacing_and_affine(tmp_path):
     by_z = np.argsort(z)  # file index of each output slice, inferior first
     assert vol.slice_names == tuple(["a", "1.2.840.5", "b", "IM10"])
     for k, i in enumerate(by_z):
-        np.testing.assert_array_equal(vol.image[k], _stored(i, 5, 6).astype(np.int32) * 2 - 1024)
+        np.testing.assert_array_equal(vol.image[k], stored_pixels(i, 5, 6).astype(np.int32) * 2 - 1024)
     # voxel (w, h, d) -> RAS equals the DICOM patient position (LPS) with x and y negated
     for w, h, d in [(0, 0, 0), (5, 0, 0), (0, 4, 1), (3, 2, 3)]:
         lps = _world_lps(ipps[by_z[d]], AXIAL, (0.8, 0.7), h, w)
@@ -124,29 +77,29 @@ def test_series_stored_superior_to_inferior_with_rows_toward_anterior(tmp_path):
     iop = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # rows run anterior; the normal points inferior
     ipps = [(-100.0, 50.0, 40.0 - 3.0 * i) for i in range(4)]  # files top to bottom
     names = [f"IM{i}.dcm" for i in range(4)]
-    _write_series(tmp_path / "ct", ipps, names, iop=iop)
+    write_ct_series(tmp_path / "ct", ipps, names, iop=iop)
     vol, warnings = read_dicom_series(tmp_path / "ct")
     assert warnings == []
     assert vol.slice_names == ("IM3", "IM2", "IM1", "IM0")  # inferior first
     assert vol.spacing == pytest.approx((3.0, 0.8, 0.7))
     # the stored first row is the most anterior: it becomes the last row in LPS order
-    np.testing.assert_array_equal(vol.image[0, -1], _stored(3, 5, 6)[0].astype(np.int32) * 2 - 1024)
-    _assert_matches_source(vol, ipps, iop, (0.8, 0.7), [_stored(i, 5, 6) for i in range(4)])
+    np.testing.assert_array_equal(vol.image[0, -1], stored_pixels(3, 5, 6)[0].astype(np.int32) * 2 - 1024)
+    _assert_matches_source(vol, ipps, iop, (0.8, 0.7), [stored_pixels(i, 5, 6) for i in range(4)])
 
 
 def test_transposed_in_plane_axes_are_reoriented(tmp_path):
     iop = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # columns run posterior, rows run left
     ipps = [(-60.0, -80.0, 5.0 * i) for i in range(3)]
-    _write_series(tmp_path / "ct", ipps, ["x", "y", "z"], iop=iop)
+    write_ct_series(tmp_path / "ct", ipps, ["x", "y", "z"], iop=iop)
     vol, _ = read_dicom_series(tmp_path / "ct")
     assert vol.shape == (3, 6, 5)  # stored 5 rows x 6 columns: the 6 columns run posterior -> H
     assert vol.spacing == pytest.approx((5.0, 0.7, 0.8))
-    _assert_matches_source(vol, ipps, iop, (0.8, 0.7), [_stored(i, 5, 6) for i in range(3)])
+    _assert_matches_source(vol, ipps, iop, (0.8, 0.7), [stored_pixels(i, 5, 6) for i in range(3)])
 
 
 def test_mixed_series_are_refused_with_their_names(tmp_path):
-    uid_a = _write_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 2)], ["a1", "a2"], description="arterial")
-    uid_b = _write_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 2), (0, 0, 4)], ["b1", "b2", "b3"],
+    uid_a = write_ct_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 2)], ["a1", "a2"], description="arterial")
+    uid_b = write_ct_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 2), (0, 0, 4)], ["b1", "b2", "b3"],
                           description="venous")
     with pytest.raises(InputError, match="mixes 2 DICOM series") as err:
         read_dicom_series(tmp_path / "ct")
@@ -156,7 +109,7 @@ def test_mixed_series_are_refused_with_their_names(tmp_path):
 
 def test_missing_slice_is_a_warning_naming_the_files(tmp_path):
     ipps = [(0.0, 0.0, z) for z in (0.0, 2.5, 5.0, 10.0, 12.5)]
-    _write_series(tmp_path / "ct", ipps, [f"s{i}" for i in range(5)])
+    write_ct_series(tmp_path / "ct", ipps, [f"s{i}" for i in range(5)])
     vol, warnings = read_dicom_series(tmp_path / "ct")
     assert vol.shape[0] == 5 and vol.spacing[0] == pytest.approx(2.5)
     assert len(warnings) == 1 and "uneven slice gaps" in warnings[0] and "s2 and s3" in warnings[0]
@@ -164,7 +117,7 @@ def test_missing_slice_is_a_warning_naming_the_files(tmp_path):
 
 def test_duplicate_position_is_dropped_with_a_warning(tmp_path):
     ipps = [(0.0, 0.0, z) for z in (0.0, 2.0, 2.0, 4.0)]
-    _write_series(tmp_path / "ct", ipps, ["s0", "s1", "s1copy", "s3"])
+    write_ct_series(tmp_path / "ct", ipps, ["s0", "s1", "s1copy", "s3"])
     vol, warnings = read_dicom_series(tmp_path / "ct")
     assert vol.slice_names == ("s0", "s1", "s3")
     assert any("duplicate slice position" in w and "s1copy" in w for w in warnings)
@@ -172,15 +125,15 @@ def test_duplicate_position_is_dropped_with_a_warning(tmp_path):
 
 def test_gantry_tilt_is_a_warning_and_the_affine_follows_the_positions(tmp_path):
     ipps = [(-10.0, -20.0 + 0.5 * i, 2.5 * i) for i in range(4)]  # y drifts with z: ~11 degrees
-    _write_series(tmp_path / "ct", ipps, [f"t{i}" for i in range(4)])
+    write_ct_series(tmp_path / "ct", ipps, [f"t{i}" for i in range(4)])
     vol, warnings = read_dicom_series(tmp_path / "ct")
     assert any("gantry tilt of 11.3" in w for w in warnings)
     assert vol.spacing[0] == pytest.approx(2.5)
-    _assert_matches_source(vol, ipps, AXIAL, (0.8, 0.7), [_stored(i, 5, 6) for i in range(4)])
+    _assert_matches_source(vol, ipps, AXIAL, (0.8, 0.7), [stored_pixels(i, 5, 6) for i in range(4)])
 
 
 def test_fractional_rescale_gives_float32(tmp_path):
-    _write_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 1)], ["a", "b"], slope=0.5, intercept=-1000.0)
+    write_ct_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 1)], ["a", "b"], slope=0.5, intercept=-1000.0)
     vol, _ = read_dicom_series(tmp_path / "ct")
     assert vol.image.dtype == np.float32
     assert vol.image[0, 0, 1] == pytest.approx(0.5 * 1 - 1000.0)
@@ -205,7 +158,7 @@ def _chaos_case(root, *, n=4, iop=AXIAL, seed=0):
     pixels = [rng.integers(0, 2000, (5, 6)).astype(np.uint16) for _ in range(n)]
     z = rng.permutation(n) * 2.0  # file-name order differs from position order
     names = [f"i{i:04d},0000b.dcm" for i in range(n)]
-    _write_series(case / "DICOM_anon", [(0.0, 0.0, zz) for zz in z], names, iop=iop, pixels=pixels)
+    write_ct_series(case / "DICOM_anon", [(0.0, 0.0, zz) for zz in z], names, iop=iop, pixels=pixels)
     (case / "Ground").mkdir(parents=True)
     for i, px in enumerate(pixels):
         Image.fromarray(np.where(px > 1000, 255, 0).astype(np.uint8)).save(case / "Ground" / f"liver_GT_{i:03d}.png")
@@ -286,7 +239,7 @@ def test_real_ct_series_ignores_the_seg_and_matches_the_nrrd_label_geometry():
 
 
 def test_file_without_preamble_is_still_read(tmp_path):
-    _write_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 1)], ["a", "b"])
+    write_ct_series(tmp_path / "ct", [(0, 0, 0), (0, 0, 1)], ["a", "b"])
     raw = (tmp_path / "ct" / "b").read_bytes()
     (tmp_path / "ct" / "b").write_bytes(raw[128 + 4:])  # drop preamble + DICM (meta group stays)
     vol, _ = read_dicom_series(tmp_path / "ct")
@@ -296,7 +249,7 @@ def test_file_without_preamble_is_still_read(tmp_path):
 def test_dicom_and_chaos_folders_are_found_by_the_sources_layer(tmp_path):
     from liverrt.data.sources import find_cases, load_case, load_cases
 
-    _write_series(tmp_path / "root" / "series1", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0)], ["b", "a", "c"])
+    write_ct_series(tmp_path / "root" / "series1", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0)], ["b", "a", "c"])
     _chaos_case(tmp_path / "root")
     refs = {r.case_id: r.kind for r in find_cases(tmp_path / "root")}
     assert refs == {"series1": "dicom", "7": "chaos"}
@@ -335,9 +288,9 @@ def test_ircad_case_pairs_the_liver_mask_series_with_the_ct(tmp_path):
 
     case = tmp_path / "3Dircadb1.1"
     ipps = [(0.0, 0.0, z) for z in (4.0, 0.0, 2.0)]
-    _write_series(case / "PATIENT_DICOM", ipps, ["image_0", "image_1", "image_2"])
-    liver = [np.where(_stored(i, 5, 6) % 3 == 0, 255, 0).astype(np.uint16) for i in range(3)]
-    _write_series(case / "MASKS_DICOM" / "liver", ipps, ["image_0", "image_1", "image_2"], pixels=liver,
+    write_ct_series(case / "PATIENT_DICOM", ipps, ["image_0", "image_1", "image_2"])
+    liver = [np.where(stored_pixels(i, 5, 6) % 3 == 0, 255, 0).astype(np.uint16) for i in range(3)]
+    write_ct_series(case / "MASKS_DICOM" / "liver", ipps, ["image_0", "image_1", "image_2"], pixels=liver,
                   slope=1.0, intercept=0.0)
     (ref,) = find_cases(case)
     assert ref.kind == "ircad"

@@ -4,72 +4,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from liverrt_test_helpers import SHARED_DATA
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from liverrt_test_helpers import AXIAL, SHARED_DATA, write_ct_series
 
 from liverrt.data.dicom import read_dicom_series
 from liverrt.data.dicom_seg import write_dicom_seg
 from liverrt.errors import InputError
 
 DCMQI = SHARED_DATA / "dcmqi_ct3slice"
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SLOPE, INTERCEPT = 2.0, -1024.0
-
-
-def _stored(k, rows, cols):
-    """Stored pixel values that identify slice k, row r and column c."""
-    r, c = np.mgrid[0:rows, 0:cols]
-    return (100 * k + 10 * r + c).astype(np.uint16)
-
-
-def _write_slice(path, pixels, ipp, *, iop, spacing, series_uid, study_uid, frame_uid, number):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = frame_uid
-    ds.PatientID = "synthetic"
-    ds.PatientName = "Synthetic^Phantom"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.StudyDate = "20240101"
-    ds.StudyTime = "120000"
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = number
-    ds.Modality = "CT"
-    ds.ImagePositionPatient = [float(v) for v in ipp]
-    ds.ImageOrientationPatient = [float(v) for v in iop]
-    ds.PixelSpacing = list(spacing)
-    ds.SliceThickness = 1.0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = SLOPE
-    ds.RescaleIntercept = INTERCEPT
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-def _write_series(folder, ipps, names, *, iop=AXIAL, spacing=(0.8, 0.7), shape=(5, 6)):
-    """One file per position; the stored values of ``names[i]`` code ``i``, row and column."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    for i, (ipp, name) in enumerate(zip(ipps, names, strict=True)):
-        _write_slice(folder / name, _stored(i, *shape), ipp, iop=iop, spacing=spacing, series_uid=series_uid,
-                     study_uid=study_uid, frame_uid=frame_uid, number=i + 1)
 
 
 def _predicate(hu):
@@ -99,7 +41,7 @@ def test_frames_land_on_their_source_instance_despite_file_names_out_of_order(tm
     folder = tmp_path / "series"
     # file names a, b, c, d lie at z = 20, 0, 30, 10: position order is b, d, a, c
     names = ["a.dcm", "b.dcm", "c.dcm", "d.dcm"]
-    _write_series(folder, [(0, 0, 20), (0, 0, 0), (0, 0, 30), (0, 0, 10)], names)
+    write_ct_series(folder, [(0, 0, 20), (0, 0, 0), (0, 0, 30), (0, 0, 10)], names)
     vol, _ = read_dicom_series(folder)
     assert vol.slice_names == ("b", "d", "a", "c")
     mask = np.zeros(vol.shape, bool)
@@ -127,7 +69,7 @@ def test_pixels_map_back_to_the_stored_grid_for_any_orientation(tmp_path, iop):
     folder = tmp_path / "series"
     normal = np.cross(iop[:3], iop[3:])
     positions = [normal * z for z in (2.0, 0.0, 3.0, 1.0)]
-    _write_series(folder, positions, ["s1.dcm", "s2.dcm", "s3.dcm", "s4.dcm"], iop=iop)
+    write_ct_series(folder, positions, ["s1.dcm", "s2.dcm", "s3.dcm", "s4.dcm"], iop=iop)
     vol, _ = read_dicom_series(folder)
     mask = _predicate(vol.image)
     out = write_dicom_seg(mask, folder, tmp_path / "seg.dcm")
@@ -140,7 +82,7 @@ def test_pixels_map_back_to_the_stored_grid_for_any_orientation(tmp_path, iop):
 
 def test_shape_mismatch_is_an_input_error(tmp_path):
     folder = tmp_path / "series"
-    _write_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
+    write_ct_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
     with pytest.raises(InputError, match="shape"):
         write_dicom_seg(np.zeros((2, 6, 5), bool), folder, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
@@ -148,7 +90,7 @@ def test_shape_mismatch_is_an_input_error(tmp_path):
 
 def test_refuses_to_overwrite_a_source_file(tmp_path):
     folder = tmp_path / "series"
-    _write_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
+    write_ct_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
     before = (folder / "2.dcm").read_bytes()
     with pytest.raises(InputError):
         write_dicom_seg(np.ones((2, 5, 6), bool), folder, folder / "2.dcm")
@@ -215,7 +157,7 @@ def test_real_series_round_trips_the_dcmqi_liver(tmp_path):
 
 def test_an_empty_mask_still_writes_a_valid_seg(tmp_path):
     folder = tmp_path / "series"
-    _write_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
+    write_ct_series(folder, [(0, 0, 0), (0, 0, 1)], ["1.dcm", "2.dcm"])
     out = write_dicom_seg(np.zeros((2, 5, 6), bool), folder, tmp_path / "seg.dcm")
     uids = _uid_by_stem(folder)
     frames = _seg_frames(out, [uids["1"], uids["2"]])
@@ -238,7 +180,7 @@ def test_infer_writes_a_dicom_seg_for_a_dicom_series_input(tmp_path, tiny_onnx):
 
     from liverrt.cli import cli
 
-    _write_series(tmp_path / "ct", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0)], ["c.dcm", "a.dcm", "b.dcm"],
+    write_ct_series(tmp_path / "ct", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0)], ["c.dcm", "a.dcm", "b.dcm"],
                   shape=(24, 20))
     r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_onnx), "--input", str(tmp_path / "ct"),
                                  "--out", str(tmp_path / "out"), "--format", "dicom-seg", "--format", "nifti"])

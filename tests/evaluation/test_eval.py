@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from liverrt_test_helpers import SHARED_DATA, make_volume
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from liverrt_test_helpers import SHARED_DATA, make_volume, write_ct_series
 
 from liverrt.cli import cli
 from liverrt.data.dicom import series_spacing
@@ -80,24 +78,9 @@ def test_unequal_slice_counts_name_both_shapes(tmp_path):
         evaluate(tmp_path / "p.nii.gz", tmp_path / "g.nii.gz")
 
 
-def _write_ct_series(folder, positions, spacing=(0.7, 0.7), series_uid=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    for i, pos in enumerate(positions):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID = series_uid
-        ds.ImagePositionPatient = [-100.0, -120.0, float(pos)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = list(spacing)
-        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
-    return series_uid
+def _write_ct_series(folder, positions, spacing=(0.7, 0.7)):
+    names = [f"IM{i:04d}" for i in range(len(positions))]
+    return write_ct_series(folder, [(-100.0, -120.0, float(z)) for z in positions], names, spacing=spacing)
 
 
 def test_dicom_series_spacing_from_first_and_last_positions(tmp_path):
