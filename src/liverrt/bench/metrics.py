@@ -162,7 +162,7 @@ def median_ms_fast(fn: Callable[[], object], repeat: int, number: int) -> float:
 
 
 _COMPILE_SNIPPET = r"""
-import json, time
+import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 from liverrt import metrics as M
@@ -183,7 +183,7 @@ for name, fn in steps:
     t = time.perf_counter()
     fn()
     out[name + "_s"] = time.perf_counter() - t
-print(json.dumps(out))
+sys.stdout.write(json.dumps(out) + "\n")  # read by the parent process
 """
 
 
