@@ -79,5 +79,7 @@ def artifact_info(path: Path) -> ArtifactInfo:
     return ArtifactInfo(
         path=path, format="checkpoint", kind=ckpt["kind"], model_name=ckpt.get("model_name", ckpt["kind"]),
         model_config=ckpt["model_config"], spec=PreprocessSpec.from_dict(ckpt["preprocess"]),
-        threshold=float(ckpt.get("train_config", {}).get("threshold", 0.5)), metrics=ckpt.get("metrics", {}),
+        threshold=float(ckpt["model_config"].get("mask_threshold",  # Mask R-CNN: its mask threshold
+                                                 ckpt.get("train_config", {}).get("threshold", 0.5))),
+        metrics=ckpt.get("metrics", {}),
     )

@@ -56,7 +56,6 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | No
     from liverrt.data.sources import load_cases
     from liverrt.evaluation import evaluate
     from liverrt.export.onnx import export_onnx
-    from liverrt.plots import plot_training
     from liverrt.runtime.infer import run_inference
     from liverrt.training.unet import TrainConfig, train_unet
 
@@ -86,7 +85,6 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | No
     result = train_unet(train, out / "train", spec=spec, config=tcfg, val_volumes=val,
                         progress=lambda s, d, n, info: step("train" if s == "train" else "epoch", d, n,
                                                             _train_info(s, info)))
-    plot_training(result.history, out / "train" / "curves.png")
     stages["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -188,7 +186,7 @@ def _report(p: dict, exported, result) -> str:
 | stage | what | seconds |
 |---|---|---|
 | phantoms | {cfg['cases']} cases (train {len(p['training']['split']['train'])}, validation {len(p['training']['split']['val'])}, held-out test {len(p['held_out_cases'])}) | {st['phantoms']:.1f} |
-| train | {len(result.history)} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']}, Dice + BCE, augmentations; best epoch {result.best_metrics['epoch']} (val Mask IoU {result.best_metrics['mask_iou']:.4f}) | {st['train']:.1f} |
+| train | {len(result.history)} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']}, Dice + BCE, augmentations; best epoch {result.best_metrics['epoch']} (val Mask IoU {result.best_metrics['val_mask_iou']:.4f}) | {st['train']:.1f} |
 | export | ONNX opset {exported.opset}, dynamic batch; parity vs PyTorch on validation slices: {exported.parity.summary()} | {st['export']:.1f} |
 | inference | onnxruntime (CPU) on the held-out volumes | {st['inference']:.1f} |
 | eval | `liverrt eval` metric set (volume overlap and surface distances, per-slice Table-6 metrics) | {st['eval']:.1f} |

@@ -107,7 +107,7 @@ def test_training_learns_a_simple_liver(tmp_path):
     vols = [make_volume(shape=(8, 48, 48), seed=i, case_id=f"c{i}") for i in range(4)]
     cfg = TrainConfig(epochs=10, batch_size=8, steps_per_epoch=12, width_scale=0.5, seed=0, lr=3e-3)
     result = train_unet(vols, tmp_path / "run", spec=PreprocessSpec(size=48), config=cfg)
-    assert result.best_metrics["mask_iou"] > 0.7, result.history
+    assert result.best_metrics["val_mask_iou"] > 0.7, result.history
 
 
 def test_unlabelled_volume_cannot_train(tmp_path):

@@ -44,6 +44,8 @@ def _setup_logging(verbose: int) -> None:
     from liverrt.cli.common import console
 
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for the run
+        level = max(level, logging.WARNING)
     handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     for noisy in ("torch", "onnxscript", "onnx_ir", "numba", "matplotlib", "PIL"):
@@ -60,7 +62,7 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from liverrt.cli import bench, data, demo, evaluate, export, infer, train
+    from liverrt.cli import bench, data, demo, evaluate, export, import_d2, infer, train
 
     cli.add_command(data.data)
     cli.add_command(train.train)
@@ -69,6 +71,7 @@ def _register() -> None:
     cli.add_command(evaluate.eval_cmd)
     cli.add_command(demo.demo)
     cli.add_command(bench.bench)
+    cli.add_command(import_d2.import_detectron2)
 
 
 _register()

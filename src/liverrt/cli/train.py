@@ -1,8 +1,15 @@
-"""``liverrt train``."""
+"""``liverrt train unet|maskrcnn|dncnn-sr``: one set of training options, one loop.
+
+Multi-GPU / multi-node: start the same command under ``torchrun``, e.g.
+``torchrun --nproc-per-node 4 -m liverrt train maskrcnn --data D --out O``;
+rank 0 validates, logs and writes the checkpoints.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import click
@@ -16,57 +23,187 @@ from liverrt.cli.common import (
     progress_bar,
     seed_option,
 )
+from liverrt.errors import InputError
 
 
 @click.group()
 def train() -> None:
-    """Train a network."""
+    """Train a network (U-Net, Mask R-CNN or DnCNN-SR) on labelled cases."""
 
 
-@train.command()
-@click.option("--data", "data_path", type=existing_path, required=True, help="Labelled cases (see `liverrt data`).")
-@click.option("--out", type=out_dir, required=True, help="Output folder for best.pt, last.pt and train_log.csv.")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--size", type=click.IntRange(16), default=512, show_default=True,
-              help="Network input size (multiple of 16; the study used 512).")
-@click.option("--resize", type=click.Choice(["letterbox", "resize", "pad"]), default="letterbox", show_default=True)
-@click.option("--window", type=(float, float), default=(50.0, 400.0), show_default=True,
-              metavar="CENTER WIDTH", help="HU window for HU inputs.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of cases for validation.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--no-augment", is_flag=True, help="Disable augmentations.")
-@click.option("--flip-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Left-right flip probability (off: volumes are reoriented so the liver is on the image left).")
-@click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this time budget.")
-@layout_option
-@kitti_options
-@seed_option
-def unet(data_path: Path, out: Path, epochs: int, batch_size: int, lr: float, size: int, resize: str,
-         window: tuple[float, float], val_fraction: float, device: str, no_augment: bool, flip_p: float,
-         max_minutes: float | None, layout: str | None, label: str, unannotated: str, seed: int) -> None:
-    """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
+def training_options(default_size: int = 512, default_batch: int = 8, default_lr: float = 1e-3,
+                     default_epochs: int = 30):
+    """Options every ``liverrt train`` command shares."""
+
+    def wrap(f):
+        options = [
+            click.option("--data", "data_path", type=existing_path, required=True,
+                         help="Cases to train on (any layout `liverrt data inspect` reads)."),
+            click.option("--out", type=out_dir, required=True,
+                         help="Run folder: best.pt, last.pt, train_log.csv, curves.png."),
+            click.option("--epochs", type=click.IntRange(1), default=default_epochs, show_default=True),
+            click.option("--batch-size", type=click.IntRange(1), default=default_batch, show_default=True,
+                         help="Slices per micro-batch and process."),
+            click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True,
+                         help="Micro-batches per optimiser step (effective batch = batch x accum x processes)."),
+            click.option("--lr", type=float, default=default_lr, show_default=True),
+            click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default=None,
+                         help="Default: adam (U-Net, DnCNN-SR), adamw (Mask R-CNN)."),
+            click.option("--weight-decay", type=click.FloatRange(0), default=None),
+            click.option("--warmup-steps", type=click.IntRange(0), default=50, show_default=True),
+            click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+                         help="Optimiser steps per epoch (default: one pass over the training slices)."),
+            click.option("--size", type=click.IntRange(16), default=default_size, show_default=True,
+                         help="Network input size (the study used 512)."),
+            click.option("--resize", type=click.Choice(["letterbox", "resize", "pad"]), default="letterbox",
+                         show_default=True),
+            click.option("--window", type=(float, float), default=(50.0, 400.0), show_default=True,
+                         metavar="CENTER WIDTH", help="HU window for HU inputs."),
+            click.option("--val-fraction", type=float, default=0.2, show_default=True,
+                         help="Share of cases for validation (split by case)."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
+                         show_default=True, help="Mixed precision; auto = bf16 (or fp16) on CUDA, off on CPU."),
+            click.option("--channels-last/--no-channels-last", default=None,
+                         help="Default: on for CUDA convolutional nets."),
+            click.option("--patience", type=click.IntRange(1), default=None,
+                         help="Stop after this many epochs without validation improvement."),
+            click.option("--min-delta", type=click.FloatRange(0), default=0.0, show_default=True),
+            click.option("--max-minutes", type=float, default=None,
+                         help="Stop after the epoch that passes this time budget."),
+            click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+            click.option("--no-augment", is_flag=True, help="Disable augmentations."),
+            click.option("--flip-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                         help="Left-right flip probability (off: volumes are reoriented so the liver is on "
+                              "the image left)."),
+            layout_option,
+            kitti_options,
+            seed_option,
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_options: dict | None = None,
+            require_mask: bool = True):
+    """Load the data, build the PreprocessSpec and TrainConfig from the shared options."""
     from liverrt.data.preprocess import PreprocessSpec
     from liverrt.data.sources import ReadOptions, load_cases
     from liverrt.training.augment import AugmentConfig
-    from liverrt.training.unet import TrainConfig, train_unet
+    from liverrt.training.loop import TrainConfig
 
-    loaded = load_cases(data_path, require_mask=True, layout=layout,
-                        options=ReadOptions(label=label, unannotated=unannotated))
-    for source, reason in loaded.skipped:
-        console.print(f"[yellow]skipped[/] {source}: {reason}")
+    out: Path = kw["out"]
+    if not kw["resume"] and (out / "last.pt").exists():
+        raise InputError(f"{out} already holds a training run (last.pt); pass --resume to continue it, or "
+                         "choose another --out.")
+    loaded = load_cases(kw["data_path"], require_mask=require_mask, layout=kw["layout"],
+                        options=ReadOptions(label=kw["label"], unannotated=kw["unannotated"]))
+    if _is_main():
+        for source, reason in loaded.skipped:
+            console.print(f"[yellow]skipped[/] {source}: {reason}")
     domain = "8bit" if all(v.intensity == "8bit" for v in loaded.volumes) else "hu"
-    spec = PreprocessSpec(window_center=window[0], window_width=window[1], size=size, resize=resize,
-                          input_domain=domain)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                      device=device, max_minutes=max_minutes, augment=AugmentConfig(enabled=not no_augment, flip_p=flip_p))
-    with progress_bar("training") as update:
-        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-            if stage == "train":  # the training loop logs each epoch's scores itself
-                update(done, total, f"epoch {info['epoch']} loss {info['loss']:.3f}")
+    spec = PreprocessSpec(window_center=kw["window"][0], window_width=kw["window"][1], size=kw["size"],
+                          resize=kw["resize"], input_domain=domain)
+    cfg = TrainConfig(
+        model=model, epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"],
+        optimizer=kw["optimizer"] or optimizer,
+        weight_decay=weight_decay if kw["weight_decay"] is None else kw["weight_decay"],
+        warmup_steps=kw["warmup_steps"], grad_accum=kw["grad_accum"], amp=kw["amp"],
+        channels_last=kw["channels_last"], patience=kw["patience"], min_delta=kw["min_delta"],
+        val_fraction=kw["val_fraction"], seed=kw["seed"], device=kw["device"], max_minutes=kw["max_minutes"],
+        steps_per_epoch=kw["steps_per_epoch"],
+        augment=AugmentConfig(enabled=not kw["no_augment"], flip_p=kw["flip_p"]),
+        model_options=model_options or {},
+    )
+    return loaded.volumes, spec, cfg
 
-        result = train_unet(loaded.volumes, out, spec=spec, config=cfg, progress=on_progress)
-    console.print(f"best checkpoint: {result.best_checkpoint} (val Mask IoU {result.best_metrics['mask_iou']:.4f}, "
-                  f"epoch {result.best_metrics['epoch']}); {result.seconds:.0f}s")
-    click.echo(json.dumps({"best": str(result.best_checkpoint), "metrics": result.best_metrics, "split": result.split}))
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
+    from liverrt.training.loop import fit
+    from liverrt.training.unet import split_volumes, stored_split
+
+    split = stored_split(kw["out"]) if kw["resume"] else None
+    train_vols, val_vols, split = split_volumes(volumes, None, cfg, split)
+    if not train_vols or not val_vols:
+        raise InputError(f"{len(volumes)} case(s) give {len(train_vols)} training and {len(val_vols)} validation "
+                         "case(s); expected at least one of each (add cases or change --val-fraction).")
+    task = task_factory(train_vols, val_vols, spec, split, cfg)
+    if _is_main():
+        with progress_bar(f"training {label}") as update:
+            def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+                if stage == "train":  # the loop logs each epoch's validation scores itself
+                    update(done, total, f"epoch {info['epoch']} loss {info['loss']:.3f}")
+
+            result = fit(task, kw["out"], cfg, resume=kw["resume"], progress=on_progress)
+    else:
+        result = fit(task, kw["out"], cfg, resume=kw["resume"])
+    if not _is_main():
+        return
+    best = result.best_metrics
+    note = " (stopped early)" if result.stopped_early else ""
+    console.print(f"best checkpoint: {result.best_checkpoint} ({task.monitor} {best.get(task.monitor, float('nan')):.4f}, "
+                  f"epoch {best.get('epoch')}); {len(result.history)} epochs{note} on {result.world_size} "
+                  f"process(es) in {result.seconds:.0f}s")
+    finite = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in best.items()}
+    click.echo(json.dumps({"best": str(result.best_checkpoint), "metrics": finite, "split": result.split,
+                           "world_size": result.world_size, "stopped_early": result.stopped_early}))
+
+
+@train.command()
+@training_options()
+@click.option("--width-scale", type=click.FloatRange(0.05), default=None,
+              help="Scale every layer's channels (1.0 = the study's 16-32-64-128-256).")
+def unet(width_scale: float | None, **kw) -> None:
+    """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
+    from liverrt.training.unet import UNetTask
+
+    volumes, spec, cfg = _common(kw, model="unet_paper", optimizer="adam", weight_decay=0.0)
+    if width_scale is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, width_scale=width_scale)
+    _run(UNetTask, volumes, spec, cfg, kw, "U-Net")
+
+
+@train.command()
+@training_options(default_batch=2, default_lr=2e-4, default_epochs=24)
+@click.option("--depth", type=click.Choice(["18", "34", "50", "101"]), default="101", show_default=True,
+              help="ResNet depth (the study used 101).")
+@click.option("--norm", type=click.Choice(["gn", "bn", "frozen_bn"]), default=None,
+              help="Backbone normalisation; default gn from scratch, frozen_bn with --backbone-weights.")
+@click.option("--backbone-weights", type=existing_path, default=None,
+              help="A local torchvision ImageNet ResNet state dict (.pth), loaded with weights_only=True.")
+@click.option("--min-instance-area", type=click.IntRange(1), default=32, show_default=True,
+              help="Liver regions smaller than this many pixels (network grid) are not instances.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Instances scoring below this are left out of the liver mask.")
+def maskrcnn(depth: str, norm: str | None, backbone_weights: Path | None, min_instance_area: int,
+             score_threshold: float, **kw) -> None:
+    """Train the study's Mask R-CNN (ResNet-FPN, one instance per liver region)."""
+    from liverrt.models.maskrcnn import load_backbone_weights
+    from liverrt.training.maskrcnn import MaskRCNNTask
+
+    if norm is None:
+        norm = "frozen_bn" if backbone_weights else "gn"
+    options = {"depth": int(depth), "norm": norm, "score_threshold": score_threshold}
+    volumes, spec, cfg = _common(kw, model="maskrcnn_r101_fpn", optimizer="adamw", weight_decay=1e-4,
+                                 model_options=options)
+
+    class Task(MaskRCNNTask):
+        def build_model(self, config):
+            model = super().build_model(config)
+            if backbone_weights is not None and not kw["resume"]:
+                load_backbone_weights(model, backbone_weights)
+            return model
+
+    def factory(train_vols, val_vols, spec_, split, cfg_):
+        return Task(train_vols, val_vols, spec_, split, cfg_, min_instance_area=min_instance_area)
+
+    _run(factory, volumes, spec, cfg, kw, "Mask R-CNN")

@@ -1,0 +1,156 @@
+"""The shared training loop: resume, accumulation, early stopping, precision, torchrun."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from liverrt_test_helpers import make_volume
+from toy_task import ToyTask
+
+from liverrt.data.preprocess import PreprocessSpec
+from liverrt.errors import InputError
+from liverrt.training.loop import DistInfo, TrainConfig, amp_dtype, fit, shard_order
+from liverrt.training.unet import train_unet
+
+HERE = Path(__file__).parent
+
+
+def _toy_cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=4, lr=0.05, optimizer="sgd", momentum=0.0, warmup_steps=0,
+                schedule="constant", device="cpu", seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_the_loss_falls_and_logs_everything(tmp_path):
+    result = fit(ToyTask(), tmp_path, _toy_cfg(epochs=4))
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    header = (tmp_path / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["epoch", "loss", "loss_mse", "lr"] and "val_score" in header
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    state = ckpt["train_state"]
+    assert state["epoch"] == 4 and {"optimizer", "scheduler", "generators", "torch_rng"} <= set(state)
+    assert ckpt["train_config"]["task"] == "toy" and ckpt["train_config"]["world_size"] == 1
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    big = fit(ToyTask(), tmp_path / "big", _toy_cfg(batch_size=4, grad_accum=1))
+    acc = fit(ToyTask(), tmp_path / "acc", _toy_cfg(batch_size=2, grad_accum=2))
+    wb, wa = _weights(big.last_checkpoint), _weights(acc.last_checkpoint)
+    assert all(torch.allclose(wb[k], wa[k], atol=1e-6) for k in wb)
+    assert big.history[-1]["loss"] == pytest.approx(acc.history[-1]["loss"], rel=1e-5)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
+    result = fit(ToyTask(constant_score=True), tmp_path, _toy_cfg(epochs=10, patience=2))
+    assert result.stopped_early and len(result.history) == 3  # best at 1, no gain at 2 and 3
+    assert result.best_metrics["epoch"] == 1
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(FloatingPointError, match="finite"):
+        fit(ToyTask(blow_up=True), tmp_path, _toy_cfg())
+
+
+def test_precision_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cuda) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16 and amp_dtype("fp16", cuda) == torch.float16
+    with pytest.raises(InputError, match="needs a CUDA device"):
+        amp_dtype("fp16", cpu)
+    with pytest.raises(InputError, match="amp="):
+        TrainConfig(amp="int8")
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    result = fit(ToyTask(), tmp_path, _toy_cfg(amp="bf16", epochs=3))
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+    vols = [make_volume(seed=i, case_id=f"c{i}") for i in range(4)]
+    spec = PreprocessSpec(size=32)
+    cfg = TrainConfig(epochs=3, batch_size=4, steps_per_epoch=3, width_scale=0.25, seed=7, warmup_steps=2)
+    straight = train_unet(vols, tmp_path / "a", spec=spec, config=cfg)
+    cut = train_unet(vols, tmp_path / "b", spec=spec, config=replace(cfg, max_minutes=0.0))
+    assert len(cut.history) == 1  # the time budget stopped it after the first epoch
+    resumed = train_unet(vols, tmp_path / "b", spec=spec, config=cfg, resume=True)
+    wa, wb = _weights(straight.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # dropout, augmentation and order all restored
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+    assert resumed.split == straight.split
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        fit(ToyTask(), tmp_path / "none", _toy_cfg(), resume=True)
+    fit(ToyTask(), tmp_path / "run", _toy_cfg(epochs=2))
+    with pytest.raises(InputError, match="already finished epoch 2"):
+        fit(ToyTask(), tmp_path / "run", _toy_cfg(epochs=2), resume=True)
+    with pytest.raises(InputError, match="batch_size was 4"):
+        fit(ToyTask(), tmp_path / "run", _toy_cfg(epochs=4, batch_size=8), resume=True)
+    grown = fit(ToyTask(), tmp_path / "run", _toy_cfg(epochs=4), resume=True)  # more epochs: allowed
+    assert [h["epoch"] for h in grown.history] == [1, 2, 3, 4]
+    (tmp_path / "run" / "best.pt").replace(tmp_path / "run" / "last.pt")
+    with pytest.raises(InputError, match="no training state"):
+        fit(ToyTask(), tmp_path / "run", _toy_cfg(epochs=9), resume=True)
+
+
+def test_shards_cover_the_epoch_once():
+    n = 11
+    shards = [shard_order(n, epoch=2, info=DistInfo(rank=r, world_size=3), seed=5) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1  # equal length (padded like DistributedSampler)
+    assert set(torch.cat(shards).tolist()) == set(range(n))
+    assert not torch.equal(shard_order(n, 1, DistInfo(), 5), shard_order(n, 2, DistInfo(), 5))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
+    """gloo DDP on CPU: two ranks of 2 samples average to the gradient of one rank with 4."""
+    proc = _torchrun([str(HERE / "toy_task.py"), str(tmp_path / "ddp"), "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WORLD 2" in proc.stdout
+    single = fit(ToyTask(), tmp_path / "one", _toy_cfg(epochs=1, lr=0.1, batch_size=4))
+    wd, ws = _weights(tmp_path / "ddp" / "last.pt"), _weights(single.last_checkpoint)
+    assert all(torch.allclose(wd[k], ws[k], atol=1e-6) for k in wd)
+    ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert ckpt["train_config"]["world_size"] == 2 and len(ckpt["train_state"]["generators"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_cli_trains_the_unet_on_two_processes(tmp_path):
+    from liverrt.data.phantom import PhantomConfig, synth_dataset
+
+    synth_dataset(tmp_path / "ph", 3, config=PhantomConfig(size=48, slices=6))
+    proc = _torchrun(["-m", "liverrt", "train", "unet", "--data", str(tmp_path / "ph"), "--out",
+                      str(tmp_path / "run"), "--epochs", "2", "--size", "32", "--batch-size", "2",
+                      "--width-scale", "0.25", "--device", "cpu", "--val-fraction", "0.34"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('"world_size": 2') == 1  # rank 0 alone reports
+    rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 epochs, written once
