@@ -18,6 +18,13 @@ JSON layout (see :class:`liverrt.metrics.MetricAccumulator` for definitions)::
      "mean": {"volume": {...}, "slices": {...}}, "excluded": {...}, "unmatched": {...}}
 
 Slice metrics are averaged over slices where prediction or truth is non-empty.
+
+``multi_region`` reports separately on the slices whose true liver has two or
+more separate regions (8-connected, each at least ``min_region_area`` pixels):
+the study's hardest case. It holds their slice-pooled scores and
+``separated``, the share of those slices where every true region is matched
+one-to-one by a predicted region (connected component of the prediction)
+with IoU >= 0.5, so a mask that bridges or misses a region does not count.
 Infinite distances (exactly one mask empty) are written as ``null`` and listed
 with their reason in ``excluded``; means leave them out.
 """
@@ -147,7 +154,8 @@ def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[s
 
 
 def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, like: Path | None = None,
-             csv_path: Path | None = None, surface: bool = True, missing: str = "error") -> dict:
+             csv_path: Path | None = None, surface: bool = True, missing: str = "error",
+             min_region_area: int = 32) -> dict:
     """Score every matched case; optionally write one CSV row per slice to ``csv_path``.
 
     A case that cannot be scored (unreadable mask, shape mismatch) is listed in
@@ -161,8 +169,11 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
     elif like is not None:
         fixed, source = spacing_like(like), f"like {like}"
     pairs, unmatched = _pairs(pred, gt, missing)
+    if min_region_area < 1:
+        raise InputError(f"min_region_area: got {min_region_area}, expected >= 1 pixel.")
     acc = MetricAccumulator(surface=surface)
     cases, sources, skipped = [], set(), []
+    regions: dict[str, dict[str, np.ndarray]] = {}
     for cid, ppath, gpath in pairs:
         try:
             g = _read_truth(gpath, cid)
@@ -185,6 +196,7 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
                 case_spacing, case_source = (1.0, 1.0, 1.0), "none: distances in pixels"
         sources.add(case_source)
         acc.update(cid, pmask, g.mask, case_spacing)
+        regions[cid] = region_report(pmask, g.mask, min_region_area)
         cases.append({"id": cid, "pred": str(p.source), "gt": str(g.source), "spacing_mm": list(case_spacing),
                       "warnings": warnings})
     if not cases:
@@ -192,20 +204,65 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
     scores = acc.compute()
     for case in cases:
         case.update(scores["cases"][case["id"]])
+    for row in scores["slices"]:
+        r = regions[row["case_id"]]
+        row["gt_regions"] = int(r["gt"][row["slice"]])
+        row["pred_regions"] = int(r["pred"][row["slice"]])
+        row["separated"] = bool(r["separated"][row["slice"]])
     if csv_path is not None:
         write_slice_csv(scores["slices"], csv_path, protect=(Path(pred), Path(gt)))
     return _json_safe({
         "spacing_source": sorted(sources)[0] if len(sources) == 1 else sorted(sources),
         "cases": cases,
         "mean": {"volume": scores["mean"]["volume"], "slices": scores["mean"]["slices"]},
+        "multi_region": _multi_region(scores["slices"], min_region_area),
         "excluded": scores["excluded"],
         "unmatched": unmatched,
         "skipped": skipped,
     })
 
 
+def region_report(pred: np.ndarray, gt: np.ndarray, min_area: int) -> dict[str, np.ndarray]:
+    """Per slice of ``(D, H, W)`` masks: true and predicted region counts (8-connected, at least
+    ``min_area`` px), and whether every true region of a slice with two or more is matched
+    one-to-one by a predicted region with IoU >= 0.5."""
+    from liverrt.metrics import label
+    from liverrt.metrics.instances import match_instances
+
+    def regions(mask: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+        labels, counts = label(mask, 8, per_slice=True)
+        kept = []
+        for i in range(mask.shape[0]):
+            areas = np.bincount(labels[i].ravel(), minlength=int(counts[i]) + 1)
+            kept.append([k for k in range(1, int(counts[i]) + 1) if areas[k] >= min_area])
+        return labels, kept
+
+    g_lab, g_kept = regions(np.asarray(gt, bool))
+    p_lab, p_kept = regions(np.asarray(pred, bool))
+    separated = np.zeros(len(g_kept), bool)
+    for i, ids in enumerate(g_kept):
+        if len(ids) >= 2:
+            truth = np.stack([g_lab[i] == k for k in ids])
+            found = np.stack([p_lab[i] == k for k in p_kept[i]]) if p_kept[i] else truth[:0]
+            separated[i] = match_instances(found, truth)["matched"] == len(ids)
+    return {"gt": np.array([len(k) for k in g_kept]), "pred": np.array([len(k) for k in p_kept]),
+            "separated": separated}
+
+
+def _multi_region(rows: list[dict], min_area: int) -> dict:
+    hard = [r for r in rows if r["gt_regions"] >= 2]
+    out: dict = {"min_region_area": min_area, "slices": len(hard),
+                 "cases": sorted({r["case_id"] for r in hard})}
+    if not hard:
+        return out
+    for k in SLICE_SCORES:
+        out[k] = float(np.mean([r[k] for r in hard]))
+    out["separated"] = float(np.mean([r["separated"] for r in hard]))
+    return out
+
+
 def write_slice_csv(rows: list[dict], path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
-    fields = ["case_id", "slice", "counted", *SLICE_SCORES]
+    fields = ["case_id", "slice", "counted", *SLICE_SCORES, "gt_regions", "pred_regions", "separated"]
     with atomic_path(Path(path), suffix=".csv", protect=protect) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -253,6 +310,14 @@ def markdown_table(result: dict) -> str:
     lines.append("| **mean** | " + " | ".join(cells) + " | |")
     notes = [f"spacing: {result['spacing_source']}; (sl) = mean over slices where prediction or truth has liver; "
              "F-measure is pixel F1 (= Dice), boundary F the DAVIS contour F."]
+    mr = result.get("multi_region") or {}
+    if mr.get("slices"):
+        notes.append(
+            f"two or more liver regions (regions >= {mr['min_region_area']} px): {mr['slices']} slices; "
+            f"Mask IoU {mr['mask_iou']:.4f}, Boundary IoU {mr['boundary_iou']:.4f}, "
+            f"every region found separately (IoU >= 0.5) in {100 * mr['separated']:.1f} % of them.")
+    elif mr:
+        notes.append("no slice whose true liver has two or more separate regions.")
     for c in result["cases"]:
         notes += [f"warning, {c['id']}: {w}" for w in c.get("warnings", [])]
     if result["unmatched"]["gt"]:

@@ -193,3 +193,43 @@ def test_dicom_slices_are_ordered_by_position_not_file_name(tmp_path):
     _write_ct_series(tmp_path / "gap", [0.0, 2.5, 5.0, 10.0])
     with pytest.raises(InputError, match="uneven slice gaps"):
         series_spacing(tmp_path / "gap")
+
+
+def _two_region_case():
+    gt = np.zeros((3, 40, 40), bool)
+    gt[0, 5:20, 2:15] = True
+    gt[0, 25:35, 25:38] = True  # slice 0: two regions
+    gt[1, 5:20, 2:15] = True
+    gt[1, 0, 39] = True  # one-pixel fragment touching the border: not a region
+    gt[2, 5:20, 2:15] = True
+    gt[2, 25:35, 25:38] = True  # slice 2: two regions
+    return gt
+
+
+def test_two_region_slices_are_reported_separately(tmp_path):
+    from liverrt.evaluation import region_report
+
+    gt = _two_region_case()
+    pred = gt.copy()
+    pred[2, 18:27, 12:28] = True  # bridges the two regions of slice 2 into one
+    rep = region_report(pred, gt, min_area=4)
+    assert rep["gt"].tolist() == [2, 1, 2] and rep["pred"].tolist() == [2, 1, 1]
+    assert rep["separated"].tolist() == [True, False, False]
+    vol = make_volume(shape=(3, 40, 40))
+    write_nifti(gt, vol.affine, tmp_path / "g.nii.gz")
+    write_nifti(pred, vol.affine, tmp_path / "p.nii.gz")
+    res = evaluate(tmp_path / "p.nii.gz", tmp_path / "g.nii.gz", min_region_area=4, csv_path=tmp_path / "s.csv")
+    mr = res["multi_region"]
+    assert mr["slices"] == 2 and mr["separated"] == 0.5
+    assert mr["mask_iou"] == pytest.approx((1.0 + res_slice_iou(pred[2], gt[2])) / 2)
+    assert "every region found separately" in markdown_table(res)
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert [r["gt_regions"] for r in rows] == ["2", "1", "2"] and rows[2]["separated"] == "False"
+    single = evaluate(tmp_path / "g.nii.gz", tmp_path / "g.nii.gz", min_region_area=1000)
+    assert single["multi_region"]["slices"] == 0
+    with pytest.raises(InputError, match="min_region_area"):
+        evaluate(tmp_path / "p.nii.gz", tmp_path / "g.nii.gz", min_region_area=0)
+
+
+def res_slice_iou(p, g):
+    return (p & g).sum() / (p | g).sum()

@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+import torch
 from liverrt_test_helpers import make_volume
 
 from liverrt.data.io import read_nifti, write_nifti, write_png_slices
@@ -132,3 +135,63 @@ def test_a_crashing_case_is_reported_and_the_others_still_run(tiny_onnx, tmp_pat
     assert [c["id"] for c in report.cases] == ["b"]
     assert report.skipped[0]["kind"] == "runtime" and "engine exploded" in report.skipped[0]["reason"]
     assert not (tmp_path / "out" / "a").exists()
+
+
+def _dncnn_checkpoint(path, spec, *, scale=1, zero_tail=True):
+    from liverrt.models.dncnn_sr import DnCNNSR
+    from liverrt.training.checkpoint import save_checkpoint
+
+    model = DnCNNSR(scale=scale, channels=8)
+    if not zero_tail:  # a denoiser that changes its input
+        torch.nn.init.normal_(model.tail.weight, std=0.5)
+    return save_checkpoint(path, model, model_name="dncnn_sr", spec=spec)
+
+
+def test_denoiser_runs_before_the_engine(tmp_path, tiny_checkpoint, tiny_spec, volume):
+    from liverrt.runtime import open_engine
+
+    identity = _dncnn_checkpoint(tmp_path / "id.pt", tiny_spec)  # zero-initialised tail: output == input
+    changing = _dncnn_checkpoint(tmp_path / "ch.pt", tiny_spec, zero_tail=False)
+    with open_engine("torch", tiny_checkpoint) as eng:
+        plain = Segmenter(eng, keep_prob=True).segment(volume)
+        with open_engine("torch", identity) as den:
+            same = Segmenter(eng, keep_prob=True, denoiser=den).segment(volume)
+        with open_engine("torch", changing) as den:
+            other = Segmenter(eng, keep_prob=True, denoiser=den).segment(volume)
+    assert np.allclose(plain.prob, same.prob, atol=1e-6) and "denoise" in same.timings
+    assert not np.allclose(plain.prob, other.prob, atol=1e-3)
+
+
+def test_incompatible_denoisers_are_refused(tmp_path, tiny_checkpoint, tiny_spec):
+    from dataclasses import replace
+
+    from liverrt.runtime import open_engine
+
+    cases = [
+        (_dncnn_checkpoint(tmp_path / "sr.pt", tiny_spec, scale=2), "super-resolution"),
+        (_dncnn_checkpoint(tmp_path / "w.pt", replace(tiny_spec, window_center=40.0)), "window_center 40.0 vs 50.0"),
+        (_dncnn_checkpoint(tmp_path / "s.pt", tiny_spec.with_size(64)), "size 64 vs 32"),
+        (tiny_checkpoint, "expected a DnCNN-SR"),
+    ]
+    with open_engine("torch", tiny_checkpoint) as eng:
+        for path, match in cases:
+            with pytest.raises(InputError, match=match):
+                Segmenter(eng, denoiser=open_engine("torch", path))
+
+
+def test_infer_cli_denoise_option(tmp_path, tiny_checkpoint, tiny_spec, volume):
+    from click.testing import CliRunner
+
+    from liverrt.cli import cli
+    from liverrt.data.io import write_nifti
+
+    write_nifti(volume.image, volume.affine, tmp_path / "in" / "case.nii.gz")
+    good = _dncnn_checkpoint(tmp_path / "id.pt", tiny_spec)
+    r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_checkpoint), "--engine", "torch", "--input",
+                                 str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--denoise", str(good)])
+    assert r.exit_code == 0, r.output
+    assert "denoise" in json.loads((tmp_path / "out" / "summary.json").read_text())["cases"][0]["timings_s"]
+    bad = _dncnn_checkpoint(tmp_path / "sr.pt", tiny_spec, scale=2)
+    r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_checkpoint), "--engine", "torch", "--input",
+                                 str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--denoise", str(bad)])
+    assert r.exit_code == 2 and "scale-2" in r.output and not (tmp_path / "out2").exists()

@@ -33,10 +33,13 @@ def _parse_spacing(ctx, param, value: str | None):
 @click.option("--csv", "csv_path", type=any_path, default=None, help="Write per-slice metrics as CSV here.")
 @click.option("--missing", type=click.Choice(["error", "skip", "empty"]), default="error", show_default=True,
               help="A ground-truth case without a prediction: fail, leave it out, or score it as empty.")
+@click.option("--min-region-area", type=click.IntRange(1), default=32, show_default=True,
+              help="A true liver region counts for the two-or-more-regions report from this many pixels.")
 def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path | None,
-             csv_path: Path | None, missing: str) -> None:
+             csv_path: Path | None, missing: str, min_region_area: int) -> None:
     """Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 per
-    volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice. Prints a Markdown table."""
+    volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice; the same, separately, on slices
+    whose liver has two or more regions. Prints a Markdown table."""
     from liverrt.data.io import refuse_overwriting_inputs, write_text_atomic
     from liverrt.errors import InputError
     from liverrt.evaluation import evaluate, markdown_table
@@ -47,7 +50,8 @@ def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path |
     for out in (json_path, csv_path):
         if out is not None:
             refuse_overwriting_inputs(out, inputs)
-    result = evaluate(pred, gt, spacing=spacing, like=like, csv_path=csv_path, missing=missing)
+    result = evaluate(pred, gt, spacing=spacing, like=like, csv_path=csv_path, missing=missing,
+                      min_region_area=min_region_area)
     click.echo(markdown_table(result))
     if json_path:
         write_text_atomic(json.dumps(result, indent=2), json_path, protect=inputs)

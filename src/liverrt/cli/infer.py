@@ -24,14 +24,17 @@ from liverrt.errors import InputError, LiverrtError
 @click.option("--fill-holes", is_flag=True, help="Fill holes inside the liver, slice by slice.")
 @click.option("--keep-largest", is_flag=True,
               help="Keep only the largest 3D-connected liver component (contiguous volumes only).")
+@click.option("--denoise", type=existing_path, default=None,
+              help="A DnCNN-SR model (.pt or .onnx, scale 1) that cleans every slice before segmentation.")
 @layout_option
 def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
-          overlays: int, fill_holes: bool, keep_largest: bool, layout: str | None) -> None:
+          overlays: int, fill_holes: bool, keep_largest: bool, denoise: Path | None, layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
     from liverrt.runtime.infer import run_inference
 
     report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=tuple(formats) or None,
-                           overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+                           overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, denoise=denoise,
+                           on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for c in report.cases:
         vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""

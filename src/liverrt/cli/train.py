@@ -207,3 +207,44 @@ def maskrcnn(depth: str, norm: str | None, backbone_weights: Path | None, min_in
         return Task(train_vols, val_vols, spec_, split, cfg_, min_instance_area=min_instance_area)
 
     _run(factory, volumes, spec, cfg, kw, "Mask R-CNN")
+
+
+@train.command("dncnn-sr")
+@training_options(default_batch=8, default_lr=1e-3, default_epochs=20)
+@click.option("--scale", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="1: denoise; 2: denoise and super-resolve 2x.")
+@click.option("--channels", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--noise", type=click.Choice(["projection", "image", "none"]), default="projection",
+              show_default=True, help="Simulated low-dose noise: in the projections (Poisson) or image domain.")
+@click.option("--photons", type=click.FloatRange(0, min_open=True), default=1e5, show_default=True,
+              help="Projection noise: incident photons per detector bin and view (lower = noisier).")
+@click.option("--n-angles", type=click.IntRange(2), default=360, show_default=True)
+@click.option("--pixel-mm", type=click.FloatRange(0, min_open=True), default=None,
+              help="Projection noise: pixel size of the network grid in mm (default: from the cases' spacing).")
+@click.option("--image-sigma", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Image noise: standard deviation in HU.")
+@click.option("--blur-sigma", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Scale 2: Gaussian blur (high-resolution pixels) before 2x downsampling.")
+@click.option("--ssim-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Loss = MSE + weight * (1 - SSIM).")
+def dncnn_sr(scale: str, channels: int, noise: str, photons: float, n_angles: int, pixel_mm: float | None,
+             image_sigma: float, blur_sigma: float, ssim_weight: float, **kw) -> None:
+    """Train DnCNN-SR on pairs degraded on the fly from clean slices (labels not needed)."""
+    from liverrt.training.degrade import DegradeConfig
+    from liverrt.training.dncnn import DnCNNTask, grid_pixel_mm
+
+    volumes, spec, cfg = _common(kw, model="dncnn_sr", optimizer="adam", weight_decay=0.0,
+                                 model_options={"scale": int(scale), "channels": channels}, require_mask=False)
+    if pixel_mm is None:
+        pixel_mm = grid_pixel_mm(volumes, spec)
+        if _is_main():
+            console.print(f"projection noise on a {pixel_mm:.3f} mm grid (median of the cases' spacing)")
+    degrade_cfg = DegradeConfig(noise=noise, photons=photons, n_angles=n_angles, pixel_mm=pixel_mm,
+                                image_sigma=image_sigma, scale=int(scale), blur_sigma=blur_sigma,
+                                window_center=spec.window_center, window_width=spec.window_width)
+
+    def factory(train_vols, val_vols, spec_, split, cfg_):
+        return DnCNNTask(train_vols, val_vols, spec_, split, cfg_, degrade_config=degrade_cfg,
+                         ssim_weight=ssim_weight)
+
+    _run(factory, volumes, spec, cfg, kw, "DnCNN-SR")

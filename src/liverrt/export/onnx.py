@@ -97,8 +97,9 @@ def export_onnx(
     if out.suffix.lower() != ".onnx":
         raise InputError(f"Output {out} should end in .onnx.")
     model, spec, ckpt = load_model(checkpoint)
-    if not getattr(model, "onnx_exportable", False):
-        raise InputError(f"Model kind {ckpt['kind']!r} cannot be exported to ONNX by this version of liverrt.")
+    if not getattr(model, "onnx_exportable", False) or tuple(getattr(model, "output_names", ("prob",))) != ("prob",):
+        raise InputError(f"Model kind {ckpt['kind']!r} cannot be exported to ONNX by this version of liverrt "
+                         "(only segmentation models with a 'prob' output, e.g. the U-Net).")
     wrapper = _Probabilities(model).eval()
     inputs = sample_inputs(spec, verify_volumes, samples=samples)
     t0 = time.perf_counter()

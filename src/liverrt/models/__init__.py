@@ -11,15 +11,17 @@ from collections.abc import Callable
 from torch import nn
 
 from liverrt.errors import ArtifactError, InputError
+from liverrt.models.dncnn_sr import DnCNNSR, dncnn_sr
 from liverrt.models.maskrcnn import LiverMaskRCNN, maskrcnn_r101_fpn
 from liverrt.models.unet import UNet, unet_paper
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "unet_paper": unet_paper,
     "maskrcnn_r101_fpn": maskrcnn_r101_fpn,
+    "dncnn_sr": dncnn_sr,
 }
 #: model kind (what a checkpoint says it holds) -> class that rebuilds it from its config
-_KINDS: dict[str, type[nn.Module]] = {"unet": UNet, "maskrcnn": LiverMaskRCNN}
+_KINDS: dict[str, type[nn.Module]] = {"unet": UNet, "maskrcnn": LiverMaskRCNN, "dncnn_sr": DnCNNSR}
 
 
 def names() -> list[str]:
@@ -51,4 +53,4 @@ def from_config(kind: str, config: dict) -> nn.Module:
         raise ArtifactError(f"Checkpoint config for {kind!r} does not fit the model: {exc}.") from exc
 
 
-__all__ = ["LiverMaskRCNN", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "kinds", "names", "unet_paper"]
+__all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "kinds", "names", "unet_paper"]

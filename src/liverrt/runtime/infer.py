@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,11 +63,14 @@ def run_inference(
     fill_holes: bool = False,
     keep_largest: bool = False,
     layout: str | None = None,
+    denoise: Path | None = None,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> InferReport:
     """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
 
     ``formats`` defaults per case: NIfTI for HU volumes, PNG masks for 8-bit slice folders.
+    ``denoise``: a DnCNN-SR artifact run on every preprocessed batch before the
+    segmentation model (a ``.pt`` runs on torch, an ``.onnx`` on onnxruntime).
 
     A case that cannot be read or segmented is reported in ``skipped`` and the
     others still run; nothing partial is left for it.
@@ -83,10 +87,19 @@ def run_inference(
                              "choose another --out.")
     eng = open_engine(engine, model, **(engine_options or {}))
     eng.info  # fail early, before any output, if the model is not a liverrt artifact  # noqa: B018
+    den = None
+    if denoise is not None:
+        den_engine = "onnxruntime" if Path(denoise).suffix.lower() == ".onnx" else "torch"
+        den = open_engine(den_engine, denoise, **({"device": engine_options["device"]} if den_engine == "torch"
+                                                   and engine_options and "device" in engine_options else {}))
+        from liverrt.runtime.segmenter import check_denoiser
+
+        check_denoiser(den, eng)
     report = InferReport(engine=engine, model=str(model))
     t0 = time.perf_counter()
-    with eng:
-        seg = Segmenter(eng, batch_size=batch_size, fill_holes=fill_holes, keep_largest=keep_largest)
+    with eng, (den if den is not None else nullcontext()):
+        seg = Segmenter(eng, batch_size=batch_size, fill_holes=fill_holes, keep_largest=keep_largest,
+                        denoiser=den)
         for i, ref in enumerate(refs):
             if on_case:
                 on_case(ref.case_id, i, len(refs))

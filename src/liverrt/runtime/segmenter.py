@@ -42,7 +42,8 @@ class Segmenter:
     """
 
     def __init__(self, engine: Engine, *, batch_size: int = 8, threshold: float | None = None,
-                 keep_prob: bool = False, fill_holes: bool = False, keep_largest: bool = False) -> None:
+                 keep_prob: bool = False, fill_holes: bool = False, keep_largest: bool = False,
+                 denoiser: Engine | None = None) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size: got {batch_size}, expected >= 1.")
         self.engine = engine
@@ -53,24 +54,33 @@ class Segmenter:
         self.keep_prob = keep_prob
         self.fill_holes = fill_holes
         self.keep_largest = keep_largest
+        if denoiser is not None:
+            check_denoiser(denoiser, engine)
+        self.denoiser = denoiser
 
     def segment(self, volume: Volume, on_batch: Callable[[int, int], None] | None = None) -> Segmentation:
-        if not self.engine.is_active:
-            raise LiverrtError("Segmenter needs an active engine; use `with engine:` around segmentation.")
+        if not self.engine.is_active or (self.denoiser is not None and not self.denoiser.is_active):
+            raise LiverrtError("Segmenter needs active engines; use `with engine:` around segmentation.")
         spec = self.engine.info.spec
         d = volume.shape[0]
         prob = np.empty(volume.shape, np.float32)
         t = {"preprocess": 0.0, "engine": 0.0, "postprocess": 0.0}
+        if self.denoiser is not None:
+            t["denoise"] = 0.0
         for start in range(0, d, self.batch_size):
             stop = min(d, start + self.batch_size)
             t0 = time.perf_counter()
             x, place = to_input(volume.image[start:stop], volume.intensity, spec)
             t1 = time.perf_counter()
+            t["preprocess"] += t1 - t0
+            if self.denoiser is not None:
+                x = np.ascontiguousarray(self.denoiser.infer(x)["image"], dtype=np.float32)
+                t["denoise"] += time.perf_counter() - t1
+                t1 = time.perf_counter()
             out = self.engine.infer(x)["prob"]
             t2 = time.perf_counter()
             prob[start:stop] = restore(out[:, 0], place)
             t3 = time.perf_counter()
-            t["preprocess"] += t1 - t0
             t["engine"] += t2 - t1
             t["postprocess"] += t3 - t2
             if on_batch:
@@ -89,3 +99,26 @@ class Segmenter:
         if self.keep_largest:
             mask = metrics.largest_components(mask, k=1, connectivity=26)
         return mask
+
+
+def check_denoiser(denoiser: Engine, engine: Engine) -> None:
+    """A DnCNN-SR artifact that can clean the segmentation model's input in place.
+
+    It must denoise without changing the size (scale 1) and share the
+    segmentation model's PreprocessSpec window and grid, so its [0, 1] output
+    means what the segmentation model was trained on.
+    """
+    d, s = denoiser.info, engine.info
+    if d.kind != "dncnn_sr":
+        raise InputError(f"--denoise {denoiser.path}: holds a {d.kind!r} model; expected a DnCNN-SR checkpoint "
+                         "from `liverrt train dncnn-sr`.")
+    if int(d.model_config.get("scale", 1)) != 1:
+        raise InputError(f"--denoise {denoiser.path}: a scale-{d.model_config.get('scale')} (super-resolution) "
+                         "model changes the slice size; expected a scale-1 denoiser before segmentation.")
+    fields = ("window_center", "window_width", "size", "resize", "quantize_8bit")
+    diff = [f"{f} {getattr(d.spec, f)} vs {getattr(s.spec, f)}" for f in fields
+            if getattr(d.spec, f) != getattr(s.spec, f)]
+    if diff:
+        raise InputError(f"--denoise {denoiser.path}: its PreprocessSpec differs from the segmentation model's "
+                         f"({'; '.join(diff)}); expected the same window and grid (train it with the same "
+                         "--size and --window).")
