@@ -91,3 +91,18 @@ def test_cli_trains_dncnn_sr_scale_2_on_unlabelled_cases(tmp_path):
     model, _, ckpt = load_model(tmp_path / "run" / "best.pt")
     assert model.config["scale"] == 2 and ckpt["train_config"]["degrade"]["n_angles"] == 32
     assert model.predict(torch.rand(1, 1, 32, 32))["image"].shape == (1, 1, 64, 64)
+
+
+def test_denoise_effect_reports_both_sides_and_the_segmentation(tiny_spec):
+    from liverrt_test_helpers import tiny_unet
+
+    from liverrt.models.dncnn_sr import DnCNNSR
+    from liverrt.training.dncnn import denoise_effect
+
+    vol = make_volume(shape=(3, 32, 32))
+    identity = DnCNNSR(channels=4).eval()  # zero-initialised tail: returns its input
+    rows = denoise_effect(identity, [vol], tiny_spec, DegradeConfig(noise="image", image_sigma=30.0),
+                          segmenter=tiny_unet().eval())
+    r = rows[0]
+    assert r["psnr_gain"] == pytest.approx(0.0, abs=1e-4) and r["slices"] == 3
+    assert r["iou_noisy"] == pytest.approx(r["iou_denoised"]) and 0 <= r["iou_clean"] <= 1

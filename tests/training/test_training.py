@@ -134,3 +134,10 @@ def test_cosine_schedule_warms_up_then_decays():
     assert lr_factor(TrainConfig(schedule="constant", warmup_steps=0), 100)(50) == 1.0
     with pytest.raises(InputError):
         lr_factor(TrainConfig(schedule="step"), 10)
+
+
+def test_a_dataset_without_any_liver_is_refused(tmp_path):
+    vols = [make_volume(case_id=f"c{i}").with_mask(np.zeros((6, 48, 40), bool)) for i in range(2)]
+    with pytest.raises(InputError, match="no liver in any slice"):
+        train_unet(vols[:1], tmp_path, spec=PreprocessSpec(size=32), config=_small_cfg(), val_volumes=vols[1:])
+    assert not (tmp_path / "last.pt").exists()

@@ -44,6 +44,9 @@ class UNetTask(Task):
         self.model_name = config.model
         self.train_set = build_slice_set(train_vols, spec)
         self.val_set = build_slice_set(val_vols, spec)
+        if not bool((self.train_set.y > 0).any()):
+            raise InputError(f"The {len(train_vols)} training case(s) have no liver in any slice; expected "
+                             "annotated slices (check --label, or the mask files).")
 
     def build_model(self, config: TrainConfig) -> torch.nn.Module:
         return build(config.model, width_scale=config.width_scale, dropout_scale=config.dropout_scale,
