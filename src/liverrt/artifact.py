@@ -21,7 +21,7 @@ ONNX_FORMAT = "liverrt.onnx/1"
 @dataclass(frozen=True)
 class ArtifactInfo:
     path: Path
-    format: str  # "checkpoint" | "onnx"
+    format: str  # "checkpoint" | "onnx" | "tensorrt"
     kind: str  # model kind: "unet", ...
     model_name: str
     model_config: dict
@@ -53,7 +53,11 @@ def artifact_info(path: Path) -> ArtifactInfo:
     """Read the liverrt metadata of a checkpoint (.pt) or an ONNX file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"Model {path} does not exist; expected a .pt checkpoint or an .onnx file.")
+        raise InputError(f"Model {path} does not exist; expected a .pt checkpoint, an .onnx file or a TensorRT .plan.")
+    if path.suffix.lower() == ".plan":
+        from liverrt.export.tensorrt import plan_info
+
+        return plan_info(path)
     if path.suffix.lower() == ".onnx":
         meta = onnx_metadata(path)
         if meta.get("liverrt.format") != ONNX_FORMAT:

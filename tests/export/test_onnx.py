@@ -50,13 +50,13 @@ def test_torchscript_exporter_also_passes(tiny_checkpoint, tmp_path):
 def test_a_broken_export_fails_the_gate_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     real = onnx_export._export_graph
 
-    def broken(wrapper, example, path, opset, exporter):
+    def broken(wrapper, example, path, opset, exporter, **kw):
         # export a copy whose weights drifted from the checkpoint's (as a faulty exporter might)
         drifted = copy.deepcopy(wrapper)
         with torch.no_grad():
             for p in drifted.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-        real(drifted, example, path, opset, exporter)
+        real(drifted, example, path, opset, exporter, **kw)
 
     monkeypatch.setattr(onnx_export, "_export_graph", broken)
     out = tmp_path / "broken.onnx"

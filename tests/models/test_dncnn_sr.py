@@ -62,7 +62,7 @@ def test_shapes_and_identity_at_initialisation(scale):
     if scale == 1:
         assert torch.equal(out, x)
     pred = model.predict(x)
-    assert set(pred) == {"image"} and pred["image"].min() >= 0 and pred["image"].max() <= 1
+    assert set(pred) == {"restored"} and pred["restored"].min() >= 0 and pred["restored"].max() <= 1
 
 
 def test_config_rebuilds_the_same_model():
@@ -151,6 +151,6 @@ def test_a_few_steps_beat_the_degraded_input(scale, one_thread):
         losses.append(loss.item())
     model.eval()
     baseline = psnr(bicubic_upsample(noisy, scale).clamp(0, 1), clean).mean().item()
-    restored = psnr(model.predict(noisy)["image"], clean).mean().item()
+    restored = psnr(model.predict(noisy)["restored"], clean).mean().item()
     assert losses[-1] < 0.5 * losses[0]
     assert restored > baseline + 0.5, (restored, baseline)

@@ -10,7 +10,12 @@ from liverrt.runtime import engine_names, open_engine
 
 
 @pytest.fixture(params=engine_names())
-def engine(request, tiny_checkpoint, tiny_onnx):
+def engine(request, tiny_checkpoint, tiny_onnx, tmp_path):
+    if request.param == "tensorrt":
+        pytest.importorskip("tensorrt", reason="needs TensorRT and a CUDA GPU")
+        if not torch.cuda.is_available():
+            pytest.skip("needs TensorRT and a CUDA GPU")
+        return open_engine(request.param, tiny_onnx, cache_dir=tmp_path, batch="1:4:8")
     artifact = {"torch": tiny_checkpoint, "onnxruntime": tiny_onnx}[request.param]
     return open_engine(request.param, artifact)
 
@@ -48,6 +53,8 @@ def test_engines_refuse_the_other_format(tiny_checkpoint, tiny_onnx):
         open_engine("onnxruntime", tiny_checkpoint)
     with pytest.raises(ArtifactError, match="needs a .pt"):
         open_engine("torch", tiny_onnx)
+    with pytest.raises(ArtifactError, match="needs an .onnx or a .plan"):
+        open_engine("trt", tiny_checkpoint)
     with pytest.raises(InputError, match="Unknown engine"):
         open_engine("tensorflow", tiny_onnx)
 

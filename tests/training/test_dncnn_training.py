@@ -90,7 +90,7 @@ def test_cli_trains_dncnn_sr_scale_2_on_unlabelled_cases(tmp_path):
     assert {"val_psnr", "val_psnr_input", "val_ssim"} <= set(report["metrics"])
     model, _, ckpt = load_model(tmp_path / "run" / "best.pt")
     assert model.config["scale"] == 2 and ckpt["train_config"]["degrade"]["n_angles"] == 32
-    assert model.predict(torch.rand(1, 1, 32, 32))["image"].shape == (1, 1, 64, 64)
+    assert model.predict(torch.rand(1, 1, 32, 32))["restored"].shape == (1, 1, 64, 64)
 
 
 def test_denoise_effect_reports_both_sides_and_the_segmentation(tiny_spec):

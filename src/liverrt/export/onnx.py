@@ -51,20 +51,26 @@ class OnnxExport:
     parity: ParityReport
 
 
-def _export_graph(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
+def _export_graph(wrapper: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str, *,
+                  output: str = "prob", spatial: bool = False, divisor: int = 1) -> None:
+    """Export ``wrapper`` with a dynamic batch axis (and dynamic H/W, multiples of ``divisor``, if ``spatial``)."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=4096)
+            dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+            if spatial:
+                dims[2] = divisor * torch.export.Dim("h_blocks", min=1, max=8192 // divisor)
+                dims[3] = divisor * torch.export.Dim("w_blocks", min=1, max=8192 // divisor)
             torch.onnx.export(
-                wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=["prob"],
-                opset_version=opset, dynamo=True, dynamic_shapes={"image": {0: batch}}, external_data=False,
+                wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=[output],
+                opset_version=opset, dynamo=True, dynamic_shapes={"image": dims}, external_data=False,
             )
         else:
+            axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
+            out_axes = {0: "batch", 2: "out_height", 3: "out_width"} if spatial else {0: "batch"}
             torch.onnx.export(
-                wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=["prob"],
-                opset_version=opset, dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, "prob": {0: "batch"}},
+                wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=[output],
+                opset_version=opset, dynamo=False, dynamic_axes={INPUT_NAME: axes, output: out_axes},
             )
 
 
@@ -79,15 +85,25 @@ def export_onnx(
     max_dice_delta: float = 1e-3,
     samples: int = 8,
 ) -> OnnxExport:
-    """Export a checkpoint to ONNX (dynamic batch axis) and verify it.
+    """Export a checkpoint to ONNX (dynamic batch axis) and check it against PyTorch.
 
-    The graph takes ``image`` (N, 1, S, S) float32 and returns ``prob`` (N, 1, S, S)
-    float32. PreprocessSpec, model info and validation metrics are stored in
-    ``metadata_props``. Before the file is kept, PyTorch and onnxruntime run
-    the same preprocessed slices (from ``verify_volumes`` or, without them,
-    phantom slices); the export fails with :class:`ExportError`, and nothing is
-    written, if probabilities differ by more than ``atol`` or the thresholded
-    masks' Dice differs by more than ``max_dice_delta``.
+    By model kind:
+
+    * ``unet``: ``image`` (N, 1, S, S) float32 -> ``prob`` (N, 1, S, S).
+    * ``dncnn_sr``: ``image`` -> ``image`` (N, 1, scale*S, scale*S) in [0, 1].
+    * ``maskrcnn``: the split export (:mod:`liverrt.export.maskrcnn_split`):
+      ``out`` holds the backbone/FPN/RPN graph and names its two siblings
+      ``<stem>.box.onnx`` and ``<stem>.mask.onnx`` (``liverrt.split``
+      metadata, with their sha256); the runtime runs proposals, NMS and mask
+      pasting between them. The exporter is always the TorchScript-based one.
+
+    PreprocessSpec, model info and validation metrics go into ``metadata_props``.
+    Before anything is kept, PyTorch and onnxruntime run the same preprocessed
+    slices (from ``verify_volumes`` or, without them, phantom slices); the
+    export fails with :class:`ExportError`, and nothing is written, if outputs
+    differ by more than ``atol`` or thresholded masks' Dice by more than
+    ``max_dice_delta`` (Mask R-CNN: the union mask only, its boxes pass
+    through NMS, where float noise may reorder near-equal scores).
     """
     if opset < MIN_OPSET:
         raise InputError(f"opset {opset} is too old; expected >= {MIN_OPSET}.")
@@ -97,43 +113,153 @@ def export_onnx(
     if out.suffix.lower() != ".onnx":
         raise InputError(f"Output {out} should end in .onnx.")
     model, spec, ckpt = load_model(checkpoint)
-    if not getattr(model, "onnx_exportable", False) or tuple(getattr(model, "output_names", ("prob",))) != ("prob",):
-        raise InputError(f"Model kind {ckpt['kind']!r} cannot be exported to ONNX by this version of liverrt "
-                         "(only segmentation models with a 'prob' output, e.g. the U-Net).")
-    wrapper = _Probabilities(model).eval()
+    kind = ckpt["kind"]
+    if kind not in EXPORTABLE:
+        raise InputError(f"Model kind {kind!r} cannot be exported to ONNX; expected one of {sorted(EXPORTABLE)}.")
     inputs = sample_inputs(spec, verify_volumes, samples=samples)
+    meta = _metadata(ckpt, spec, model, Path(checkpoint))
     t0 = time.perf_counter()
+    if kind == "maskrcnn":
+        return _export_maskrcnn(model, Path(checkpoint), out, meta, inputs, opset, atol, max_dice_delta, t0)
+    wrapper = (_Probabilities(model) if kind == "unet" else _Image(model)).eval()
+    output = "prob" if kind == "unet" else "restored"
     with atomic_path(out, suffix=".onnx", protect=(Path(checkpoint),)) as tmp:
-        _export_graph(wrapper, torch.from_numpy(inputs[:2]), tmp, opset, exporter)
-        graph = onnx.load(str(tmp))
-        meta = {
-            "liverrt.format": ONNX_FORMAT,
-            "liverrt.version": liverrt.__version__,
-            "liverrt.model": json.dumps(
-                {"kind": ckpt["kind"], "name": ckpt["model_name"], "config": ckpt["model_config"],
-                 "input_divisor": getattr(model, "input_divisor", 1)}, sort_keys=True),
-            "liverrt.preprocess": spec.to_json(),
-            "liverrt.threshold": str(float(ckpt.get("train_config", {}).get("threshold", 0.5))),
-            "liverrt.precision": "fp32",
-            "liverrt.outputs": json.dumps({"prob": "sigmoid liver probability, (N, 1, S, S) float32"}),
-            "liverrt.metrics": json.dumps(ckpt.get("metrics", {}), sort_keys=True),
-            "liverrt.checkpoint_sha256": sha256_file(Path(checkpoint)),
-        }
-        onnx.helper.set_model_props(graph, meta)
-        graph.producer_name = "liverrt"
-        graph.producer_version = liverrt.__version__
-        try:
-            onnx.checker.check_model(graph, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"onnx.checker rejected the exported graph: {str(exc)[:300]}") from exc
-        onnx.save(graph, str(tmp))
+        _export_graph(wrapper, torch.from_numpy(inputs[:2]), tmp, opset, exporter, output=output,
+                      spatial=kind == "dncnn_sr", divisor=getattr(model, "input_divisor", 1))
+        _finish(tmp, meta)
         seconds = time.perf_counter() - t0
-        report = parity_check(model, tmp, inputs, threshold=float(meta["liverrt.threshold"]), atol=atol,
-                              max_dice_delta=max_dice_delta)
+        if kind == "unet":
+            report = parity_check(model, tmp, inputs, threshold=float(meta["liverrt.threshold"]), atol=atol,
+                                  max_dice_delta=max_dice_delta)
+        else:
+            report = _image_parity(wrapper, tmp, inputs, atol=atol)
         if not report.passed:
             raise ExportError(
-                f"ONNX parity check failed: {report.summary()}; expected max |Δprob| <= {atol} and "
+                f"ONNX parity check failed: {report.summary()}; expected max |Δ{output}| <= {atol} and "
                 f"max |ΔDice| <= {max_dice_delta}. Nothing was written to {out}."
             )
     log.info("exported %s in %.1fs (%s)", out, seconds, report.summary())
     return OnnxExport(out, opset, exporter, seconds, out.stat().st_size, report)
+
+
+#: model kinds with an ONNX export
+EXPORTABLE = {"unet", "dncnn_sr", "maskrcnn"}
+
+_OUTPUTS = {
+    "unet": {"prob": "sigmoid liver probability, (N, 1, S, S) float32"},
+    "dncnn_sr": {"restored": "restored slice in [0, 1], (N, 1, scale*S, scale*S) float32"},
+    "maskrcnn": {"prob": "max over kept instances of the mask probability, (N, 1, S, S) float32 (after the split "
+                         "runtime)", "scores": "(N, K)", "boxes": "(N, K, 4) x1 y1 x2 y2"},
+}
+
+
+class _Image(torch.nn.Module):
+    """DnCNN-SR graph: (N, 1, S, S) in [0, 1] -> the restored image, clamped to [0, 1]."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image).clamp(0.0, 1.0)
+
+
+def _metadata(ckpt: dict, spec, model, checkpoint: Path) -> dict[str, str]:
+    kind = ckpt["kind"]
+    threshold = ckpt["model_config"].get("mask_threshold", ckpt.get("train_config", {}).get("threshold", 0.5))
+    return {
+        "liverrt.format": ONNX_FORMAT,
+        "liverrt.version": liverrt.__version__,
+        "liverrt.model": json.dumps(
+            {"kind": kind, "name": ckpt["model_name"], "config": ckpt["model_config"],
+             "input_divisor": getattr(model, "input_divisor", 1)}, sort_keys=True),
+        "liverrt.preprocess": spec.to_json(),
+        "liverrt.threshold": str(float(threshold)),
+        "liverrt.precision": "fp32",
+        "liverrt.outputs": json.dumps(_OUTPUTS[kind]),
+        "liverrt.metrics": json.dumps(_finite(ckpt.get("metrics", {})), sort_keys=True),
+        "liverrt.checkpoint_sha256": sha256_file(checkpoint),
+    }
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: (v if not isinstance(v, float) or v == v and abs(v) != float("inf") else None)
+            for k, v in metrics.items()}
+
+
+def _finish(path: Path, meta: dict[str, str]) -> None:
+    """Attach metadata, run the full checker and save."""
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, meta)
+    graph.producer_name = "liverrt"
+    graph.producer_version = liverrt.__version__
+    try:
+        onnx.checker.check_model(graph, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"onnx.checker rejected the exported graph: {str(exc)[:300]}") from exc
+    onnx.save(graph, str(path))
+
+
+def _image_parity(wrapper: torch.nn.Module, path: Path, inputs, *, atol: float) -> ParityReport:
+    import numpy as np
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        ref = wrapper(torch.from_numpy(inputs)).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (cand,) = sess.run(["restored"], {sess.get_inputs()[0].name: inputs})
+    diff = np.abs(ref.astype(np.float64) - cand)
+    finite = bool(np.isfinite(cand).all())
+    max_abs = float(diff.max()) if finite else float("inf")
+    return ParityReport(n_slices=int(inputs.shape[0]), max_abs_diff=max_abs, mean_abs_diff=float(diff.mean()),
+                        max_dice_delta=0.0, mismatched_pixels=0, decisive_mismatches=0, atol=atol,
+                        max_dice_delta_allowed=0.0, passed=finite and max_abs <= atol)
+
+
+def split_paths(out: Path) -> dict[str, Path]:
+    """The three files of a split Mask R-CNN export named by its main file ``out``."""
+    out = Path(out)
+    stem = out.name[: -len(".onnx")]
+    return {"rpn": out, "box": out.with_name(f"{stem}.box.onnx"), "mask": out.with_name(f"{stem}.mask.onnx")}
+
+
+def _export_maskrcnn(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int, atol: float,
+                     max_dice_delta: float, t0: float) -> OnnxExport:
+    import contextlib as _cl
+
+    from liverrt.export.maskrcnn_split import export_parts
+
+    paths = split_paths(out)
+    with _cl.ExitStack() as stack:
+        tmps = {part: stack.enter_context(atomic_path(p, suffix=".onnx", protect=(checkpoint,)))
+                for part, p in paths.items()}
+        export_parts(model, {k: str(v) for k, v in tmps.items()}, opset)
+        for part in ("box", "mask"):
+            _finish(tmps[part], {**meta, "liverrt.part": part})
+        split = {"parts": {part: paths[part].name for part in ("box", "mask")},
+                 "sha256": {part: sha256_file(tmps[part]) for part in ("box", "mask")},
+                 "runtime": "liverrt.runtime.maskrcnn_split"}
+        _finish(tmps["rpn"], {**meta, "liverrt.part": "rpn", "liverrt.split": json.dumps(split, sort_keys=True)})
+        seconds = time.perf_counter() - t0
+        report = _maskrcnn_parity(model, tmps, inputs, atol=atol, max_dice_delta=max_dice_delta,
+                                  threshold=float(meta["liverrt.threshold"]))
+        if not report.passed:
+            raise ExportError(f"ONNX parity check failed: {report.summary()}; expected max |Δprob| <= {atol} "
+                              f"and max |ΔDice| <= {max_dice_delta}. Nothing was written to {out}.")
+    size = sum(p.stat().st_size for p in paths.values())
+    log.info("exported %s (+ box and mask graphs) in %.1fs (%s)", out, seconds, report.summary())
+    return OnnxExport(out, opset, "torchscript", seconds, size, report)
+
+
+def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_dice_delta: float,
+                     threshold: float) -> ParityReport:
+    from liverrt.export.verify import compare_outputs
+    from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
+    from liverrt.runtime.onnxruntime_engine import ort_split_runner
+
+    with torch.no_grad():
+        ref = model.predict(torch.from_numpy(inputs))["prob"].numpy()
+    cand = SplitMaskRCNN(model.config, ort_split_runner(paths, ["CPUExecutionProvider"])).predict(inputs)["prob"]
+    # instance masks are pasted from 28x28 logits: compare the masks, with probability noise bounded by atol
+    # only where both sides kept the same instances (a reordered near-tie changes whole instances)
+    return compare_outputs(ref, cand, threshold=threshold, atol=float("inf"), max_dice_delta=max_dice_delta)

@@ -83,7 +83,7 @@ class DnCNNSR(nn.Module):
 
     kind = "dncnn_sr"
     onnx_exportable = True
-    output_names = ("image",)
+    output_names = ("restored",)
 
     def __init__(
         self,
@@ -165,8 +165,9 @@ class DnCNNSR(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"image": (N, 1, scale*H, scale*W)}`` float32 clamped to [0, 1]."""
-        return {"image": self.forward(x).clamp(0.0, 1.0)}
+        """``{"restored": (N, 1, scale*H, scale*W)}`` float32 clamped to [0, 1] (the ONNX output name: an
+        ONNX graph cannot name its input and output alike)."""
+        return {"restored": self.forward(x).clamp(0.0, 1.0)}
 
 
 def dncnn_sr(

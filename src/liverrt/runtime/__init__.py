@@ -20,8 +20,16 @@ def _onnxruntime(path: Path, **kw) -> Engine:
     return OnnxRuntimeEngine(path, **kw)
 
 
+def _tensorrt(path: Path, **kw) -> Engine:
+    from liverrt.runtime.tensorrt_engine import TensorRTEngine
+
+    return TensorRTEngine(path, **kw)
+
+
 #: engine name -> factory(path, **options); backends are imported lazily.
-ENGINES = {"torch": _torch, "onnxruntime": _onnxruntime}
+ENGINES = {"torch": _torch, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+#: other names users type for an engine
+ALIASES = {"trt": "tensorrt", "ort": "onnxruntime"}
 
 
 def engine_names() -> list[str]:
@@ -31,7 +39,7 @@ def engine_names() -> list[str]:
 def open_engine(name: str, path: Path, **options) -> Engine:
     """An (inactive) engine of backend ``name`` for the artifact at ``path``."""
     try:
-        factory = ENGINES[name]
+        factory = ENGINES[ALIASES.get(name, name)]
     except KeyError:
         raise InputError(f"Unknown engine {name!r}; expected one of {engine_names()}.") from None
     return factory(Path(path), **options)

@@ -1,4 +1,12 @@
-"""onnxruntime engine for ONNX files written by ``liverrt export``."""
+"""onnxruntime engine for ONNX files written by ``liverrt export``.
+
+Providers: CPU (default), CUDA and the TensorRT execution provider when
+onnxruntime-gpu is installed (``providers=["TensorrtExecutionProvider",
+"CUDAExecutionProvider"]``). On CUDA the input is bound once per call with IO
+binding and the outputs come back in one copy. A split Mask R-CNN export
+(``liverrt.split`` metadata) runs its three graphs with one session each and
+the NumPy/Numba pipeline of :mod:`liverrt.runtime.maskrcnn_split` between them.
+"""
 
 from __future__ import annotations
 
@@ -41,14 +49,73 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
+        self._split = None
+        split = split_parts(self.path)
+        if split is not None:
+            from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
+
+            self._split = SplitMaskRCNN(self.info.model_config, ort_split_runner(split, self.providers, opts))
+            self._session = self._split
+            return
         self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self._cuda = "CUDAExecutionProvider" in self._session.get_providers()
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         assert self._session is not None
-        values = self._session.run(self._outputs, {self._input: batch})
+        if self._split is not None:
+            return self._split.predict(batch)
+        if self._cuda:  # IO binding: one host->device copy in, device buffers out
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(self._input, batch)
+            for name in self._outputs:
+                binding.bind_output(name, "cuda")
+            self._session.run_with_iobinding(binding)
+            values = binding.copy_outputs_to_cpu()
+        else:
+            values = self._session.run(self._outputs, {self._input: batch})
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self._outputs, values, strict=True)}
 
     def _deactivate(self) -> None:
         self._session = None
+        self._split = None
+
+
+def split_parts(path: Path) -> dict[str, Path] | None:
+    """The three graph files of a split Mask R-CNN export (checked against their recorded sha256), or None."""
+    import json
+
+    from liverrt.artifact import onnx_metadata, sha256_file
+
+    meta = onnx_metadata(path)
+    if "liverrt.split" not in meta:
+        return None
+    split = json.loads(meta["liverrt.split"])
+    paths = {"rpn": Path(path)}
+    for part, name in split["parts"].items():
+        p = Path(path).with_name(name)
+        if not p.is_file():
+            raise ArtifactError(f"{path} is a split Mask R-CNN export; its {part} graph {p} is missing "
+                                "(keep the three .onnx files together).")
+        if sha256_file(p) != split["sha256"][part]:
+            raise ArtifactError(f"{p} is not the {part} graph exported with {path} (sha256 differs); "
+                                "re-export the model.")
+        paths[part] = p
+    return paths
+
+
+def ort_split_runner(paths: dict[str, Path], providers: Sequence[str], options=None):
+    """A ``run(part, inputs)`` callable over one onnxruntime session per split graph."""
+    import onnxruntime as ort
+
+    sessions = {part: ort.InferenceSession(str(p), sess_options=options, providers=list(providers))
+                for part, p in paths.items()}
+    outputs = {part: [o.name for o in s.get_outputs()] for part, s in sessions.items()}
+    inputs = {part: [i.name for i in s.get_inputs()] for part, s in sessions.items()}
+
+    def run(part: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = sessions[part].run(outputs[part], {k: feed[k] for k in inputs[part]})
+        return dict(zip(outputs[part], values, strict=True))
+
+    return run

@@ -74,7 +74,7 @@ class Segmenter:
             t1 = time.perf_counter()
             t["preprocess"] += t1 - t0
             if self.denoiser is not None:
-                x = np.ascontiguousarray(self.denoiser.infer(x)["image"], dtype=np.float32)
+                x = np.ascontiguousarray(self.denoiser.infer(x)["restored"], dtype=np.float32)
                 t["denoise"] += time.perf_counter() - t1
                 t1 = time.perf_counter()
             out = self.engine.infer(x)["prob"]

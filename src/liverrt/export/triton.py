@@ -1,0 +1,511 @@
+"""A liverrt ONNX file or TensorRT plan -> one model of a Triton Inference Server model repository.
+
+Layout written (only ``<repo>/<name>/`` is touched; a repository may hold other models)::
+
+    <repo>/<name>/config.pbtxt        ModelConfig in protobuf text format
+    <repo>/<name>/client_example.py   tritonclient.http example matching the config
+    <repo>/<name>/<version>/model.onnx   (or model.plan)
+
+Inputs and outputs in ``config.pbtxt`` are read from the ONNX graph (names,
+data types, dims without the batch axis, dynamic dims as -1); for a plan they
+come from its sidecar JSON. Every ``liverrt.*`` metadata entry (PreprocessSpec,
+threshold, ...) is copied into ``parameters`` so a client can preprocess
+exactly as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import liverrt
+from liverrt.artifact import artifact_info, sha256_file
+from liverrt.data.io import atomic_path, set_default_mode
+from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"]
+KINDS = ("KIND_GPU", "KIND_CPU", "KIND_AUTO")
+#: backend -> (Triton platform, model file name, artifact suffix)
+BACKENDS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx", ".onnx"),
+            "tensorrt": ("tensorrt_plan", "model.plan", ".plan")}
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_PREFERRED_BATCH_SIZES = (4, 8, 16)
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """One input or output of the config: dims exclude the batch axis, -1 = dynamic."""
+
+    name: str
+    data_type: str  # "TYPE_FP32", ...
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TritonRepo:
+    repo: Path
+    name: str
+    version: int
+    platform: str
+    max_batch_size: int
+    model_dir: Path  # <repo>/<name>
+    config: Path  # <repo>/<name>/config.pbtxt
+    model: Path  # <repo>/<name>/<version>/model.onnx | model.plan
+    client_example: Path
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+
+
+# ----------------------------------------------------------------------------- reading the artifact
+
+
+def _onnx_type_names() -> dict[int, str]:
+    from onnx import TensorProto as T
+
+    return {T.FLOAT: "TYPE_FP32", T.FLOAT16: "TYPE_FP16", T.BFLOAT16: "TYPE_BF16", T.DOUBLE: "TYPE_FP64",
+            T.INT8: "TYPE_INT8", T.INT16: "TYPE_INT16", T.INT32: "TYPE_INT32", T.INT64: "TYPE_INT64",
+            T.UINT8: "TYPE_UINT8", T.UINT16: "TYPE_UINT16", T.UINT32: "TYPE_UINT32", T.UINT64: "TYPE_UINT64",
+            T.BOOL: "TYPE_BOOL", T.STRING: "TYPE_STRING"}
+
+
+def _onnx_tensor(value, path: Path, role: str) -> tuple[TensorConfig, bool]:
+    """(config without the batch axis, whether the batch axis is dynamic) of a graph input/output."""
+    ttype = value.type.tensor_type if value.type.HasField("tensor_type") else None
+    if ttype is None or not ttype.HasField("shape"):
+        raise InputError(f"{path}: {role} {value.name!r} is not a tensor of known rank; "
+                         "expected (N, ...) tensors as written by `liverrt export`.")
+    names = _onnx_type_names()
+    if ttype.elem_type not in names:
+        raise InputError(f"{path}: {role} {value.name!r} has ONNX element type {ttype.elem_type}, "
+                         f"which Triton cannot serve; expected one of {sorted(set(names.values()))}.")
+    dims = [d.dim_value if d.WhichOneof("value") == "dim_value" and d.dim_value > 0 else -1
+            for d in ttype.shape.dim]
+    if not dims:
+        raise InputError(f"{path}: {role} {value.name!r} is a scalar; expected a batch axis first.")
+    return TensorConfig(value.name, names[ttype.elem_type], tuple(dims[1:])), dims[0] == -1
+
+
+def _from_onnx(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], int | None]:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    artifact_info(path)  # raises ArtifactError unless it carries liverrt metadata
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props if p.key.startswith("liverrt.")}
+    if "liverrt.part" in meta:
+        raise InputError(f"{path} is the {meta['liverrt.part']!r} part of a split Mask R-CNN export; expected a "
+                         "single-graph liverrt ONNX (U-Net, DnCNN-SR). Serving the split model needs a Triton "
+                         "ensemble, which liverrt does not write.")
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise InputError(f"{path} keeps its weights in external data files; expected a self-contained .onnx "
+                         "(re-export it with `liverrt export`, which writes one file).")
+    initializers = {t.name for t in model.graph.initializer}
+    tensors, static = {"input": [], "output": []}, []
+    for role, values in (("input", [v for v in model.graph.input if v.name not in initializers]),
+                         ("output", model.graph.output)):
+        for value in values:
+            tensor, dynamic = _onnx_tensor(value, path, role)
+            tensors[role].append(tensor)
+            if not dynamic:
+                static.append(f"{role} {value.name!r}")
+    if static:
+        raise InputError(f"{path}: the batch axis of {', '.join(static)} is fixed; expected a dynamic first axis "
+                         "so Triton can batch requests. Note: re-export with `liverrt export` (dynamic batch).")
+    return tensors["input"], tensors["output"], meta, None
+
+
+def _from_plan(plan: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], int]:
+    """Inputs/outputs of a TensorRT plan from its sidecar (see :mod:`liverrt.export.tensorrt`)."""
+    from liverrt.export.tensorrt import plan_info, read_sidecar, sidecar_path
+
+    data = read_sidecar(plan)  # ArtifactError when missing or not liverrt's
+    info = plan_info(plan)
+    side = sidecar_path(plan)
+    if data.get("plan_sha256") != sha256_file(plan):
+        raise ArtifactError(f"{plan}: its bytes do not match plan_sha256 in {side.name}; expected the plan the "
+                            "sidecar describes. Rebuild it from its ONNX file.")
+    try:
+        lo, hi = ([int(v) for v in data["profile"][k]] for k in ("min", "max"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{side}: missing or damaged optimisation profile ({exc!r}); expected "
+                            "'profile': {'min', 'opt', 'max'} input shapes (N, 1, S, S).") from None
+    if len(lo) != len(hi) or len(lo) < 2:
+        raise ArtifactError(f"{side}: profile min {lo} / max {hi}; expected two (N, ...) shapes of one rank.")
+    if lo[0] > 1:
+        raise InputError(f"{plan}: the optimisation profile's smallest batch is {lo[0]}; expected 1, since Triton "
+                         "sends batches of any size from 1 to max_batch_size. Rebuild the plan with batch 1:OPT:MAX.")
+    dims = tuple(a if a == b else -1 for a, b in zip(lo[1:], hi[1:], strict=True))
+    # liverrt graphs keep float32 I/O at every precision (see liverrt.export.precision)
+    inputs = [TensorConfig(str(data.get("input_name", "image")), "TYPE_FP32", dims)]
+    outputs = [TensorConfig(str(data.get("output_name", "prob")), "TYPE_FP32", dims)]
+    meta = {"liverrt.format": str(data["format"]), "liverrt.preprocess": info.spec.to_json(),
+            "liverrt.threshold": str(info.threshold), "liverrt.precision": info.precision,
+            "liverrt.model": json.dumps(data.get("model", {}), sort_keys=True),
+            "liverrt.metrics": json.dumps(info.metrics, sort_keys=True)}
+    for key in ("tensorrt_version", "compute_capability", "gpu_name", "onnx_sha256", "liverrt_version"):
+        if key in data:
+            meta[f"liverrt.{key}"] = str(data[key])
+    return inputs, outputs, meta, hi[0]
+
+
+# ----------------------------------------------------------------------------- config.pbtxt
+
+
+def _q(text: str) -> str:
+    from google.protobuf import text_encoding  # protobuf ships with onnx
+
+    return '"' + text_encoding.CEscape(text.encode("utf-8"), as_utf8=True) + '"'
+
+
+def _tensors(key: str, tensors: list[TensorConfig]) -> list[str]:
+    lines = [f"{key} ["]
+    for i, t in enumerate(tensors):
+        lines += ["  {", f"    name: {_q(t.name)}", f"    data_type: {t.data_type}",
+                  f"    dims: [ {', '.join(map(str, t.dims))} ]", "  }" + ("," if i < len(tensors) - 1 else "")]
+    return [*lines, "]"]
+
+
+def config_text(name: str, backend: str, max_batch_size: int, inputs: list[TensorConfig],
+                outputs: list[TensorConfig], *, preferred_batch_sizes: tuple[int, ...], max_queue_delay_us: int,
+                instances: int, kind: str, parameters: dict[str, str]) -> str:
+    """The ``config.pbtxt`` text (Triton ModelConfig in protobuf text format)."""
+    platform = BACKENDS[backend][0]
+    lines = [f"# Written by liverrt {liverrt.__version__}; inputs/outputs read from the model itself.",
+             f"name: {_q(name)}", f"platform: {_q(platform)}", f"backend: {_q(backend)}",
+             f"max_batch_size: {max_batch_size}", "version_policy: { latest: { num_versions: 1 } }"]
+    lines += _tensors("input", inputs) + _tensors("output", outputs)
+    lines += ["dynamic_batching {"]
+    if preferred_batch_sizes:
+        lines += [f"  preferred_batch_size: [ {', '.join(map(str, preferred_batch_sizes))} ]"]
+    lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}",
+              "instance_group [", "  {", f"    count: {instances}", f"    kind: {kind}", "  }", "]"]
+    for key in sorted(parameters):
+        lines += ["parameters {", f"  key: {_q(key)}", f"  value: {{ string_value: {_q(parameters[key])} }}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def read_config(path: Path):
+    """Parse a ``config.pbtxt`` (or a model folder holding one) into ``tritonclient``'s ModelConfig protobuf."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.pbtxt"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; expected a Triton config.pbtxt or a model folder holding one.")
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise BackendUnavailableError(f"Reading Triton configs needs tritonclient ({exc}); expected "
+                                      "`pip install 'tritonclient[grpc]'`.") from exc
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(encoding="utf-8"), config)
+    except text_format.ParseError as exc:
+        raise ArtifactError(f"{path} is not a valid Triton ModelConfig: {exc}.") from exc
+    return config
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _check_options(max_batch_size: int, preferred: tuple[int, ...], max_queue_delay_us: int, instances: int,
+                   kind: str, version: int, name: str) -> None:
+    if not _NAME_RE.fullmatch(name):
+        raise InputError(f"Model name {name!r}: expected letters, digits, '_', '-' or '.' (a folder name for Triton).")
+    if version < 1:
+        raise InputError(f"Model version {version}: expected an integer >= 1 (Triton's version folders).")
+    if max_batch_size < 1:
+        raise InputError(f"max_batch_size {max_batch_size}: expected >= 1 (liverrt models batch slices).")
+    bad = [b for b in preferred if not 1 <= b <= max_batch_size]
+    if bad:
+        raise InputError(f"Preferred batch sizes {bad} exceed max_batch_size {max_batch_size} (or are < 1); "
+                         f"expected sizes in 1..{max_batch_size}.")
+    if max_queue_delay_us < 0:
+        raise InputError(f"max_queue_delay_us {max_queue_delay_us}: expected >= 0 microseconds.")
+    if instances < 1:
+        raise InputError(f"instances {instances}: expected at least 1 model instance.")
+    if kind not in KINDS:
+        raise InputError(f"Instance kind {kind!r}: expected one of {KINDS}.")
+
+
+@contextmanager
+def _staging(parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder in ``parent`` (same file system, so it can be renamed into place); removed on error."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fill_version(folder: Path, artifact: Path, model_file: str) -> Path:
+    folder.mkdir()
+    set_default_mode(folder)
+    target = folder / model_file
+    shutil.copyfile(artifact, target)
+    return target
+
+
+def write_triton_repo(
+    artifact: Path,
+    repo: Path,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    max_batch_size: int | None = None,
+    preferred_batch_sizes: tuple[int, ...] | None = None,
+    max_queue_delay_us: int = 100,
+    instances: int = 1,
+    kind: Kind = "KIND_GPU",
+    backend: str | None = None,
+    overwrite: bool = False,
+) -> TritonRepo:
+    """Write ``artifact`` as model ``name`` into the Triton model repository ``repo``.
+
+    ``artifact`` is a liverrt ``.onnx`` (backend ``onnxruntime``) or a TensorRT
+    ``.plan`` with its sidecar ``<plan>.json`` (backend ``tensorrt``; Triton must
+    run the TensorRT version and GPU architecture the plan was built for, which
+    the sidecar records and ``parameters`` repeat). ``backend`` is inferred from
+    the suffix; if given it must agree. ``name`` defaults to the file stem (less
+    a cached plan's digest). ``max_batch_size`` defaults to 32, for a plan at
+    most its profile's max batch; ``preferred_batch_sizes`` defaults to those of
+    (4, 8, 16) that fit.
+
+    Only ``<repo>/<name>/`` is written. A new model folder appears in one
+    rename; into an existing one the version folder is renamed into place, then
+    ``config.pbtxt`` and ``client_example.py`` are replaced atomically. An
+    existing ``<repo>/<name>/<version>`` raises :class:`InputError` unless
+    ``overwrite``; the artifact itself is never overwritten. Every check runs
+    before anything is written.
+    """
+    artifact, repo = Path(artifact), Path(repo)
+    if not artifact.is_file():
+        raise InputError(f"Model {artifact} does not exist; expected a .onnx file or a TensorRT .plan.")
+    by_suffix = {v[2]: k for k, v in BACKENDS.items()}
+    inferred = by_suffix.get(artifact.suffix.lower())
+    if inferred is None:
+        raise InputError(f"Model {artifact}: unknown suffix {artifact.suffix!r}; expected one of {sorted(by_suffix)}.")
+    if backend is not None and backend != inferred:
+        raise InputError(f"backend {backend!r} does not fit {artifact.name}; expected {inferred!r} for a "
+                         f"{artifact.suffix} file (one of {sorted(BACKENDS)}).")
+    backend = inferred
+    if name is None:  # the file stem, without the digest of a cached plan (<stem>.<16 hex>.plan)
+        stem = re.sub(r"\.[0-9a-f]{16}$", "", artifact.stem)
+        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip(".") or "model"
+
+    if backend == "onnxruntime":
+        inputs, outputs, meta, batch_cap = _from_onnx(artifact)
+    else:
+        inputs, outputs, meta, batch_cap = _from_plan(artifact)
+    if max_batch_size is None:
+        max_batch_size = min(DEFAULT_MAX_BATCH_SIZE, batch_cap or DEFAULT_MAX_BATCH_SIZE)
+    if batch_cap is not None and max_batch_size > batch_cap:
+        raise InputError(f"max_batch_size {max_batch_size} exceeds the plan's optimisation profile (max batch "
+                         f"{batch_cap}); expected <= {batch_cap}, or rebuild the plan with a larger profile.")
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = tuple(b for b in DEFAULT_PREFERRED_BATCH_SIZES if b <= max_batch_size)
+    preferred = tuple(int(b) for b in preferred_batch_sizes)
+    _check_options(max_batch_size, preferred, max_queue_delay_us, instances, kind, version, name)
+
+    model_dir = repo / name
+    version_dir = model_dir / str(version)
+    for p in [artifact, artifact.with_suffix(".json")] if backend == "tensorrt" else [artifact]:
+        if version_dir.resolve() in p.resolve().parents:
+            raise InputError(f"Refusing to write {version_dir}: it holds the input {p}; choose another repo, name or version.")
+    if version_dir.exists() and not overwrite:
+        raise InputError(f"{version_dir} already exists; expected a new version (pass overwrite=True / --overwrite to replace it).")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise InputError(f"{model_dir} exists and is not a folder; expected a Triton model folder or nothing.")
+
+    parameters = {**meta, "liverrt.artifact_sha256": sha256_file(artifact)}
+    text = config_text(name, backend, max_batch_size, inputs, outputs, preferred_batch_sizes=preferred,
+                       max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, parameters=parameters)
+    example = client_example_text(name, inputs[0], outputs[0], max_batch_size, parameters)
+    model_file = BACKENDS[backend][1]
+
+    if not model_dir.exists():
+        with _staging(repo, name) as tmp:
+            _fill_version(tmp / str(version), artifact, model_file)
+            (tmp / "config.pbtxt").write_text(text, encoding="utf-8")
+            (tmp / "client_example.py").write_text(example, encoding="utf-8")
+            for f in (tmp / "config.pbtxt", tmp / "client_example.py", tmp / str(version) / model_file):
+                set_default_mode(f)
+            set_default_mode(tmp)
+            os.rename(tmp, model_dir)  # refuses to replace a folder that appeared meanwhile
+    else:
+        with _staging(model_dir, str(version)) as tmp:
+            _fill_version(tmp / "v", artifact, model_file)
+            set_default_mode(tmp / "v" / model_file)
+            if version_dir.exists():  # overwrite=True: move the old version aside, swap, restore on error
+                os.rename(version_dir, tmp / "old")
+                try:
+                    os.rename(tmp / "v", version_dir)
+                except BaseException:
+                    os.rename(tmp / "old", version_dir)
+                    raise
+            else:
+                os.rename(tmp / "v", version_dir)
+        with atomic_path(model_dir / "config.pbtxt", suffix=".pbtxt") as tmp_file:
+            tmp_file.write_text(text, encoding="utf-8")
+        with atomic_path(model_dir / "client_example.py", suffix=".py") as tmp_file:
+            tmp_file.write_text(example, encoding="utf-8")
+    log.info("wrote Triton model %s version %d (%s, max_batch_size %d) to %s", name, version, backend,
+             max_batch_size, repo)
+    return TritonRepo(repo=repo, name=name, version=version, platform=BACKENDS[backend][0],
+                      max_batch_size=max_batch_size, model_dir=model_dir, config=model_dir / "config.pbtxt",
+                      model=version_dir / model_file, client_example=model_dir / "client_example.py",
+                      inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+# ----------------------------------------------------------------------------- client example
+
+_CLIENT_TEMPLATE = '''\
+#!/usr/bin/env python3
+"""Send CT slices to the Triton model __NAME__ and print the liver mask area per slice.
+
+Written by liverrt __VERSION__ together with config.pbtxt; the constants below
+match that config. Needs ``pip install "tritonclient[http]" numpy``.
+
+    tritonserver --model-repository <this repository>
+    python client_example.py [--url localhost:8000] [--slices ct_hu.npy]
+
+Preprocessing must be the one the model was trained with (its PreprocessSpec,
+also in config.pbtxt parameter "liverrt.preprocess"). With liverrt installed,
+liverrt.data.preprocess.to_input applies it (window, resize/letterbox/pad) and
+the mask is restored to the source grid. Without liverrt the documented
+windowing formula is used, and slices must already be SIZE x SIZE pixels:
+
+    x = clip((HU - (window_center - window_width / 2)) / window_width, 0, 1)
+    (8-bit slices: x = pixel / 255; with quantize_8bit: x = round(255 x) / 255)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+MODEL_NAME = __NAME__
+INPUT_NAME = __INPUT__
+INPUT_DATATYPE = __DATATYPE__
+OUTPUT_NAME = __OUTPUT__
+MASK_OUTPUT = OUTPUT_NAME == "prob"  # a liver probability map; other models (DnCNN-SR) return images
+MAX_BATCH_SIZE = __MAX_BATCH__
+PREPROCESS = json.loads(__SPEC__)
+THRESHOLD = __THRESHOLD__
+SIZE = int(PREPROCESS["size"])
+
+
+def window(slices: np.ndarray, intensity: str = "hu") -> np.ndarray:
+    """(N, SIZE, SIZE) HU or 8-bit slices -> (N, 1, SIZE, SIZE) float32 in [0, 1] (the formula above)."""
+    s = np.asarray(slices, dtype=np.float32)
+    if s.shape[1:] != (SIZE, SIZE):
+        raise ValueError(f"slices are {s.shape[1:]}; without liverrt they must be ({SIZE}, {SIZE}) "
+                         "(install liverrt to letterbox/resize them like training did)")
+    if intensity == "hu":
+        lo = np.float32(PREPROCESS["window_center"] - PREPROCESS["window_width"] / 2.0)
+        x = (s - lo) / np.float32(PREPROCESS["window_width"])
+        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        if PREPROCESS.get("quantize_8bit"):
+            x = np.round(x * 255.0) / 255.0
+    else:
+        x = np.clip(np.nan_to_num(s / 255.0), 0.0, 1.0)
+    return np.ascontiguousarray(x[:, None], dtype=np.float32)
+
+
+def preprocess(slices: np.ndarray, intensity: str = "hu"):
+    """(N, H, W) slices -> ((N, 1, SIZE, SIZE) float32 input, liverrt Placement or None)."""
+    try:
+        from liverrt.data.preprocess import PreprocessSpec, to_input
+    except ImportError:
+        return window(slices, intensity), None
+    return to_input(np.asarray(slices), intensity, PreprocessSpec.from_dict(PREPROCESS))
+
+
+def mask_area(prob: np.ndarray, placement=None) -> np.ndarray:
+    """Pixels per slice with probability >= THRESHOLD, on the source grid when placement is known."""
+    prob = np.asarray(prob, dtype=np.float32)[:, 0]
+    if placement is not None:
+        from liverrt.data.preprocess import restore
+
+        prob = restore(prob, placement)
+    return (prob >= THRESHOLD).sum(axis=(1, 2))
+
+
+def phantom(n: int = 2) -> np.ndarray:
+    """(n, SIZE, SIZE) HU slices: air, a soft-tissue body and a brighter 'liver' ellipse."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    body = ((yy - 0.5) / 0.45) ** 2 + ((xx - 0.5) / 0.45) ** 2 <= 1
+    liver = ((yy - 0.45) / 0.2) ** 2 + ((xx - 0.35) / 0.24) ** 2 <= 1
+    hu = np.where(body, 30.0, -1000.0) + np.where(liver & body, 80.0, 0.0)
+    return np.repeat(hu[None], n, axis=0).astype(np.float32)
+
+
+def infer(client, x: np.ndarray) -> np.ndarray:
+    """Run the model on (N, 1, SIZE, SIZE) input, MAX_BATCH_SIZE slices per request."""
+    import tritonclient.http as httpclient
+
+    out = []
+    for i in range(0, len(x), MAX_BATCH_SIZE):
+        batch = np.ascontiguousarray(x[i : i + MAX_BATCH_SIZE])
+        inp = httpclient.InferInput(INPUT_NAME, list(batch.shape), INPUT_DATATYPE)
+        inp.set_data_from_numpy(batch)
+        result = client.infer(MODEL_NAME, inputs=[inp], outputs=[httpclient.InferRequestedOutput(OUTPUT_NAME)])
+        out.append(result.as_numpy(OUTPUT_NAME))
+    return np.concatenate(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="localhost:8000", help="Triton HTTP endpoint")
+    parser.add_argument("--slices", type=Path, help=".npy of (N, H, W) slices; default: 2 phantom slices")
+    parser.add_argument("--intensity", choices=("hu", "8bit"), default="hu")
+    args = parser.parse_args(argv)
+    import tritonclient.http as httpclient
+
+    slices = np.load(args.slices) if args.slices else phantom()
+    slices = slices[None] if slices.ndim == 2 else slices
+    x, placement = preprocess(slices, args.intensity)
+    client = httpclient.InferenceServerClient(url=args.url)
+    out = infer(client, x)
+    if not MASK_OUTPUT:
+        print(f"{OUTPUT_NAME}: shape {out.shape}, values {out.min():.3f}..{out.max():.3f}")
+        return
+    areas = mask_area(out, placement)
+    for i, area in enumerate(areas):
+        print(f"slice {i}: liver mask area {int(area)} pixels")
+    print(f"total: {int(areas.sum())} pixels (threshold {THRESHOLD})")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def client_example_text(name: str, inp: TensorConfig, out: TensorConfig, max_batch_size: int,
+                        parameters: dict[str, str]) -> str:
+    """Source of ``client_example.py`` for a model with these input/output and liverrt parameters."""
+    datatype = "BYTES" if inp.data_type == "TYPE_STRING" else inp.data_type.removeprefix("TYPE_")
+    values = {"__NAME__": repr(name), "__VERSION__": liverrt.__version__, "__INPUT__": repr(inp.name),
+              "__DATATYPE__": repr(datatype), "__OUTPUT__": repr(out.name), "__MAX_BATCH__": str(max_batch_size),
+              "__SPEC__": repr(parameters["liverrt.preprocess"]),
+              "__THRESHOLD__": repr(float(parameters.get("liverrt.threshold", 0.5)))}
+    text = _CLIENT_TEMPLATE
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
