@@ -37,9 +37,15 @@ def test_demo_refuses_too_few_cases(tmp_path):
 def test_bench_reports_both_engines_and_ratios(tmp_path, tiny_checkpoint):
     full = run_bench(tmp_path, quick=True, model=tiny_checkpoint, batch_sizes=(1, 2), sections=("engines",))
     results = full["engines"]
-    engines = {(r["engine"], r["batch"]) for r in results["rows"]}
-    assert engines == {("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
-    assert all(r["slice_ms_median"] > 0 and r["slices_per_s"] > 0 for r in results["rows"])
+    engines = {(r["engine"], r["precision"], r["batch"]) for r in results["rows"]}
+    assert engines == {(e, p, b) for e, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+                                              ("onnxruntime", "int8")) for b in (1, 2)}
+    assert all(r["slice_ms_median"] > 0 and r["slices_per_s"] > 0 and r["e2e_slice_ms_median"] > 0
+               for r in results["rows"])
+    assert {(g["engine"], g["precision"]) for g in results["gates"]} == {("onnxruntime", p) for p in
+                                                                        ("fp32", "fp16", "int8")}
+    assert set(results["int8"]) == {"batch_1", "batch_2"}
+    assert any(s["variant"] == "tensorrt" for s in results["skipped"])  # no TensorRT here, and it says why
     assert set(results["speedup_onnxruntime_over_torch"]) == {"batch_1", "batch_2"}
     assert results["machine"]["cores"] >= 1 and results["machine"]["versions"]["torch"]
     assert (tmp_path / "report.md").read_text() == markdown_report(full)

@@ -154,3 +154,23 @@ def test_torchrun_cli_trains_the_unet_on_two_processes(tmp_path):
     assert proc.stdout.count('"world_size": 2') == 1  # rank 0 alone reports
     rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 epochs, written once
+
+
+def test_cli_resume_continues_and_refuses_a_changed_run(tmp_path):
+    from click.testing import CliRunner
+
+    from liverrt.cli import cli
+    from liverrt.data.phantom import PhantomConfig, synth_dataset
+
+    synth_dataset(tmp_path / "ph", 3, config=PhantomConfig(size=48, slices=4))
+    base = ["train", "unet", "--data", str(tmp_path / "ph"), "--out", str(tmp_path / "run"), "--size", "32",
+            "--batch-size", "2", "--width-scale", "0.25", "--device", "cpu", "--val-fraction", "0.34"]
+    assert CliRunner().invoke(cli, [*base, "--epochs", "1"]).exit_code == 0
+    r = CliRunner().invoke(cli, [*base, "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2"]
+    r = CliRunner().invoke(cli, [*base, "--epochs", "3", "--resume", "--lr", "0.01"])
+    assert r.exit_code == 2 and "lr was 0.001" in r.output
+    r = CliRunner().invoke(cli, [*base[:5], str(tmp_path / "other"), *base[6:], "--resume"])
+    assert r.exit_code == 2 and "does not exist" in r.output

@@ -1,4 +1,11 @@
-"""U-Net engine latency per slice, torch eager vs onnxruntime, measured in one run.
+"""U-Net engine latency per slice for every engine and precision available here, measured in one run.
+
+Variants: torch eager (fp32), onnxruntime fp32, fp16 and int8 (Q/DQ from
+phantom calibration slices), and TensorRT when it is installed with a GPU
+(otherwise listed as skipped, with the reason). For each: network only
+(``engine.infer``) and end to end (the Segmenter: preprocess, network,
+restore to the source grid, threshold) at batch 1 and 8, and the
+verification gate's ΔDice of each variant against torch.
 
 Every number is measured here, on the same preprocessed phantom slices (not
 random tensors), after warm-up: median and p95 over repeats, per batch and
@@ -55,11 +62,49 @@ def _slices(size: int, n: int) -> np.ndarray:
     return x
 
 
+def _variants(work: Path, ckpt: Path, onnx_path: Path, on_step) -> tuple[list[tuple[str, str, Path]], list[dict]]:
+    """(engine, precision, artifact) triples that can run here, and the ones skipped with their reason."""
+    from liverrt.artifact import artifact_info
+    from liverrt.export import precision as prec
+    from liverrt.export.gate import default_volumes
+
+    variants = [("torch", "fp32", ckpt), ("onnxruntime", "fp32", onnx_path)]
+    skipped = []
+    spec = artifact_info(onnx_path).spec
+    if on_step:
+        on_step("fp16 and int8 graphs")
+    try:
+        prec.to_fp16(onnx_path, work / "unet.fp16.onnx")
+        variants.append(("onnxruntime", "fp16", work / "unet.fp16.onnx"))
+    except Exception as exc:  # reported, not fatal: the other variants still run
+        skipped.append({"variant": "onnxruntime fp16", "reason": str(exc)[:200]})
+    try:
+        calib = prec.calibration_slices(default_volumes(spec.size, cases=2, seed=2000), spec, n=32)
+        prec.to_int8(onnx_path, work / "unet.int8.onnx", calib, calibration_source="phantoms (bench)")
+        variants.append(("onnxruntime", "int8", work / "unet.int8.onnx"))
+    except Exception as exc:
+        skipped.append({"variant": "onnxruntime int8", "reason": str(exc)[:200]})
+    try:
+        from liverrt.export.tensorrt import current_machine
+
+        current_machine()
+        for precision in ("fp32", "fp16", "int8"):
+            path = onnx_path if precision == "fp32" else work / f"unet.{precision}.onnx"
+            if path.exists():
+                variants.append(("tensorrt", precision, path))
+    except Exception as exc:
+        skipped.append({"variant": "tensorrt", "reason": str(exc).split(";")[0][:200]})
+    return variants, skipped
+
+
 def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: tuple[int, ...] = (1, 8),
                 on_step: Callable[[str], None] | None = None) -> dict:
     """Measure the U-Net engines; returns the results dict (see :func:`markdown_report`)."""
     from liverrt.artifact import artifact_info
+    from liverrt.data.phantom import PhantomConfig, synth_case
+    from liverrt.export.gate import default_volumes, verify_artifact
     from liverrt.runtime import open_engine
+    from liverrt.runtime.segmenter import Segmenter
 
     repeats = {1: 10, 8: 3} if quick else {1: 30, 8: 10}
     with tempfile.TemporaryDirectory(prefix="liverrt-bench-") as tmp:
@@ -71,37 +116,67 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
         export_s = time.perf_counter() - t0
         size = artifact_info(ckpt).spec.size
         data = _slices(size, max(batch_sizes))
-        rows = []
-        for engine_name, path in (("torch", ckpt), ("onnxruntime", onnx_path)):
+        volume = synth_case(1, PhantomConfig(size=max(64, min(size, 512)), slices=max(batch_sizes)))
+        variants, skipped = _variants(work, ckpt, onnx_path, on_step)
+        rows, gates = [], []
+        for engine_name, precision, path in variants:
             with open_engine(engine_name, path) as engine:
                 for bs in batch_sizes:
                     if on_step:
-                        on_step(f"{engine_name} batch {bs}")
+                        on_step(f"{engine_name} {precision} batch {bs}")
                     batch = np.ascontiguousarray(data[:bs])
-                    times = time_call(lambda b=batch: engine.infer(b), warmup=2,
-                                      repeats=repeats.get(bs, max(3, 24 // bs)))
+                    n_rep = repeats.get(bs, max(3, 24 // bs))
+                    times = time_call(lambda b=batch: engine.infer(b), warmup=2, repeats=n_rep)
+                    seg = Segmenter(engine, batch_size=bs)
+                    vol = volume if bs > 1 else _first_slices(volume, 1)
+                    e2e = time_call(lambda s=seg, v=vol: s.segment(v), warmup=1, repeats=max(2, n_rep // 2))
                     med = statistics.median(times)
                     rows.append({
-                        "engine": engine_name, "batch": bs, "repeats": len(times),
+                        "engine": engine_name, "precision": precision, "batch": bs, "repeats": len(times),
                         "batch_ms_median": med * 1e3, "batch_ms_p95": _percentile(times, 95) * 1e3,
                         "slice_ms_median": med * 1e3 / bs, "slice_ms_p95": _percentile(times, 95) * 1e3 / bs,
                         "slices_per_s": bs / med,
+                        "e2e_slice_ms_median": statistics.median(e2e) * 1e3 / vol.shape[0],
                     })
-    by = {(r["engine"], r["batch"]): r for r in rows}
+            if engine_name != "torch":
+                if on_step:
+                    on_step(f"verification gate {engine_name} {precision}")
+                rep = verify_artifact(ckpt, path, default_volumes(size, cases=2), engine=engine_name)
+                gates.append({"engine": engine_name, "precision": precision, "passed": rep.passed,
+                              "mean_delta_dice": rep.mean["delta_dice"], "worst_delta_dice": rep.worst["delta_dice"],
+                              "mean_delta_boundary_iou": rep.mean["delta_boundary_iou"]})
+    by = {(r["engine"], r["precision"], r["batch"]): r for r in rows}
     ratios = {
-        f"batch_{bs}": by[("torch", bs)]["slice_ms_median"] / by[("onnxruntime", bs)]["slice_ms_median"]
+        f"batch_{bs}": by[("torch", "fp32", bs)]["slice_ms_median"] / by[("onnxruntime", "fp32", bs)]["slice_ms_median"]
         for bs in batch_sizes
     }
+    int8 = {}
+    for bs in batch_sizes:
+        if ("onnxruntime", "int8", bs) in by:
+            q = by[("onnxruntime", "int8", bs)]["slice_ms_median"]
+            int8[f"batch_{bs}"] = {"int8_ms_per_slice": q,
+                                   "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)]["slice_ms_median"] / q,
+                                   "vs_torch": by[("torch", "fp32", bs)]["slice_ms_median"] / q}
     return {
         "benchmark": "unet_engines",
-        "model": "unet_paper (1,940,817 parameters)" if model is None else str(model),
+        "model": "unet_paper (1,940,817 parameters, seeded random weights)" if model is None else str(model),
         "input": f"(N, 1, {size}, {size}) float32, preprocessed phantom slices",
         "quick": quick,
         "export_seconds": export_s,
         "rows": rows,
+        "gates": gates,
+        "skipped": skipped,
         "speedup_onnxruntime_over_torch": ratios,
+        "int8": int8,
         "machine": machine_info(),
     }
+
+
+def _first_slices(volume, n: int):
+    from dataclasses import replace
+
+    return replace(volume, image=volume.image[:n], mask=None if volume.mask is None else volume.mask[:n],
+                   instances=None, slice_names=volume.slice_names[:n] if volume.slice_names else volume.slice_names)
 
 
 def markdown_report(results: dict) -> str:
@@ -116,16 +191,30 @@ def markdown_report(results: dict) -> str:
         f"- model: {results['model']}; input {results['input']}",
         f"- mode: {'quick' if results['quick'] else 'full'}; warm-up 2 calls, then median/p95 over the repeats",
         "",
-        "| engine | batch | repeats | ms/batch (median) | ms/batch (p95) | ms/slice (median) | slices/s |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | precision | batch | repeats | ms/batch (median) | ms/batch (p95) | ms/slice network | "
+        "slices/s | ms/slice end to end |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         lines.append(
-            f"| {r['engine']} | {r['batch']} | {r['repeats']} | {r['batch_ms_median']:.1f} | {r['batch_ms_p95']:.1f} "
-            f"| {r['slice_ms_median']:.1f} | {r['slices_per_s']:.2f} |"
+            f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['batch']} | {r['repeats']} | "
+            f"{r['batch_ms_median']:.1f} | {r['batch_ms_p95']:.1f} | {r['slice_ms_median']:.1f} | "
+            f"{r['slices_per_s']:.2f} | {r.get('e2e_slice_ms_median', float('nan')):.1f} |"
         )
     lines.append("")
     for k, v in results["speedup_onnxruntime_over_torch"].items():
         lines.append(f"- onnxruntime / torch speed ratio at {k.replace('_', ' ')}: **{v:.2f}x** "
                      f"(torch ms/slice ÷ onnxruntime ms/slice, same run)")
+    for k, v in results.get("int8", {}).items():
+        lines.append(f"- int8 onnxruntime at {k.replace('_', ' ')}: {v['int8_ms_per_slice']:.1f} ms/slice, "
+                     f"**{v['vs_onnxruntime_fp32']:.2f}x** onnxruntime fp32, **{v['vs_torch']:.2f}x** torch eager")
+    if results.get("gates"):
+        lines += ["", "Verification gate against torch (2 phantom cases; on a random-weight model the deltas "
+                  "say little about a trained one):", "",
+                  "| engine | precision | mean ΔDice | worst ΔDice | mean ΔBoundary IoU | gate |", "|---|---|---|---|---|---|"]
+        for g in results["gates"]:
+            lines.append(f"| {g['engine']} | {g['precision']} | {g['mean_delta_dice']:.2e} | {g['worst_delta_dice']:.2e}"
+                         f" | {g['mean_delta_boundary_iou']:.2e} | {'passed' if g['passed'] else 'failed'} |")
+    for sk in results.get("skipped", []):
+        lines.append(f"- skipped {sk['variant']}: {sk['reason']}")
     return "\n".join(lines) + "\n"

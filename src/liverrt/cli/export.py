@@ -6,27 +6,61 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path
+from liverrt.cli.common import any_path, console, existing_path, layout_option
 
 
 @click.command()
 @click.argument("checkpoint", type=existing_path)
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option("--out", type=any_path, required=True, help="Output file (model.onnx).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "triton"]), default="onnx", show_default=True,
+              help="onnx: a .onnx file; tensorrt: a plan + sidecar in a folder (needs liverrt[trt] and a GPU); "
+                   "triton: a model repository.")
+@click.option("--out", type=any_path, required=True, help="The .onnx file, or the folder for tensorrt/triton.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Precision in the graph: fp16 tensors, or INT8 Q/DQ from static calibration.")
+@click.option("--calib", "calib", type=existing_path, default=None,
+              help="Cases to calibrate INT8 on (a case-level calibration split, not your test cases).")
+@click.option("--calib-slices", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--verify", "--verify-data", "verify_data", type=existing_path, default=None,
+              help="Cases the verification gate runs on (default: phantoms).")
+@click.option("--no-verify", is_flag=True, help="Skip the dataset verification gate (the parity check still runs).")
+@click.option("--max-mean-delta-dice", type=click.FloatRange(0), default=None,
+              help="Gate limit on the mean per-slice ΔDice (default by precision: 1e-4 / 1e-3 / 5e-3).")
+@click.option("--max-worst-delta-dice", type=click.FloatRange(0), default=None,
+              help="Gate limit on the worst slice's ΔDice (default by precision: 2e-3 / 1e-2 / 2e-2).")
 @click.option("--opset", type=click.IntRange(17), default=18, show_default=True)
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
-@click.option("--verify-data", type=existing_path, default=None,
-              help="Cases whose slices the parity check runs on (default: phantom slices).")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |Δprobability| torch vs onnxruntime.")
-def export(checkpoint: Path, fmt: str, out: Path, opset: int, exporter: str, verify_data: Path | None,
-           atol: float) -> None:
-    """Export a checkpoint and verify it against PyTorch (the file is kept only if it passes)."""
-    from liverrt.data.sources import load_cases
-    from liverrt.export.onnx import export_onnx
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |Δoutput| torch vs onnxruntime.")
+@click.option("--batch", default="1:8:32", show_default=True, help="TensorRT profile MIN:OPT:MAX batch.")
+@click.option("--workspace-mb", type=click.IntRange(64), default=4096, show_default=True)
+@click.option("--name", default=None, help="Triton model name (default: the checkpoint's stem).")
+@click.option("--max-batch-size", type=click.IntRange(1), default=None, help="Triton max_batch_size.")
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Triton instance count.")
+@click.option("--kind", type=click.Choice(["KIND_GPU", "KIND_CPU", "KIND_AUTO"]), default="KIND_GPU",
+              show_default=True, help="Triton instance kind.")
+@layout_option
+def export(checkpoint: Path, fmt: str, out: Path, precision: str, calib: Path | None, calib_slices: int,
+           verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
+           max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
+           workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
+           layout: str | None) -> None:
+    """Export a checkpoint (U-Net, DnCNN-SR, Mask R-CNN), check it against PyTorch, and keep it only if it passes.
 
-    volumes = load_cases(verify_data).volumes if verify_data else None
-    result = export_onnx(checkpoint, out, opset=opset, exporter=exporter, verify_volumes=volumes, atol=atol)
-    console.print(
-        f"{fmt} {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}, {result.exporter}, "
-        f"{result.seconds:.1f}s); parity PASSED: {result.parity.summary()}"
-    )
+    The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
+    worst slices); it writes verify.json and verify.md next to the artifact.
+    """
+    from liverrt.data.sources import load_cases
+    from liverrt.export.pipeline import run_export
+
+    verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
+    calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
+    if calib and precision != "int8":
+        raise click.UsageError("--calib is for --precision int8")
+    triton = {"name": name, "max_batch_size": max_batch_size, "instances": instances, "kind": kind}
+    result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
+                        verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,
+                        calib_slices=calib_slices, atol=atol, batch=batch, workspace_mb=workspace_mb,
+                        triton=triton, limits={k: v for k, v in (("mean_delta_dice", max_mean_delta_dice),
+                                                                 ("worst_delta_dice", max_worst_delta_dice))
+                                               if v is not None})
+    click.echo(result.table())
+    console.print(f"{fmt} export done: {result.rows[-1].path}")

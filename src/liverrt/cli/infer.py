@@ -6,13 +6,23 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import console, existing_path, layout_option, out_dir
+from liverrt.cli.common import any_path, console, existing_path, layout_option, out_dir
 from liverrt.errors import InputError, LiverrtError
 
 
 @click.command()
 @click.option("--model", type=existing_path, required=True, help=".pt checkpoint (torch) or .onnx file.")
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default="onnxruntime", show_default=True)
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "tensorrt", "trt"]), default="onnxruntime",
+              show_default=True, help="trt/tensorrt: builds (or reuses from the engine cache) a plan for this GPU; "
+                                      "needs liverrt[trt] on a CUDA machine.")
+@click.option("--providers", default=None, metavar="P1,P2",
+              help="onnxruntime providers in order, e.g. TensorrtExecutionProvider,CUDAExecutionProvider "
+                   "(needs liverrt[gpu]); default CPU.")
+@click.option("--device", default=None, help="torch engine: auto, cpu, cuda or cuda:N.")
+@click.option("--trt-cache", type=any_path, default=None,
+              help="TensorRT engine cache folder (default $LIVERRT_TRT_CACHE or ~/.cache/liverrt/trt).")
+@click.option("--trt-batch", default="1:8:32", show_default=True, help="TensorRT profile MIN:OPT:MAX batch.")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: capture and replay CUDA graphs per batch size.")
 @click.option("--input", "src", type=existing_path, required=True,
               help="NIfTI file, slice folder, case folder or folder of cases.")
 @click.option("--out", type=out_dir, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
@@ -27,12 +37,22 @@ from liverrt.errors import InputError, LiverrtError
 @click.option("--denoise", type=existing_path, default=None,
               help="A DnCNN-SR model (.pt or .onnx, scale 1) that cleans every slice before segmentation.")
 @layout_option
-def infer(model: Path, engine: str, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
+def infer(model: Path, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
+          trt_batch: str, cuda_graph: bool, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
           overlays: int, fill_holes: bool, keep_largest: bool, denoise: Path | None, layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
     from liverrt.runtime.infer import run_inference
 
-    report = run_inference(model, src, out, engine=engine, batch_size=batch_size, formats=tuple(formats) or None,
+    options: dict = {}
+    if engine == "onnxruntime" and providers:
+        options["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
+    elif providers:
+        raise click.UsageError("--providers is for --engine onnxruntime")
+    if engine == "torch" and device:
+        options["device"] = device
+    if engine in ("tensorrt", "trt"):
+        options.update(batch=trt_batch, cuda_graph=cuda_graph, **({"cache_dir": trt_cache} if trt_cache else {}))
+    report = run_inference(model, src, out, engine=engine, engine_options=options, batch_size=batch_size, formats=tuple(formats) or None,
                            overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, denoise=denoise,
                            on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for c in report.cases:

@@ -151,7 +151,7 @@ class SplitMaskRCNN:
             heads = self.run("box", {**feats, "rois": rois})
             logits, regression = heads["class_logits"], heads["box_regression"]
         start = 0
-        for i, p in enumerate(props):
+        for p in props:
             k = p.shape[0]
             if k == 0:
                 dets.append(_empty(self.size))

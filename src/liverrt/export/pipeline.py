@@ -1,0 +1,170 @@
+"""``liverrt export``: checkpoint -> ONNX -> precision variant -> verified -> TensorRT plan / Triton repository.
+
+Every artifact is kept next to its sidecar: the fp32 ONNX (the source of the
+others), the fp16/int8 ONNX, ``verify.json``/``verify.md``, the TensorRT plan
+and its JSON, the Triton model folder. An artifact that fails the
+verification gate is deleted (its report stays, so the failure can be read)
+and the export raises :class:`ExportError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liverrt.data.volume import Volume
+from liverrt.errors import ExportError, InputError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "tensorrt", "triton")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ExportRow:
+    format: str
+    precision: str
+    path: Path
+    size_bytes: int
+    seconds: float
+    verify: str = "-"
+
+
+@dataclass
+class ExportResult:
+    rows: list[ExportRow] = field(default_factory=list)
+    verify_report: object | None = None
+
+    def table(self) -> str:
+        lines = ["| format | precision | artifact | size | verify | time |", "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.format} | {r.precision} | {r.path} | {r.size_bytes / 1e6:.1f} MB | {r.verify} | "
+                         f"{r.seconds:.1f} s |")
+        return "\n".join(lines)
+
+
+def _size(path: Path) -> int:
+    from liverrt.export.onnx import split_paths
+
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    parts = split_paths(path) if path.suffix == ".onnx" else {"main": path}
+    return sum(p.stat().st_size for p in parts.values() if p.is_file())
+
+
+def run_export(
+    checkpoint: Path,
+    out: Path,
+    *,
+    fmt: str = "onnx",
+    precision: str = "fp32",
+    opset: int = 18,
+    exporter: str = "dynamo",
+    verify_volumes: list[Volume] | None = None,
+    verify: bool = True,
+    calib_volumes: list[Volume] | None = None,
+    calib_slices: int = 64,
+    atol: float = 1e-4,
+    batch: str = "1:8:32",
+    workspace_mb: int = 4096,
+    triton: dict | None = None,
+    limits: dict | None = None,
+) -> ExportResult:
+    """Run the export chain; ``out`` is the ONNX file (format onnx), the plan folder (tensorrt) or the
+    Triton repository (triton)."""
+    from liverrt.export.onnx import export_onnx
+
+    if fmt not in FORMATS:
+        raise InputError(f"format {fmt!r}: expected one of {FORMATS}.")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}: expected one of {PRECISIONS}.")
+    out = Path(out)
+    if fmt == "onnx":
+        if out.suffix.lower() != ".onnx":
+            raise InputError(f"--out {out}: expected a .onnx file for --format onnx.")
+        work = out.parent
+        stem = out.name[: -len(".onnx")]
+    else:
+        if out.suffix:
+            raise InputError(f"--out {out}: expected a folder for --format {fmt} (the plan or the repository).")
+        work = out if fmt == "tensorrt" else out.parent / f"{out.name}_onnx"
+        stem = Path(checkpoint).stem
+    work.mkdir(parents=True, exist_ok=True)
+    result = ExportResult()
+
+    fp32_path = out if fmt == "onnx" and precision == "fp32" else work / f"{stem}.fp32.onnx"
+    t0 = time.perf_counter()
+    exported = export_onnx(checkpoint, fp32_path, opset=opset, exporter=exporter, verify_volumes=verify_volumes,
+                           atol=atol)
+    result.rows.append(ExportRow("onnx", "fp32", fp32_path, _size(fp32_path), time.perf_counter() - t0,
+                                 f"parity {'passed' if exported.parity.passed else 'FAILED'}"))
+    artifact = fp32_path
+    if precision != "fp32":
+        artifact = _convert(checkpoint, fp32_path, out if fmt == "onnx" else work / f"{stem}.{precision}.onnx",
+                            precision, calib_volumes, calib_slices, result)
+    if verify:
+        _gate(checkpoint, artifact, verify_volumes, result, artifact.parent, limits)
+    if fmt == "tensorrt":
+        from liverrt.export.tensorrt import build_engine
+
+        t0 = time.perf_counter()
+        build = build_engine(artifact, out, batch=batch, workspace_mb=workspace_mb)
+        result.rows.append(ExportRow("tensorrt", precision, build.plan, _size(build.plan), time.perf_counter() - t0,
+                                     "from the verified ONNX"))
+    elif fmt == "triton":
+        from liverrt.export.triton import write_triton_repo
+
+        t0 = time.perf_counter()
+        opts = {k: v for k, v in (triton or {}).items() if v is not None}
+        opts.setdefault("name", Path(checkpoint).stem)
+        repo = write_triton_repo(artifact, out, **opts)
+        result.rows.append(ExportRow("triton", precision, repo.model_dir, _size(repo.model_dir),
+                                     time.perf_counter() - t0, "from the verified ONNX"))
+    return result
+
+
+def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_volumes, calib_slices: int,
+             result: ExportResult) -> Path:
+    from liverrt.artifact import artifact_info
+    from liverrt.export import precision as prec
+
+    info = artifact_info(fp32_path)
+    if info.kind == "maskrcnn":
+        raise InputError("--precision fp16/int8 is not available for the split Mask R-CNN yet (three graphs); "
+                         "expected --precision fp32 for maskrcnn.")
+    t0 = time.perf_counter()
+    if precision == "fp16":
+        prec.to_fp16(fp32_path, target)
+    else:
+        if calib_volumes is None:
+            from liverrt.export.gate import default_volumes
+
+            log.warning("--precision int8 without --calib: calibrating on phantom slices; pass --calib with a "
+                        "case-level calibration split of your data for real use")
+            calib_volumes, source = default_volumes(info.spec.size, cases=2, seed=2000), "phantoms"
+        else:
+            source = f"{len(calib_volumes)} cases: " + ", ".join(v.case_id for v in calib_volumes[:8])
+        slices = prec.calibration_slices(calib_volumes, info.spec, n=calib_slices)
+        prec.to_int8(fp32_path, target, slices, calibration_source=source)
+    result.rows.append(ExportRow("onnx", precision, target, _size(target), time.perf_counter() - t0))
+    return target
+
+
+def _gate(checkpoint, artifact: Path, volumes, result: ExportResult, out_dir: Path, limits: dict | None) -> None:
+    from liverrt.export.gate import verify_artifact
+    from liverrt.export.onnx import split_paths
+
+    report = verify_artifact(checkpoint, artifact, volumes, limits=limits)
+    result.verify_report = report
+    report.write(out_dir)
+    row = next(r for r in result.rows if r.path == artifact)
+    row.verify = ("PASSED: " if report.passed else "FAILED: ") + report.summary()
+    if not report.passed:
+        for p in split_paths(artifact).values():
+            p.unlink(missing_ok=True)
+        raise ExportError(f"verification failed for {artifact} ({'; '.join(report.failures)}); the artifact was "
+                          f"removed, the report is in {out_dir / 'verify.md'}.")

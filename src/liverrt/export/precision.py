@@ -1,0 +1,541 @@
+"""fp32 ONNX -> fp16 or INT8 (Q/DQ) ONNX: the precision is written into the graph.
+
+TensorRT 11 builds "strongly typed" networks only: its FP16/INT8 builder flags
+are gone and a plan runs in the precision its ONNX graph states. So precision
+variants are separate ONNX files, derived from the verified fp32 export:
+
+* :func:`to_fp16`: float16 weights and activations, float32 graph input
+  ``image`` and output ``prob``, and the accuracy-critical ops
+  (:data:`KEEP_FP32_OPS`, plus an input normalisation if the graph has one)
+  computed in float32 between Casts.
+* :func:`to_int8`: static post-training quantisation to QDQ
+  (QuantizeLinear/DequantizeLinear pairs) as TensorRT expects it: symmetric
+  int8 activations (one scale per tensor), symmetric per-channel int8 weights,
+  zero points 0, biases left in float32; the first layer (it reads the
+  image), the output head (Sigmoid) and the logits stay float32.
+
+Each file keeps the source's ``liverrt.*`` metadata and adds
+``liverrt.precision`` and ``liverrt.source_onnx_sha256``; INT8 files add
+``liverrt.calibration``. Files are written atomically and only after
+``onnx.checker`` (full check) and onnxruntime's CPU provider accepted them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import liverrt
+from liverrt.artifact import ArtifactInfo, artifact_info, sha256_file
+from liverrt.data.io import atomic_path
+from liverrt.data.preprocess import PreprocessSpec, to_input
+from liverrt.data.volume import Volume
+from liverrt.errors import ExportError, InputError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp16", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INPUT_NAME = "image"
+OUTPUT_NAME = "prob"
+
+#: Op types an fp16 graph computes in float32 (onnxruntime's list of ops without
+#: fp16 kernels, e.g. NonMaxSuppression/RoiAlign/TopK for Mask R-CNN, is added
+#: to it). Output heads: the probabilities are thresholded, so they are computed
+#: in float32 from the fp16 logits and leave the graph without an fp16 rounding
+#: (fp16 steps are 2.4e-4 just below 0.5 and 4.9e-4 near 1). Reductions and
+#: normalisations: a sum over a 512x512 plane leaves fp16's range (max 65504)
+#: and a variance loses its digits. Exp/Log/Pow overflow or underflow first.
+#: This mirrors torch.autocast's float32 list. Resize is not in it: bilinear
+#: interpolation is a convex combination and is as exact in fp16 as its inputs
+#: (the converter keeps Resize's ``scales`` input in float32 by itself).
+KEEP_FP32_OPS: frozenset[str] = frozenset({
+    "Sigmoid", "Softmax", "LogSoftmax",
+    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
+    "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+    "Exp", "Log", "Pow",
+})
+
+#: Ops that turn logits into the graph's output. INT8 never quantises them nor
+#: the logits they read: one int8 step of the logits (range/127, ~0.2 for a
+#: trained U-Net) moves a probability near the 0.5 threshold by ~0.05, i.e. it
+#: moves the liver margin, which Boundary IoU measures.
+OUTPUT_HEAD_OPS: frozenset[str] = frozenset({"Sigmoid", "Softmax", "LogSoftmax"})
+
+#: Elementwise ops that, fed by the graph input and constants only, form an
+#: input normalisation ((x - mean) / std); fp16 keeps them in float32.
+_NORMALISATION_OPS = frozenset({"Sub", "Div", "Mul", "Add", "Clip"})
+
+_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def to_fp16(
+    src_onnx: Path, out_onnx: Path, *, keep_fp32_ops: Iterable[str] = KEEP_FP32_OPS
+) -> Path:
+    """Convert a liverrt fp32 ONNX file to fp16 with float32 IO; returns ``out_onnx``.
+
+    The graph still takes ``image`` (N, 1, S, S) float32 and returns ``prob``
+    (N, 1, S, S) float32; Casts at its ends convert. Weights and activations
+    are float16 except for the ops in ``keep_fp32_ops`` (see
+    :data:`KEEP_FP32_OPS`) and an input normalisation (elementwise ops fed only
+    by ``image`` and constants), which run in float32.
+    """
+    src, out = _check_paths(src_onnx, out_onnx)
+    info = _source_info(src)
+    model = onnx.load(str(src))
+    meta = _metadata(model, src, "fp16")
+    converted = _fp16_model(model, frozenset(keep_fp32_ops))
+    sample = np.zeros((1, 1, info.spec.size, info.spec.size), np.float32)
+    _write(converted, meta, out, src, sample)
+    log.info("wrote fp16 graph %s (from %s)", out, src)
+    return out
+
+
+def to_int8(
+    src_onnx: Path,
+    out_onnx: Path,
+    calibration: np.ndarray,
+    *,
+    per_channel: bool = True,
+    method: str = "minmax",
+    calibration_source: str | None = None,
+    batch_size: int = 4,
+    quantize_conv_outputs: bool = True,
+    float_input_layer: bool = True,
+) -> Path:
+    """Statically quantise a liverrt fp32 ONNX file to INT8 QDQ; returns ``out_onnx``.
+
+    ``calibration`` holds preprocessed slices (N, 1, S, S) float32 (see
+    :func:`calibration_slices`), run through the graph ``batch_size`` at a time
+    (one batch of activations in memory: ~3.6 GB for the study's U-Net at 512x512
+    and batch 4) to find each activation's range by ``method`` (``minmax`` |
+    ``entropy`` | ``percentile``). Activations get one symmetric int8 scale per tensor,
+    Conv/ConvTranspose weights one symmetric scale per output channel
+    (``per_channel``), all zero points are 0 and biases stay float32 (what
+    TensorRT's explicit quantisation accepts). The output head
+    (:data:`OUTPUT_HEAD_OPS`) and the logits it reads stay float32.
+    ``calibration_source`` (free text, e.g. the case ids) is recorded in the
+    ``liverrt.calibration`` metadata next to the slice count and method.
+
+    ``quantize_conv_outputs`` places a Q/DQ pair on each Conv/ConvTranspose
+    output (onnxruntime's default placement; its CPU provider then fuses
+    DQ -> Conv -> Q into QLinearConv). With False, Q/DQ sit only on the inputs
+    of the convolutions (TensorRT's recommended placement, which lets it fuse
+    Conv + ReLU before quantising); onnxruntime CPU then runs every convolution
+    in float and is slower than fp32.
+
+    ``float_input_layer`` keeps the layers that read ``image`` itself (the
+    first Conv) in float32: a symmetric int8 scale on a [0, 1] image leaves 128
+    grey levels, coarser than the 8-bit slices the study trained on, while a
+    1-channel convolution is ~1% of the U-Net's multiply-adds.
+    """
+    src, out = _check_paths(src_onnx, out_onnx)
+    info = _source_info(src)
+    _check_calibration(calibration, info.spec.size)
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"Calibration method {method!r}: expected one of {CALIBRATION_METHODS}.")
+    if batch_size < 1:
+        raise InputError(f"batch_size {batch_size}: expected >= 1.")
+    model = onnx.load(str(src))
+    meta = _metadata(model, src, "int8")
+    meta["liverrt.calibration"] = json.dumps(
+        {"slices": int(calibration.shape[0]), "method": method, "per_channel": bool(per_channel),
+         "quantize_conv_outputs": bool(quantize_conv_outputs), "float_input_layer": bool(float_input_layer),
+         "source": calibration_source}, sort_keys=True)
+    with tempfile.TemporaryDirectory(prefix="liverrt-int8-") as tmp:
+        quantized = _int8_model(src, Path(tmp), calibration, per_channel=per_channel, method=method,
+                                batch_size=batch_size, quantize_conv_outputs=quantize_conv_outputs,
+                                float_input_layer=float_input_layer)
+    _write(quantized, meta, out, src, calibration[:1])
+    log.info("wrote int8 graph %s (from %s, %d calibration slices, %s)", out, src, calibration.shape[0], method)
+    return out
+
+
+def convert_precision(src_onnx: Path, out_onnx: Path, precision: str, **kwargs) -> Path:
+    """Dispatch to :func:`to_fp16` or :func:`to_int8` (``calibration=`` required) by name."""
+    if precision == "fp16":
+        return to_fp16(src_onnx, out_onnx, **kwargs)
+    if precision == "int8":
+        if kwargs.get("calibration") is None:
+            raise InputError("INT8 needs calibration slices (calibration=...); see calibration_slices().")
+        return to_int8(src_onnx, out_onnx, **kwargs)
+    raise InputError(f"Precision {precision!r}: expected one of {PRECISIONS} "
+                     "(fp32 is the plain `liverrt export` output).")
+
+
+def calibration_slices(
+    volumes: Sequence[Volume], spec: PreprocessSpec, *, n: int = 64, liver_fraction: float = 0.5, seed: int = 0
+) -> np.ndarray:
+    """``n`` preprocessed calibration slices (n, 1, S, S) float32 from ``volumes``.
+
+    ``volumes`` should be a case-level calibration split, disjoint from the test
+    cases. About ``liver_fraction`` of the slices contain liver (by the
+    volumes' masks) and the rest do not: at inference the network sees whole
+    scans, and activation ranges measured on liver slices alone would clip on
+    lung or pelvis slices. Slices are taken round-robin over the volumes so
+    every case contributes; a short pool is filled from the other one. Volumes
+    without a mask count as liver-free. Fewer than ``n`` slices are returned
+    only if the volumes hold fewer.
+    """
+    if not volumes:
+        raise InputError("calibration_slices: got no volumes; expected the calibration split's cases.")
+    if n < 1:
+        raise InputError(f"calibration_slices: n={n}, expected >= 1.")
+    if not 0.0 <= liver_fraction <= 1.0:
+        raise InputError(f"calibration_slices: liver_fraction={liver_fraction}, expected within [0, 1].")
+    rng = np.random.default_rng(seed)
+    liver: list[list[int]] = []
+    other: list[list[int]] = []
+    for vol in volumes:
+        has_liver = (vol.mask.any(axis=(1, 2)) if vol.mask is not None
+                     else np.zeros(vol.shape[0], bool))
+        liver.append(list(rng.permutation(np.flatnonzero(has_liver))))
+        other.append(list(rng.permutation(np.flatnonzero(~has_liver))))
+    n = min(n, sum(v.shape[0] for v in volumes))
+    want_liver = min(round(n * liver_fraction), sum(map(len, liver)))
+    want_liver = max(want_liver, n - sum(map(len, other)))
+    picks: list[set[int]] = [set() for _ in volumes]
+    for pools, want in ((liver, want_liver), (other, n - want_liver)):
+        _round_robin(pools, want, picks)
+    stacks = []
+    for vol, idx in zip(volumes, picks, strict=True):
+        if idx:
+            x, _ = to_input(vol.image[np.sort(np.fromiter(idx, int))], vol.intensity, spec)
+            stacks.append(x)
+    return np.ascontiguousarray(np.concatenate(stacks), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- checks and writing
+
+
+def _check_paths(src_onnx: Path, out_onnx: Path) -> tuple[Path, Path]:
+    src, out = Path(src_onnx), Path(out_onnx)
+    if src.suffix.lower() != ".onnx":
+        raise InputError(f"Source {src} is not an .onnx file; expected the fp32 ONNX written by `liverrt export`.")
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"Output {out} should end in .onnx.")
+    return src, out
+
+
+def _source_info(src: Path) -> ArtifactInfo:
+    info = artifact_info(src)  # InputError if missing, ArtifactError without liverrt metadata
+    if info.precision != "fp32":
+        raise InputError(f"{src} is already {info.precision}; expected the fp32 export as the source "
+                         "(each precision is derived from fp32, so errors do not compound).")
+    return info
+
+
+def _check_calibration(calibration: object, size: int) -> None:
+    if not isinstance(calibration, np.ndarray):
+        raise InputError(f"Calibration: got {type(calibration).__name__}, expected a numpy array (N, 1, {size}, {size}).")
+    if calibration.dtype != np.float32:
+        raise InputError(f"Calibration: got {calibration.dtype}, expected float32. "
+                         "Note: preprocess first (see calibration_slices / PreprocessSpec).")
+    if calibration.ndim != 4 or calibration.shape[1:] != (1, size, size):
+        raise InputError(f"Calibration: got shape {calibration.shape}, expected (N, 1, {size}, {size}) "
+                         "(the model's PreprocessSpec size).")
+    if calibration.shape[0] == 0:
+        raise InputError("Calibration: got 0 slices, expected at least 1 (a few dozen are typical).")
+    if not np.isfinite(calibration).all():
+        raise InputError("Calibration: found NaN or infinite values, expected preprocessed slices in [0, 1].")
+
+
+def _metadata(model: onnx.ModelProto, src: Path, precision: str) -> dict[str, str]:
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta["liverrt.precision"] = precision
+    meta["liverrt.source_onnx_sha256"] = sha256_file(src)
+    return meta
+
+
+def _write(model: onnx.ModelProto, meta: dict[str, str], out: Path, src: Path, sample: np.ndarray) -> None:
+    """Stamp metadata, check with onnx.checker and onnxruntime (CPU), then keep the file."""
+    del model.metadata_props[:]
+    helper.set_model_props(model, meta)
+    model.producer_name = "liverrt"
+    model.producer_version = liverrt.__version__
+    with atomic_path(out, suffix=".onnx", protect=(src,)) as tmp:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ExportError(f"onnx.checker rejected the {meta['liverrt.precision']} graph: {str(exc)[:300]}; "
+                              f"nothing was written to {out}.") from exc
+        onnx.save(model, str(tmp))
+        _check_runs(tmp, sample, meta["liverrt.precision"], out)
+
+
+def _check_runs(path: Path, sample: np.ndarray, precision: str, out: Path) -> None:
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        outputs = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: sample}), strict=True))
+    except Exception as exc:  # onnxruntime raises several unrelated exception types
+        raise ExportError(f"onnxruntime (CPU) cannot run the {precision} graph: {str(exc)[:300]}; "
+                          f"nothing was written to {out}.") from exc
+    prob = outputs.get(OUTPUT_NAME)
+    if prob is not None and (prob.dtype != np.float32 or prob.shape != sample.shape or not np.isfinite(prob).all()):
+        raise ExportError(f"The {precision} graph returned {OUTPUT_NAME!r} as {prob.dtype} {prob.shape} (finite: "
+                          f"{bool(np.isfinite(prob).all())}); expected finite float32 {sample.shape}. "
+                          f"Nothing was written to {out}.")
+
+
+def _round_robin(pools: list[list[int]], want: int, picks: list[set[int]]) -> None:
+    taken = 0
+    while taken < want:
+        for pool, chosen in zip(pools, picks, strict=True):
+            if pool and taken < want:
+                chosen.add(int(pool.pop()))
+                taken += 1
+
+
+# --------------------------------------------------------------------------- fp16
+
+
+def _fp16_model(model: onnx.ModelProto, keep_fp32_ops: frozenset[str]) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    _name_nodes(model.graph)
+    converted = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | keep_fp32_ops),
+        node_block_list=_input_normalisation(model.graph),
+    )
+    converted = onnx.shape_inference.infer_shapes(converted)
+    _drop_cast_round_trips(converted.graph)
+    _sort_topologically(converted.graph)
+    return converted
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    used = {n.name for n in graph.node}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def _input_normalisation(graph: onnx.GraphProto) -> list[str]:
+    """Names of the elementwise nodes computed from the graph input and constants only."""
+    consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    frontier = {i.name for i in graph.input} - consts
+    kept = []
+    for node in graph.node:  # a checked ONNX graph is topologically sorted
+        ins = [i for i in node.input if i]
+        if (node.op_type in _NORMALISATION_OPS and any(i in frontier for i in ins)
+                and all(i in frontier or i in consts for i in ins)):
+            kept.append(node.name)
+            frontier.update(node.output)
+    return kept
+
+
+def _is_cast(node: onnx.NodeProto, to: int) -> bool:
+    return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
+
+
+def _drop_cast_round_trips(graph: onnx.GraphProto) -> None:
+    """Remove float32 -> float16 -> float32 Cast pairs.
+
+    The converter puts them between two float32 regions (a kept Sigmoid feeding
+    the float32 graph output; the float32 input feeding a kept normalisation),
+    where they would only round the values to fp16.
+    """
+    types = _elem_types(graph)
+    graph_inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    changed = True
+    while changed:
+        changed = False
+        producer = {o: n for n in graph.node for o in n.output}
+        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in graph.node:
+            for i in n.input:
+                consumers[i].append(n)
+        for back in graph.node:
+            if not _is_cast(back, TensorProto.FLOAT):
+                continue
+            down = producer.get(back.input[0])
+            if down is None or not _is_cast(down, TensorProto.FLOAT16) or types.get(down.input[0]) != TensorProto.FLOAT:
+                continue
+            x, y, z = down.input[0], down.output[0], back.output[0]
+            if z in graph_outputs:
+                if x in graph_inputs or x in graph_outputs:
+                    back.op_type, back.input[0] = "Identity", x
+                    del back.attribute[:]
+                else:  # the float32 producer writes the graph output itself
+                    _rename(graph, x, z)
+                    graph.node.remove(back)
+            else:
+                _replace_input(graph, z, x)
+                graph.node.remove(back)
+            if y not in graph_outputs and len(consumers[y]) == 1:
+                graph.node.remove(down)
+            changed = True
+            break
+    _prune_value_info(graph)
+
+
+def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+    _replace_input(graph, old, new)
+
+
+def _replace_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _prune_value_info(graph: onnx.GraphProto) -> None:
+    produced = {o for n in graph.node for o in n.output}
+    keep = [v for v in graph.value_info if v.name in produced and v.name not in {o.name for o in graph.output}]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+            for n in g.node:
+                names.update(n.input)
+                names.update(_subgraph_names(n))
+    return names
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Order nodes so that each one follows its inputs' producers (the converter appends its Casts)."""
+    produced = {o for n in graph.node for o in n.output}
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            needs = set(node.input) | (_subgraph_names(node) & produced)
+            if needs <= ready:
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            missing = sorted(set().union(*(set(n.input) for n in rest)) - ready)[:5]
+            raise ExportError(f"The converted graph has a cycle or dangling inputs {missing}; expected a DAG.")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# --------------------------------------------------------------------------- int8
+
+
+class _SliceReader:
+    """onnxruntime CalibrationDataReader over (N, 1, S, S) slices, ``batch_size`` at a time.
+
+    ``set_range`` and ``__len__`` (in batches) let quantize_static collect one
+    batch per pass (``CalibStridedMinMax``), so histogram calibrators never hold
+    more than one batch of activations.
+    """
+
+    def __init__(self, slices: np.ndarray, batch_size: int) -> None:
+        self.batches = [slices[i:i + batch_size] for i in range(0, slices.shape[0], batch_size)]
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, end_index
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= self._end:
+            return None
+        self._next += 1
+        return {INPUT_NAME: self.batches[self._next - 1]}
+
+    def rewind(self) -> None:
+        self.set_range(0, len(self.batches))
+
+
+def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: bool, method: str,
+                batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
+    # shape inference only: ORT's graph optimisations would add ORT-specific opset imports
+    quant_pre_process(str(src), str(prepared), skip_optimization=True)
+    graph = onnx.load(str(prepared)).graph
+    heads = [n.name for n in graph.node if n.op_type in OUTPUT_HEAD_OPS]
+    input_layer = [n.name for n in graph.node if INPUT_NAME in n.input] if float_input_layer else []
+    reader = _SliceReader(calibration, batch_size)
+    extra = {
+        "ActivationSymmetric": True, "WeightSymmetric": True,  # zero points 0: TensorRT's scheme
+        "QuantizeBias": False,  # TensorRT rejects DequantizeLinear on int32 biases
+        # one batch per calibration pass, so histogram methods hold one batch of activations.
+        # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops the data instead of merging it.)
+        "CalibStridedMinMax": 1,
+    }
+    if not quantize_conv_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "ConvTranspose"]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantize_static(
+            str(prepared), str(quantized), reader,
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, _CALIBRATION[method]),
+            nodes_to_exclude=heads + input_layer, extra_options=extra,
+        )
+    model = onnx.load(str(quantized))
+    _float_logits(model.graph, heads)
+    return model
+
+
+def _float_logits(graph: onnx.GraphProto, heads: Sequence[str]) -> None:
+    """Drop the Q/DQ pair between the logits and an excluded output head (see OUTPUT_HEAD_OPS)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    for head in (n for n in graph.node if n.name in heads):
+        dq = producer.get(head.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(consumers[dq.output[0]]) != 1:
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or len(consumers[q.output[0]]) != 1:
+            continue
+        head.input[0] = q.input[0]
+        graph.node.remove(dq)
+        graph.node.remove(q)
+    _prune_value_info(graph)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -1,0 +1,103 @@
+"""`liverrt export`: formats, precisions, the gate, the summary table, clean failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from liverrt_test_helpers import make_volume, tiny_unet
+
+from liverrt.artifact import artifact_info
+from liverrt.cli import cli
+from liverrt.data.io import write_nifti
+from liverrt.training.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def confident(tmp_path_factory, tiny_spec):
+    """A tiny U-Net with decisive logits (an untrained one sits at p = 0.5 everywhere)."""
+    d = tmp_path_factory.mktemp("pipe")
+    m = tiny_unet()
+    with torch.no_grad():
+        m.head.weight.mul_(40.0)
+        m.head.bias.fill_(0.0)
+    ckpt = save_checkpoint(d / "unet.pt", m, model_name="unet_paper", spec=tiny_spec)
+    cases = d / "cases"
+    for s in range(3):
+        v = make_volume(seed=s, case_id=f"c{s}")
+        write_nifti(v.image, v.affine, cases / f"c{s}" / "image.nii.gz")
+        write_nifti(v.mask.astype("uint8"), v.affine, cases / f"c{s}" / "mask.nii.gz")
+    return ckpt, cases
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_precision_exports_verified_with_a_summary(confident, tmp_path, precision):
+    ckpt, cases = confident
+    extra = ("--calib", cases) if precision == "int8" else ()
+    # a random-weight network on a 32² grid is no model for fp16/int8 error (one flipped grid pixel costs
+    # ~1 % Dice); the default limits are measured on a trained net (benchmarks/RESULTS.md). Here: plumbing.
+    if precision != "fp32":
+        extra += ("--max-mean-delta-dice", 0.1, "--max-worst-delta-dice", 0.3)
+    r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--precision", precision, "--verify", cases, *extra)
+    assert r.exit_code == 0, r.output
+    assert "| format | precision |" in r.stdout and "PASSED" in r.stdout
+    assert artifact_info(tmp_path / "m.onnx").precision == precision
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["passed"] and report["precision"] == precision and report["slices"] == 18
+    assert (tmp_path / "verify.md").is_file()
+    if precision != "fp32":
+        assert (tmp_path / "m.fp32.onnx").is_file()  # the source of the variant is kept beside it
+
+
+def test_a_failing_gate_removes_the_artifact_and_keeps_the_report(confident, tmp_path, monkeypatch):
+    from liverrt.export import gate
+
+    ckpt, cases = confident
+    monkeypatch.setitem(gate.LIMITS, "fp32", {"mean_delta_dice": -1.0, "worst_delta_dice": -1.0,
+                                              "min_psnr_db": 0.0})  # nothing can pass
+    r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify", cases)
+    assert r.exit_code == 1 and "verification failed" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "m.onnx").exists()
+    assert "FAILED" in (tmp_path / "verify.md").read_text()
+
+
+def test_triton_repository_from_the_cli(confident, tmp_path):
+    ckpt, cases = confident
+    r = run("export", ckpt, "--format", "triton", "--out", tmp_path / "repo", "--name", "liver",
+            "--max-batch-size", 16, "--kind", "KIND_CPU", "--verify", cases)
+    assert r.exit_code == 0, r.output
+    from liverrt.export.triton import read_config
+
+    cfg = read_config(tmp_path / "repo" / "liver" / "config.pbtxt")
+    assert cfg.name == "liver" and cfg.max_batch_size == 16
+    assert (tmp_path / "repo" / "liver" / "1" / "model.onnx").is_file()
+
+
+def test_tensorrt_without_tensorrt_fails_cleanly(confident, tmp_path):
+    pytest.importorskip  # noqa: B018
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    ckpt, cases = confident
+    r = run("export", ckpt, "--format", "tensorrt", "--out", tmp_path / "plans", "--verify", cases)
+    assert r.exit_code == 2 and "pip install liverrt[trt]" in r.output and "Traceback" not in r.output
+    v = make_volume()
+    write_nifti(v.image, v.affine, tmp_path / "ct.nii.gz")
+    r = run("infer", "--engine", "trt", "--model", tmp_path / "plans" / "unet.fp32.onnx", "--input",
+            tmp_path / "ct.nii.gz", "--out", tmp_path / "pred")
+    assert r.exit_code == 2 and "pip install liverrt[trt]" in r.output and not (tmp_path / "pred").exists()
+
+
+def test_bad_requests_exit_2(confident, tmp_path):
+    ckpt, cases = confident
+    assert run("export", ckpt, "--format", "triton", "--out", tmp_path / "x.onnx").exit_code == 2
+    assert run("export", ckpt, "--out", tmp_path / "m.onnx", "--calib", cases).exit_code == 2
+    assert not (tmp_path / "m.onnx").exists()
