@@ -85,3 +85,36 @@ def test_default_dataset_is_phantoms(pair):
     ckpt, onnx_path = pair
     report = verify_artifact(ckpt, onnx_path)
     assert report.cases == 2 and report.slices == 32 and report.passed
+    assert report.reference_liver_slices > 0
+
+
+def test_a_reference_without_liver_makes_the_gate_inconclusive(pair, monkeypatch):
+    from liverrt.runtime.onnxruntime_engine import OnnxRuntimeEngine
+    from liverrt.runtime.torch_engine import TorchEngine
+
+    ckpt, onnx_path = pair
+    nothing = lambda self, batch: {"prob": np.zeros_like(batch)}  # noqa: E731
+    monkeypatch.setattr(TorchEngine, "_infer", nothing)
+    monkeypatch.setattr(OnnxRuntimeEngine, "_infer", nothing)  # a broken artifact that would otherwise pass
+    report = verify_artifact(ckpt, onnx_path, [make_volume()])
+    assert report.reference_liver_slices == 0
+    assert not report.passed and "inconclusive" in report.failures[0]
+
+
+def test_nan_output_fails_the_image_gate(tmp_path, tiny_spec, monkeypatch):
+    from liverrt.models.dncnn_sr import DnCNNSR
+    from liverrt.runtime.onnxruntime_engine import OnnxRuntimeEngine
+
+    ckpt = save_checkpoint(tmp_path / "dn.pt", DnCNNSR(channels=4), model_name="dncnn_sr", spec=tiny_spec)
+    export_onnx(ckpt, tmp_path / "dn.onnx")
+    assert verify_artifact(ckpt, tmp_path / "dn.onnx", [make_volume()]).passed
+    real = OnnxRuntimeEngine._infer
+
+    def poisoned(self, batch):
+        out = real(self, batch)
+        out["restored"][0, 0, 0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "_infer", poisoned)
+    report = verify_artifact(ckpt, tmp_path / "dn.onnx", [make_volume()])
+    assert not report.passed and "NaN" in report.failures[0]

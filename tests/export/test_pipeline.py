@@ -48,9 +48,9 @@ def test_every_precision_exports_verified_with_a_summary(confident, tmp_path, pr
     assert r.exit_code == 0, r.output
     assert "| format | precision |" in r.stdout and "PASSED" in r.stdout
     assert artifact_info(tmp_path / "m.onnx").precision == precision
-    report = json.loads((tmp_path / "verify.json").read_text())
+    report = json.loads((tmp_path / "m.onnx.verify.json").read_text())
     assert report["passed"] and report["precision"] == precision and report["slices"] == 18
-    assert (tmp_path / "verify.md").is_file()
+    assert (tmp_path / "m.onnx.verify.md").is_file()
     if precision != "fp32":
         assert (tmp_path / "m.fp32.onnx").is_file()  # the source of the variant is kept beside it
 
@@ -64,7 +64,17 @@ def test_a_failing_gate_removes_the_artifact_and_keeps_the_report(confident, tmp
     r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify", cases)
     assert r.exit_code == 1 and "verification failed" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "m.onnx").exists()
-    assert "FAILED" in (tmp_path / "verify.md").read_text()
+    assert "FAILED" in (tmp_path / "m.onnx.verify.md").read_text()
+
+
+def test_an_existing_export_is_not_replaced_without_overwrite(confident, tmp_path):
+    ckpt, cases = confident
+    (tmp_path / "m.onnx").write_bytes(b"an earlier, good export")
+    r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify", cases)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert (tmp_path / "m.onnx").read_bytes() == b"an earlier, good export"
+    r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify", cases, "--overwrite")
+    assert r.exit_code == 0, r.output
 
 
 def test_triton_repository_from_the_cli(confident, tmp_path):

@@ -42,6 +42,7 @@ def test_the_loss_falls_and_logs_everything(tmp_path):
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     state = ckpt["train_state"]
     assert state["epoch"] == 4 and {"optimizer", "scheduler", "generators", "torch_rng"} <= set(state)
+    assert len(state["generators"]) == len(state["torch_rng"]) == 1  # one per rank
     assert ckpt["train_config"]["task"] == "toy" and ckpt["train_config"]["world_size"] == 1
 
 
@@ -60,7 +61,9 @@ def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
 
 
 def test_a_non_finite_loss_stops_with_a_clear_error(tmp_path):
-    with pytest.raises(FloatingPointError, match="finite"):
+    from liverrt.training.loop import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="non-finite"):
         fit(ToyTask(blow_up=True), tmp_path, _toy_cfg())
 
 
@@ -68,6 +71,7 @@ def test_precision_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_dtype("auto", cpu) is None and amp_dtype("off", cuda) is None
     assert amp_dtype("bf16", cpu) == torch.bfloat16 and amp_dtype("fp16", cuda) == torch.float16
+    assert amp_dtype("auto", cuda, prefer=torch.float16) == torch.float16  # Mask R-CNN's choice
     with pytest.raises(InputError, match="needs a CUDA device"):
         amp_dtype("fp16", cpu)
     with pytest.raises(InputError, match="amp="):
@@ -140,6 +144,7 @@ def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
     assert all(torch.allclose(wd[k], ws[k], atol=1e-6) for k in wd)
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert ckpt["train_config"]["world_size"] == 2 and len(ckpt["train_state"]["generators"]) == 2
+    assert len(ckpt["train_state"]["torch_rng"]) == 2
 
 
 @pytest.mark.slow

@@ -57,3 +57,9 @@ def kitti_options(f):
                      help="KITTI images without a mask: leave out, or keep as liver-free slices.")(f)
     return click.option("--label", default="liver", show_default=True,
                         help="Label name of the liver in a KITTI label_colors.txt.")(f)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set option ``name`` on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"

@@ -37,29 +37,41 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Triton instance count.")
 @click.option("--kind", type=click.Choice(["KIND_GPU", "KIND_CPU", "KIND_AUTO"]), default="KIND_GPU",
               show_default=True, help="Triton instance kind.")
+@click.option("--overwrite", is_flag=True, help="Replace existing artifacts (and a Triton model version).")
 @layout_option
-def export(checkpoint: Path, fmt: str, out: Path, precision: str, calib: Path | None, calib_slices: int,
+@click.pass_context
+def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision: str, calib: Path | None, calib_slices: int,
            verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
-           layout: str | None) -> None:
+           overwrite: bool, layout: str | None) -> None:
     """Export a checkpoint (U-Net, DnCNN-SR, Mask R-CNN), check it against PyTorch, and keep it only if it passes.
 
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
     worst slices); it writes verify.json and verify.md next to the artifact.
     """
+    from liverrt.cli.common import given
     from liverrt.data.sources import load_cases
     from liverrt.export.pipeline import run_export
+
+    for options, needs in ((("batch", "workspace_mb"), "tensorrt"),
+                           (("name", "max_batch_size", "instances", "kind"), "triton")):
+        used = [o for o in options if given(ctx, o)]
+        if used and fmt != needs:
+            raise click.UsageError(f"--{used[0].replace('_', '-')} is for --format {needs}")
+    if no_verify and (verify_data or given(ctx, "max_mean_delta_dice") or given(ctx, "max_worst_delta_dice")):
+        raise click.UsageError("--no-verify skips the gate; --verify and the gate limits would be ignored")
 
     verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
     calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
     if calib and precision != "int8":
         raise click.UsageError("--calib is for --precision int8")
-    triton = {"name": name, "max_batch_size": max_batch_size, "instances": instances, "kind": kind}
+    triton = {"name": name, "max_batch_size": max_batch_size, "instances": instances, "kind": kind,
+              "overwrite": overwrite}
     result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
                         verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,
                         calib_slices=calib_slices, atol=atol, batch=batch, workspace_mb=workspace_mb,
-                        triton=triton, limits={k: v for k, v in (("mean_delta_dice", max_mean_delta_dice),
+                        triton=triton, overwrite=overwrite, limits={k: v for k, v in (("mean_delta_dice", max_mean_delta_dice),
                                                                  ("worst_delta_dice", max_worst_delta_dice))
                                                if v is not None})
     click.echo(result.table())

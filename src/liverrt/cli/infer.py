@@ -37,20 +37,28 @@ from liverrt.errors import InputError, LiverrtError
 @click.option("--denoise", type=existing_path, default=None,
               help="A DnCNN-SR model (.pt or .onnx, scale 1) that cleans every slice before segmentation.")
 @layout_option
-def infer(model: Path, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
+@click.pass_context
+def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
           trt_batch: str, cuda_graph: bool, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
           overlays: int, fill_holes: bool, keep_largest: bool, denoise: Path | None, layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
+    from liverrt.cli.common import given
     from liverrt.runtime.infer import run_inference
 
+    trt = engine in ("tensorrt", "trt")
     options: dict = {}
-    if engine == "onnxruntime" and providers:
-        options["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
-    elif providers:
+    if providers and engine != "onnxruntime":
         raise click.UsageError("--providers is for --engine onnxruntime")
-    if engine == "torch" and device:
+    if device and engine == "onnxruntime":
+        raise click.UsageError("--device is for --engine torch or trt; onnxruntime picks its device by --providers")
+    used = [o for o in ("trt_cache", "trt_batch", "cuda_graph") if given(ctx, o)]
+    if used and not trt:
+        raise click.UsageError(f"--{used[0].replace('_', '-')} is for --engine trt")
+    if providers:
+        options["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
+    if device:
         options["device"] = device
-    if engine in ("tensorrt", "trt"):
+    if trt:
         options.update(batch=trt_batch, cuda_graph=cuda_graph, **({"cache_dir": trt_cache} if trt_cache else {}))
     report = run_inference(model, src, out, engine=engine, engine_options=options, batch_size=batch_size, formats=tuple(formats) or None,
                            overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, denoise=denoise,

@@ -112,12 +112,14 @@ class VerifyReport:
             lines += ["", "**failed:**", *[f"- {f}" for f in self.failures]]
         return "\n".join(lines) + "\n"
 
-    def write(self, out_dir: Path) -> tuple[Path, Path]:
+    def write(self, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:
+        """``verify.json``/``verify.md`` in ``out_dir``, or ``<stem>.verify.json``/``.md`` next to an artifact."""
         from liverrt.data.io import write_text_atomic
 
         out_dir = Path(out_dir)
-        j = write_text_atomic(json.dumps(self.to_dict(), indent=2), out_dir / "verify.json")
-        m = write_text_atomic(self.markdown(), out_dir / "verify.md")
+        prefix = f"{stem}." if stem else ""
+        j = write_text_atomic(json.dumps(self.to_dict(), indent=2), out_dir / f"{prefix}verify.json")
+        m = write_text_atomic(self.markdown(), out_dir / f"{prefix}verify.md")
         return j, m
 
 
@@ -198,7 +200,11 @@ def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_
         rd, ad = dice_from_counts(*truth["ref"]), dice_from_counts(*truth["art"])
         report.vs_truth = {"reference_dice": rd, "artifact_dice": ad, "delta_dice": ad - rd}
     lim = report.limits
-    if report.reference_liver_slices and not report.artifact_liver_slices:
+    if not report.reference_liver_slices:
+        report.failures.append(f"inconclusive: the PyTorch model finds no liver in any of {report.slices} "
+                               "verification slices, so an artifact that returns nothing would pass; expected "
+                               "cases with liver (pass --verify with your own data)")
+    elif not report.artifact_liver_slices:
         report.failures.append(f"the artifact finds no liver in any of {report.slices} slices, the reference in "
                                f"{report.reference_liver_slices} (an all-empty output, e.g. a broken fp16 engine)")
     if report.mean["delta_dice"] > lim["mean_delta_dice"]:
@@ -212,17 +218,20 @@ def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_
 def _compare_images(ref_engine, art_engine, volumes, report: VerifyReport, batch_size: int) -> None:
     from liverrt.data.preprocess import to_input
 
-    psnrs = []
+    psnrs, finite = [], True
     spec = ref_engine.info.spec
     for vol in volumes:
         for start in range(0, vol.shape[0], batch_size):
             x, _ = to_input(vol.image[start:start + batch_size], vol.intensity, spec)
             a = ref_engine.infer(x)["restored"].astype(np.float64)
             b = art_engine.infer(x)["restored"].astype(np.float64)
+            finite = finite and bool(np.isfinite(b).all())
             mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
             psnrs += [100.0 if e == 0 else 10 * np.log10(1.0 / e) for e in mse]
     report.mean = {"psnr_db": float(np.mean(psnrs))}
     report.worst = {"psnr_db": float(np.min(psnrs))}
-    if report.mean["psnr_db"] < report.limits["min_psnr_db"]:
+    if not finite:
+        report.failures.append("the artifact returned NaN or inf pixels")
+    if not report.mean["psnr_db"] >= report.limits["min_psnr_db"]:  # NaN fails too
         report.failures.append(f"mean PSNR vs PyTorch {report.mean['psnr_db']:.1f} dB < "
                                f"{report.limits['min_psnr_db']} dB")

@@ -73,10 +73,12 @@ def run_export(
     workspace_mb: int = 4096,
     triton: dict | None = None,
     limits: dict | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Run the export chain; ``out`` is the ONNX file (format onnx), the plan folder (tensorrt) or the
-    Triton repository (triton)."""
-    from liverrt.export.onnx import export_onnx
+    Triton repository (triton). Existing ONNX files are not replaced unless ``overwrite``."""
+    from liverrt.artifact import artifact_info
+    from liverrt.export.onnx import export_onnx, split_paths
 
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r}: expected one of {FORMATS}.")
@@ -93,10 +95,24 @@ def run_export(
             raise InputError(f"--out {out}: expected a folder for --format {fmt} (the plan or the repository).")
         work = out if fmt == "tensorrt" else out.parent / f"{out.name}_onnx"
         stem = Path(checkpoint).stem
+    kind = artifact_info(checkpoint).kind
+    if fmt == "tensorrt" and kind == "maskrcnn":
+        raise InputError("--format tensorrt: the split Mask R-CNN is three graphs with NMS and mask pasting "
+                         "between them, which one TensorRT plan cannot hold; export --format onnx and run it with "
+                         "--engine onnxruntime (CUDA or TensorRT execution provider on a GPU).")
+    if fmt == "triton" and kind == "maskrcnn":
+        raise InputError("--format triton: the split Mask R-CNN would need a Triton ensemble with the liverrt "
+                         "runtime between its graphs; not written by this version. Export --format onnx.")
+    fp32_path = out if fmt == "onnx" and precision == "fp32" else work / f"{stem}.fp32.onnx"
+    targets = [fp32_path] + ([out if fmt == "onnx" else work / f"{stem}.{precision}.onnx"]
+                             if precision != "fp32" else [])
+    existing = [str(p) for t in targets for p in split_paths(t).values() if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
+                         "another --out.")
     work.mkdir(parents=True, exist_ok=True)
     result = ExportResult()
 
-    fp32_path = out if fmt == "onnx" and precision == "fp32" else work / f"{stem}.fp32.onnx"
     t0 = time.perf_counter()
     exported = export_onnx(checkpoint, fp32_path, opset=opset, exporter=exporter, verify_volumes=verify_volumes,
                            atol=atol)
@@ -107,14 +123,17 @@ def run_export(
         artifact = _convert(checkpoint, fp32_path, out if fmt == "onnx" else work / f"{stem}.{precision}.onnx",
                             precision, calib_volumes, calib_slices, result)
     if verify:
-        _gate(checkpoint, artifact, verify_volumes, result, artifact.parent, limits)
+        _gate(checkpoint, artifact, verify_volumes, result, limits)
     if fmt == "tensorrt":
         from liverrt.export.tensorrt import build_engine
 
         t0 = time.perf_counter()
         build = build_engine(artifact, out, batch=batch, workspace_mb=workspace_mb)
         result.rows.append(ExportRow("tensorrt", precision, build.plan, _size(build.plan), time.perf_counter() - t0,
-                                     "from the verified ONNX"))
+                                     "not verified" if not verify else ""))
+        if verify:  # the plan that gets deployed, not only the ONNX it came from
+            _gate(checkpoint, build.plan, verify_volumes, result, limits, engine="tensorrt",
+                  extra_files=(build.sidecar,))
     elif fmt == "triton":
         from liverrt.export.triton import write_triton_repo
 
@@ -154,17 +173,21 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
     return target
 
 
-def _gate(checkpoint, artifact: Path, volumes, result: ExportResult, out_dir: Path, limits: dict | None) -> None:
+def _gate(checkpoint, artifact: Path, volumes, result: ExportResult, limits: dict | None, *,
+          engine: str = "onnxruntime", extra_files: tuple[Path, ...] = ()) -> None:
+    """Run the verification gate; on failure delete what this export wrote for ``artifact``."""
     from liverrt.export.gate import verify_artifact
     from liverrt.export.onnx import split_paths
 
-    report = verify_artifact(checkpoint, artifact, volumes, limits=limits)
+    artifact = Path(artifact)
+    report = verify_artifact(checkpoint, artifact, volumes, limits=limits, engine=engine)
     result.verify_report = report
-    report.write(out_dir)
+    json_path, md_path = report.write(artifact.parent, stem=artifact.name)
     row = next(r for r in result.rows if r.path == artifact)
     row.verify = ("PASSED: " if report.passed else "FAILED: ") + report.summary()
     if not report.passed:
-        for p in split_paths(artifact).values():
+        files = list(split_paths(artifact).values()) if artifact.suffix == ".onnx" else [artifact]
+        for p in [*files, *extra_files]:
             p.unlink(missing_ok=True)
         raise ExportError(f"verification failed for {artifact} ({'; '.join(report.failures)}); the artifact was "
-                          f"removed, the report is in {out_dir / 'verify.md'}.")
+                          f"removed, the report is in {md_path}.")

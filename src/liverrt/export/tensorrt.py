@@ -161,6 +161,18 @@ def onnx_input_name(onnx_path: Path, size: int) -> str:
     return inputs[0].name
 
 
+def check_single_graph(onnx_path: Path) -> None:
+    """Refuse ONNX files a plan cannot stand for: the split Mask R-CNN is three graphs plus a runtime."""
+    from liverrt.artifact import onnx_metadata
+
+    meta = onnx_metadata(onnx_path)
+    if "liverrt.split" in meta or "liverrt.part" in meta:
+        raise InputError(f"{onnx_path} is (part of) a split Mask R-CNN export: three graphs with NMS and mask "
+                         "pasting between them, which one TensorRT plan cannot hold. Run it with --engine "
+                         "onnxruntime (providers CUDA or TensorRT EP on a GPU); TensorRT plans are built for the "
+                         "U-Net and DnCNN-SR.")
+
+
 def engine_key(onnx_path: Path, machine: Machine, *, batch: tuple[int, int, int] = DEFAULT_BATCH,
                workspace_mb: int = DEFAULT_WORKSPACE_MB) -> EngineKey:
     """The key of a plan for ``onnx_path`` built on ``machine`` (see :func:`current_machine`)."""
@@ -168,6 +180,7 @@ def engine_key(onnx_path: Path, machine: Machine, *, batch: tuple[int, int, int]
     if info.format != "onnx":
         raise ArtifactError(f"TensorRT plans are built from .onnx files; got {onnx_path}. "
                             "Run `liverrt export CKPT --format onnx --out model.onnx` first.")
+    check_single_graph(onnx_path)
     if info.precision not in PRECISIONS:
         raise ArtifactError(f"{onnx_path}: liverrt.precision = {info.precision!r}; expected one of {PRECISIONS}.")
     if workspace_mb < 1:

@@ -88,10 +88,14 @@ def run_inference(
     eng = open_engine(engine, model, **(engine_options or {}))
     eng.info  # fail early, before any output, if the model is not a liverrt artifact  # noqa: B018
     den = None
-    if denoise is not None:
-        den_engine = "onnxruntime" if Path(denoise).suffix.lower() == ".onnx" else "torch"
-        den = open_engine(den_engine, denoise, **({"device": engine_options["device"]} if den_engine == "torch"
-                                                   and engine_options and "device" in engine_options else {}))
+    if denoise is not None:  # on the segmentation engine's device: torch for .pt, onnxruntime for .onnx
+        opts = engine_options or {}
+        if Path(denoise).suffix.lower() == ".onnx":
+            den = open_engine("onnxruntime", denoise, **({"providers": opts["providers"]} if "providers" in opts
+                                                         else {}))
+        else:
+            device = opts.get("device", "cuda" if engine in ("tensorrt", "trt") else "auto")
+            den = open_engine("torch", denoise, device=str(device))
         from liverrt.runtime.segmenter import check_denoiser
 
         check_denoiser(den, eng)

@@ -115,7 +115,7 @@ def check_denoiser(denoiser: Engine, engine: Engine) -> None:
     if int(d.model_config.get("scale", 1)) != 1:
         raise InputError(f"--denoise {denoiser.path}: a scale-{d.model_config.get('scale')} (super-resolution) "
                          "model changes the slice size; expected a scale-1 denoiser before segmentation.")
-    fields = ("window_center", "window_width", "size", "resize", "quantize_8bit")
+    fields = ("window_center", "window_width", "size", "resize", "quantize_8bit", "input_domain")
     diff = [f"{f} {getattr(d.spec, f)} vs {getattr(s.spec, f)}" for f in fields
             if getattr(d.spec, f) != getattr(s.spec, f)]
     if diff:

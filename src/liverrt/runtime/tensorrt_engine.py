@@ -90,6 +90,10 @@ class TensorRTEngine(Engine):
             raise ArtifactError(f"The tensorrt engine needs an .onnx or a .plan file; got {self.path}. "
                                 "Run `liverrt export CKPT --format onnx --out model.onnx` first.")
         self.is_plan = suffix == ".plan"
+        if not self.is_plan and self.path.is_file():
+            from liverrt.export.tensorrt import check_single_graph
+
+            check_single_graph(self.path)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch = parse_batch_profile(batch)
         self.workspace_mb = int(workspace_mb)

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from liverrt.data.preprocess import PreprocessSpec
-from liverrt.errors import InputError
+from liverrt.errors import InputError, LiverrtError
 from liverrt.training.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ Progress = Callable[[str, int, int, dict], None]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class TrainingDiverged(LiverrtError):
+    """The loss became NaN or inf (exit code 1)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,9 @@ class Task(ABC):
     find_unused_parameters: bool = False
     #: channels_last helps convolution-only networks on CUDA
     channels_last_ok: bool = True
+    #: what ``--amp auto`` uses on CUDA; fp16 for Mask R-CNN, whose box coding runs in the autocast dtype
+    #: (bf16 would round proposal coordinates to whole pixels above 128)
+    amp_prefer: torch.dtype = torch.bfloat16
 
     def __init__(self, spec: PreprocessSpec, split: dict) -> None:
         self.spec = spec
@@ -215,13 +222,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``mode`` on ``device`` (None: full precision)."""
+def amp_dtype(mode: str, device: torch.device, *, prefer: torch.dtype = torch.bfloat16) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device`` (None: full precision).
+
+    ``auto`` on CUDA is ``prefer`` (bf16 unless the task asks for fp16) when the
+    GPU supports it, else fp16 with a gradient scaler.
+    """
     if mode == "off":
         return None
     if device.type == "cuda":
         if mode == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if prefer == torch.float16 or not torch.cuda.is_bf16_supported():
+                return torch.float16
+            return torch.bfloat16
         return torch.bfloat16 if mode == "bf16" else torch.float16
     if mode == "auto":
         return None
@@ -284,6 +297,15 @@ def _mean_across(value: float, info: DistInfo, device: torch.device) -> float:
     return float(t.item()) / info.world_size
 
 
+def _all_finite(value: float, info: DistInfo, device: torch.device) -> bool:
+    ok = math.isfinite(value)
+    if not info.enabled:
+        return ok
+    t = torch.tensor([0.0 if ok else 1.0], device=device)
+    dist.all_reduce(t)
+    return float(t.item()) == 0.0
+
+
 def _gather(obj: Any, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]
@@ -321,7 +343,7 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
     if len(task) == 0:
         raise InputError(f"{task.name}: no training samples; expected at least one annotated slice.")
     torch.manual_seed(config.seed)
-    dtype = amp_dtype(config.amp, device)
+    dtype = amp_dtype(config.amp, device, prefer=task.amp_prefer)
     use_cl = (config.channels_last if config.channels_last is not None
               else device.type == "cuda" and task.channels_last_ok)
     memory_format = torch.channels_last if use_cl else torch.contiguous_format
@@ -381,10 +403,10 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
                 step_loss += float(loss.detach()) / config.grad_accum
                 for name, v in parts.items():
                     parts_sum[name] = parts_sum.get(name, 0.0) + v / config.grad_accum
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(
-                    f"{task.name}: loss became {step_loss} at epoch {epoch} step {step + 1}; "
-                    "expected a finite loss (lower --lr, or use --amp off).")
+            if not _all_finite(step_loss, info, device):  # every rank stops at the same step
+                raise TrainingDiverged(
+                    f"{task.name}: the loss became non-finite at epoch {epoch} step {step + 1} (here {step_loss}); "
+                    "expected a finite loss: lower --lr, or use --amp off. last.pt holds the last good epoch.")
             if config.clip_grad_norm:
                 scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
@@ -398,7 +420,11 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
         row = {"epoch": epoch, "loss": _mean_across(sum(losses) / len(losses), info, device),
                **{f"loss_{k}": _mean_across(v / steps, info, device) for k, v in parts_sum.items()},
                "lr": opt.param_groups[0]["lr"]}
-        rng = _gather(gen.get_state(), info)  # every rank's augmentation stream, for --resume
+        # every rank's augmentation stream and global RNGs (dropout), for --resume
+        rng = _gather({"generator": gen.get_state(), "torch": torch.get_rng_state(),
+                       "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0,
+                                                                                                          dtype=torch.uint8)},
+                      info)
         if info.is_main:
             scores = task.validate(model, device)
             row.update(scores)
@@ -459,9 +485,9 @@ def _save_last(path, model, opt, sched, scaler, rng, epoch, history, best, since
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict(),
-        "generators": rng,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": [r["generator"] for r in rng],
+        "torch_rng": [r["torch"] for r in rng],
+        "cuda_rng": [r["cuda"] for r in rng],
         "history": history,
         "best": best,
         "since_best": since_best,
@@ -504,12 +530,13 @@ def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, sca
     gens = state.get("generators") or []
     if int(state.get("world_size", 1)) == info.world_size and info.rank < len(gens):
         gen.set_state(gens[info.rank])
+        torch.set_rng_state(state["torch_rng"][info.rank])
+        cuda = state["cuda_rng"][info.rank]
+        if cuda.numel() and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda, device=torch.cuda.current_device())
     else:
-        log.warning("--resume: run had %s process(es), now %d; augmentation streams restart from the seed",
+        log.warning("--resume: run had %s process(es), now %d; random streams restart from the seed",
                     state.get("world_size"), info.world_size)
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state
 
 

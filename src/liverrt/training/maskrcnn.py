@@ -114,6 +114,7 @@ class MaskRCNNTask(Task):
     curve_metrics = ("val_mask_iou", "val_dice", "val_multi_mask_iou", "val_multi_separated")
     find_unused_parameters = True
     channels_last_ok = False
+    amp_prefer = torch.float16  # bf16 box coding would round proposals to whole pixels
 
     def __init__(self, train_vols: list[Volume], val_vols: list[Volume], spec: PreprocessSpec, split: dict,
                  config: TrainConfig, *, min_instance_area: int = 32) -> None:
