@@ -103,3 +103,20 @@ def test_a_tampered_or_missing_split_graph_is_refused(maskrcnn_onnx, tmp_path):
     copies["mask"].unlink()
     with pytest.raises(ArtifactError, match="missing"), open_engine("onnxruntime", copies["rpn"]):
         pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_split_maskrcnn_precision_variants_run_and_are_gated(maskrcnn_ckpt, tmp_path, precision):
+    from liverrt.export.pipeline import run_export
+
+    vols = [make_volume(shape=(4, 64, 64), seed=s, case_id=f"v{s}") for s in range(2)]
+    result = run_export(maskrcnn_ckpt, tmp_path / "mr.onnx", precision=precision, verify_volumes=vols,
+                        calib_volumes=vols if precision == "int8" else None, calib_slices=8,
+                        limits={"mean_delta_dice": 0.2, "worst_delta_dice": 1.0})  # random weights: plumbing
+    paths = split_paths(tmp_path / "mr.onnx")
+    assert all(p.is_file() for p in paths.values())
+    assert artifact_info(paths["rpn"]).precision == precision
+    assert result.verify_report is not None and result.verify_report.slices == 8
+    with open_engine("onnxruntime", paths["rpn"]) as eng:  # siblings relinked: sha256 check passes
+        assert eng.infer(np.zeros((1, 1, 64, 64), np.float32))["prob"].shape == (1, 1, 64, 64)

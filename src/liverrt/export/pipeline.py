@@ -152,12 +152,16 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
     from liverrt.export import precision as prec
 
     info = artifact_info(fp32_path)
-    if info.kind == "maskrcnn":
-        raise InputError("--precision fp16/int8 is not available for the split Mask R-CNN yet (three graphs); "
-                         "expected --precision fp32 for maskrcnn.")
     t0 = time.perf_counter()
+    if info.kind == "maskrcnn":
+        # the backbone/FPN/RPN graph holds nearly all the arithmetic: it gets the precision; the RoI heads,
+        # fed by RoIAlign on runtime-made boxes, stay fp32 (their calibration would need the runtime's RoIs)
+        parts = _maskrcnn_parts(fp32_path, target)
+        src_rpn, target = parts
+    else:
+        src_rpn = fp32_path
     if precision == "fp16":
-        prec.to_fp16(fp32_path, target)
+        prec.to_fp16(src_rpn, target)
     else:
         if calib_volumes is None:
             from liverrt.export.gate import default_volumes
@@ -168,9 +172,47 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
         else:
             source = f"{len(calib_volumes)} cases: " + ", ".join(v.case_id for v in calib_volumes[:8])
         slices = prec.calibration_slices(calib_volumes, info.spec, n=calib_slices)
-        prec.to_int8(fp32_path, target, slices, calibration_source=source)
+        prec.to_int8(src_rpn, target, slices, calibration_source=source)
+    if info.kind == "maskrcnn":
+        _relink_split(target)
     result.rows.append(ExportRow("onnx", precision, target, _size(target), time.perf_counter() - t0))
     return target
+
+
+def _maskrcnn_parts(fp32_path: Path, target: Path) -> tuple[Path, Path]:
+    """Copy the fp32 RoI-head graphs beside ``target``; returns (fp32 rpn graph, target rpn graph)."""
+    from liverrt.data.io import atomic_path
+    from liverrt.export.onnx import split_paths
+
+    src, dst = split_paths(fp32_path), split_paths(target)
+    for part in ("box", "mask"):
+        with atomic_path(dst[part], suffix=".onnx", protect=(src[part],)) as tmp:
+            tmp.write_bytes(src[part].read_bytes())
+    return src["rpn"], dst["rpn"]
+
+
+def _relink_split(rpn: Path) -> None:
+    """Point a converted rpn graph's ``liverrt.split`` at its own siblings (names and sha256)."""
+    import json
+
+    import onnx
+
+    from liverrt.artifact import sha256_file
+    from liverrt.data.io import atomic_path
+    from liverrt.export.onnx import split_paths
+
+    paths = split_paths(rpn)
+    model = onnx.load(str(rpn))
+    meta = {p.key: p.value for p in model.metadata_props}
+    split = json.loads(meta["liverrt.split"])
+    split["parts"] = {part: paths[part].name for part in ("box", "mask")}
+    split["sha256"] = {part: sha256_file(paths[part]) for part in ("box", "mask")}
+    split["heads_precision"] = "fp32"
+    meta["liverrt.split"] = json.dumps(split, sort_keys=True)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    with atomic_path(rpn, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
 
 
 def _gate(checkpoint, artifact: Path, volumes, result: ExportResult, limits: dict | None, *,
