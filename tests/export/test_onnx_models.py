@@ -120,3 +120,17 @@ def test_split_maskrcnn_precision_variants_run_and_are_gated(maskrcnn_ckpt, tmp_
     assert result.verify_report is not None and result.verify_report.slices == 8
     with open_engine("onnxruntime", paths["rpn"]) as eng:  # siblings relinked: sha256 check passes
         assert eng.infer(np.zeros((1, 1, 64, 64), np.float32))["prob"].shape == (1, 1, 64, 64)
+
+
+@pytest.mark.slow
+def test_single_graph_maskrcnn_export_runs_on_onnxruntime(maskrcnn_ckpt, tmp_path):
+    result = export_onnx(maskrcnn_ckpt, tmp_path / "one.onnx", maskrcnn_graph="single")
+    assert result.parity.passed and not split_paths(tmp_path / "one.onnx")["box"].exists()
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "one.onnx")).graph.node}
+    assert {"TopK", "Loop"} <= ops  # data-dependent control flow: what the split export keeps out of its graphs
+    vol = make_volume(shape=(3, 64, 64))
+    with open_engine("torch", maskrcnn_ckpt) as eng:
+        ref = Segmenter(eng).segment(vol)
+    with open_engine("onnxruntime", tmp_path / "one.onnx") as eng:
+        out = Segmenter(eng).segment(vol)
+    assert ref.mask.any() and (ref.mask != out.mask).mean() < 1e-3

@@ -37,6 +37,9 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Triton instance count.")
 @click.option("--kind", type=click.Choice(["KIND_GPU", "KIND_CPU", "KIND_AUTO"]), default="KIND_GPU",
               show_default=True, help="Triton instance kind.")
+@click.option("--maskrcnn-graph", type=click.Choice(["split", "single"]), default="split", show_default=True,
+              help="Mask R-CNN: three plain graphs + the liverrt runtime (any engine), or torchvision's whole "
+                   "model as one graph (onnxruntime only, batch 1 per call).")
 @click.option("--overwrite", is_flag=True, help="Replace existing artifacts (and a Triton model version).")
 @layout_option
 @click.pass_context
@@ -44,7 +47,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
            verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
-           overwrite: bool, layout: str | None) -> None:
+           maskrcnn_graph: str, overwrite: bool, layout: str | None) -> None:
     """Export a checkpoint (U-Net, DnCNN-SR, Mask R-CNN), check it against PyTorch, and keep it only if it passes.
 
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
@@ -71,7 +74,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
                         verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,
                         calib_slices=calib_slices, atol=atol, batch=batch, workspace_mb=workspace_mb,
-                        triton=triton, overwrite=overwrite, limits={k: v for k, v in (("mean_delta_dice", max_mean_delta_dice),
+                        triton=triton, overwrite=overwrite, maskrcnn_graph=maskrcnn_graph, limits={k: v for k, v in (("mean_delta_dice", max_mean_delta_dice),
                                                                  ("worst_delta_dice", max_worst_delta_dice))
                                                if v is not None})
     click.echo(result.table())

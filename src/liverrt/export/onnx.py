@@ -84,6 +84,7 @@ def export_onnx(
     atol: float = 1e-4,
     max_dice_delta: float = 1e-3,
     samples: int = 8,
+    maskrcnn_graph: str = "split",
 ) -> OnnxExport:
     """Export a checkpoint to ONNX (dynamic batch axis) and check it against PyTorch.
 
@@ -96,6 +97,8 @@ def export_onnx(
       ``<stem>.box.onnx`` and ``<stem>.mask.onnx`` (``liverrt.split``
       metadata, with their sha256); the runtime runs proposals, NMS and mask
       pasting between them. The exporter is always the TorchScript-based one.
+      ``maskrcnn_graph="single"`` exports the whole torchvision model as one
+      graph instead (batch 1, NMS inside; onnxruntime only, run image by image).
 
     PreprocessSpec, model info and validation metrics go into ``metadata_props``.
     Before anything is kept, PyTorch and onnxruntime run the same preprocessed
@@ -120,6 +123,10 @@ def export_onnx(
     meta = _metadata(ckpt, spec, model, Path(checkpoint))
     t0 = time.perf_counter()
     if kind == "maskrcnn":
+        if maskrcnn_graph not in ("split", "single"):
+            raise InputError(f"maskrcnn_graph {maskrcnn_graph!r}: expected 'split' or 'single'.")
+        if maskrcnn_graph == "single":
+            return _export_maskrcnn_single(model, Path(checkpoint), out, meta, inputs, opset, max_dice_delta, t0)
         return _export_maskrcnn(model, Path(checkpoint), out, meta, inputs, opset, atol, max_dice_delta, t0)
     wrapper = (_Probabilities(model) if kind == "unet" else _Image(model)).eval()
     output = "prob" if kind == "unet" else "restored"
@@ -263,3 +270,48 @@ def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_
     # instance masks are pasted from 28x28 logits: compare the masks, with probability noise bounded by atol
     # only where both sides kept the same instances (a reordered near-tie changes whole instances)
     return compare_outputs(ref, cand, threshold=threshold, atol=float("inf"), max_dice_delta=max_dice_delta)
+
+
+class _SingleImage(torch.nn.Module):
+    """The whole torchvision Mask R-CNN for one image: (1, 1, S, S) -> boxes, scores, labels, masks."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        det = self.model.net(list(self.model.normalize(image)))[0]
+        return det["boxes"], det["scores"], det["labels"], det["masks"]
+
+
+SINGLE_OUTPUTS = ("boxes", "scores", "labels", "masks")
+
+
+def _export_maskrcnn_single(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int,
+                            max_dice_delta: float, t0: float) -> OnnxExport:
+    from liverrt.export.verify import compare_outputs
+
+    wrapper = _SingleImage(model.eval()).eval()
+    with atomic_path(out, suffix=".onnx", protect=(checkpoint,)) as tmp:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (torch.from_numpy(inputs[:1]),), str(tmp), input_names=[INPUT_NAME],
+                              output_names=list(SINGLE_OUTPUTS), opset_version=opset, dynamo=False,
+                              dynamic_axes={n: {0: "detections"} for n in SINGLE_OUTPUTS})
+        _finish(tmp, {**meta, "liverrt.graph": "single"})
+        seconds = time.perf_counter() - t0
+        import onnxruntime as ort
+
+        from liverrt.runtime.onnxruntime_engine import single_maskrcnn_predict
+
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            ref = model.predict(torch.from_numpy(inputs))["prob"].numpy()
+        cand = single_maskrcnn_predict(sess, inputs, model.config)["prob"]
+        report = compare_outputs(ref, cand, threshold=float(meta["liverrt.threshold"]), atol=float("inf"),
+                                 max_dice_delta=max_dice_delta)
+        if not report.passed:
+            raise ExportError(f"ONNX parity check failed: {report.summary()}; expected max |ΔDice| <= "
+                              f"{max_dice_delta}. Nothing was written to {out}.")
+    log.info("exported %s (single graph) in %.1fs (%s)", out, seconds, report.summary())
+    return OnnxExport(out, opset, "torchscript", seconds, out.stat().st_size, report)

@@ -74,6 +74,7 @@ def run_export(
     triton: dict | None = None,
     limits: dict | None = None,
     overwrite: bool = False,
+    maskrcnn_graph: str = "split",
 ) -> ExportResult:
     """Run the export chain; ``out`` is the ONNX file (format onnx), the plan folder (tensorrt) or the
     Triton repository (triton). Existing ONNX files are not replaced unless ``overwrite``."""
@@ -103,6 +104,9 @@ def run_export(
     if fmt == "triton" and kind == "maskrcnn":
         raise InputError("--format triton: the split Mask R-CNN would need a Triton ensemble with the liverrt "
                          "runtime between its graphs; not written by this version. Export --format onnx.")
+    if maskrcnn_graph == "single" and (kind != "maskrcnn" or fmt != "onnx" or precision != "fp32"):
+        raise InputError("--maskrcnn-graph single is the one-graph Mask R-CNN for onnxruntime: expected a maskrcnn "
+                         "checkpoint, --format onnx and --precision fp32 (precision variants use the split graphs).")
     fp32_path = out if fmt == "onnx" and precision == "fp32" else work / f"{stem}.fp32.onnx"
     targets = [fp32_path] + ([out if fmt == "onnx" else work / f"{stem}.{precision}.onnx"]
                              if precision != "fp32" else [])
@@ -115,7 +119,7 @@ def run_export(
 
     t0 = time.perf_counter()
     exported = export_onnx(checkpoint, fp32_path, opset=opset, exporter=exporter, verify_volumes=verify_volumes,
-                           atol=atol)
+                           atol=atol, maskrcnn_graph=maskrcnn_graph)
     result.rows.append(ExportRow("onnx", "fp32", fp32_path, _size(fp32_path), time.perf_counter() - t0,
                                  f"parity {'passed' if exported.parity.passed else 'FAILED'}"))
     artifact = fp32_path

@@ -31,6 +31,7 @@ class OnnxRuntimeEngine(Engine):
         self.threads = threads
         self._session = None
         self._outputs: list[str] = []
+        self._single = False
 
     def _activate(self) -> None:
         try:
@@ -58,6 +59,7 @@ class OnnxRuntimeEngine(Engine):
             self._session = self._split
             return
         self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+        self._single = self.info.kind == "maskrcnn"  # the one-graph Mask R-CNN export: batch 1, NMS inside
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._cuda = "CUDAExecutionProvider" in self._session.get_providers()
@@ -66,6 +68,8 @@ class OnnxRuntimeEngine(Engine):
         assert self._session is not None
         if self._split is not None:
             return self._split.predict(batch)
+        if self._single:
+            return single_maskrcnn_predict(self._session, batch, self.info.model_config)
         if self._cuda:  # IO binding: one host->device copy in, device buffers out
             binding = self._session.io_binding()
             binding.bind_cpu_input(self._input, batch)
@@ -80,6 +84,22 @@ class OnnxRuntimeEngine(Engine):
     def _deactivate(self) -> None:
         self._session = None
         self._split = None
+
+
+def single_maskrcnn_predict(session, batch: np.ndarray, config: dict) -> dict[str, np.ndarray]:
+    """Run a one-graph Mask R-CNN export image by image; the outputs of ``LiverMaskRCNN.predict``."""
+    import torch
+
+    from liverrt.models.maskrcnn import instances_to_outputs
+
+    name = session.get_inputs()[0].name
+    outs = [o.name for o in session.get_outputs()]
+    dets = []
+    for image in batch:
+        values = dict(zip(outs, session.run(outs, {name: np.ascontiguousarray(image[None])}), strict=True))
+        dets.append({k: torch.from_numpy(np.asarray(values[k])) for k in ("boxes", "scores", "masks")})
+    out = instances_to_outputs(dets, batch.shape[-2:], config["score_threshold"], config["max_instances"])
+    return {k: v.numpy() for k, v in out.items()}
 
 
 def split_parts(path: Path) -> dict[str, Path] | None:
