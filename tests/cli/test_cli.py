@@ -145,7 +145,11 @@ def test_train_export_infer_eval_through_the_cli(tmp_path):
     assert r.exit_code == 0, r.output
     ckpt = tmp_path / "run" / "best.pt"
     r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify-data", tmp_path / "ph")
-    assert r.exit_code == 0, r.output and "PASSED" in r.output
+    # one epoch at 32² finds no liver yet: the gate cannot tell a broken export from this one, and says so
+    assert r.exit_code == 1 and "inconclusive" in r.output and not (tmp_path / "m.onnx").exists()
+    r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--no-verify")
+    assert r.exit_code == 0, r.output
+    assert "parity passed" in r.output
     for engine, model in (("torch", ckpt), ("onnxruntime", tmp_path / "m.onnx")):
         r = run("infer", "--engine", engine, "--model", model, "--input", tmp_path / "ph",
                 "--out", tmp_path / engine)

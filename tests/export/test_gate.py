@@ -118,3 +118,14 @@ def test_nan_output_fails_the_image_gate(tmp_path, tiny_spec, monkeypatch):
     monkeypatch.setattr(OnnxRuntimeEngine, "_infer", poisoned)
     report = verify_artifact(ckpt, tmp_path / "dn.onnx", [make_volume()])
     assert not report.passed and "NaN" in report.failures[0]
+
+
+def test_float_noise_at_the_threshold_is_not_disagreement(tmp_path, tiny_spec):
+    """An untrained U-Net sits at p = 0.5: fp32 noise flips pixels, the band keeps the gate meaningful."""
+    ckpt = save_checkpoint(tmp_path / "flat.pt", tiny_unet(), model_name="unet_paper", spec=tiny_spec)
+    export_onnx(ckpt, tmp_path / "flat.onnx", verify_volumes=[make_volume()])
+    report = verify_artifact(ckpt, tmp_path / "flat.onnx", [make_volume()],
+                             limits={"undecided_band": 0.0})
+    banded = verify_artifact(ckpt, tmp_path / "flat.onnx", [make_volume()])
+    assert banded.mean["delta_dice"] <= report.mean["delta_dice"]
+    assert banded.passed, banded.failures

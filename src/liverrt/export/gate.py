@@ -23,6 +23,12 @@ fp16 engine). Limits, justified by what each precision changes:
 * int8: mean 5e-3, worst 2e-2 — quantised weights and activations shift
   boundaries by about a pixel on a 512² liver (~1 % of its boundary).
 
+For fp32 a pixel whose reference probability lies within ``undecided_band``
+(1e-4) of the threshold takes the reference's label: there the two sides
+differ by float noise only, and a barely trained network (p ≈ 0.5 everywhere)
+would otherwise fail on noise. fp16 and int8 get no band: their boundary
+shifts are what the gate is for.
+
 DnCNN-SR artifacts are compared as images: the mean PSNR of the artifact's
 output against the reference output must reach 60 / 45 / 35 dB.
 """
@@ -43,9 +49,9 @@ from liverrt.errors import InputError
 log = logging.getLogger(__name__)
 
 LIMITS = {
-    "fp32": {"mean_delta_dice": 1e-4, "worst_delta_dice": 2e-3, "min_psnr_db": 60.0},
-    "fp16": {"mean_delta_dice": 1e-3, "worst_delta_dice": 1e-2, "min_psnr_db": 45.0},
-    "int8": {"mean_delta_dice": 5e-3, "worst_delta_dice": 2e-2, "min_psnr_db": 35.0},
+    "fp32": {"mean_delta_dice": 1e-4, "worst_delta_dice": 2e-3, "min_psnr_db": 60.0, "undecided_band": 1e-4},
+    "fp16": {"mean_delta_dice": 1e-3, "worst_delta_dice": 1e-2, "min_psnr_db": 45.0, "undecided_band": 0.0},
+    "int8": {"mean_delta_dice": 5e-3, "worst_delta_dice": 2e-2, "min_psnr_db": 35.0, "undecided_band": 0.0},
 }
 
 
@@ -175,11 +181,16 @@ def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_
     from liverrt.runtime.segmenter import Segmenter
 
     rows, truth = [], {"ref": np.zeros(3), "art": np.zeros(3)}
-    ref_seg = Segmenter(ref_engine, batch_size=batch_size)
+    ref_seg = Segmenter(ref_engine, batch_size=batch_size, keep_prob=True)
     art_seg = Segmenter(art_engine, batch_size=batch_size)
+    band = float(report.limits.get("undecided_band", 0.0))
     for vol in volumes:
-        a = ref_seg.segment(vol).mask
-        b = art_seg.segment(vol).mask
+        ref = ref_seg.segment(vol)
+        a = ref.mask
+        b = raw = art_seg.segment(vol).mask
+        if band > 0 and not (ref_seg.fill_holes or ref_seg.keep_largest):
+            undecided = np.abs(ref.prob - ref_seg.threshold) <= band
+            b = np.where(undecided, a, b)
         m = slice_metrics(b, a)
         both_empty = ~m["nonempty"]
         for k in range(a.shape[0]):
@@ -188,10 +199,10 @@ def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_
                          "delta_iou": 0.0 if both_empty[k] else 1.0 - float(m["mask_iou"][k]),
                          "delta_boundary_iou": 0.0 if both_empty[k] else 1.0 - float(m["boundary_iou"][k])})
         report.reference_liver_slices += int(a.any(axis=(1, 2)).sum())
-        report.artifact_liver_slices += int(b.any(axis=(1, 2)).sum())
+        report.artifact_liver_slices += int(raw.any(axis=(1, 2)).sum())
         if vol.mask is not None:
             truth["ref"] += overlap_counts(a, vol.mask)
-            truth["art"] += overlap_counts(b, vol.mask)
+            truth["art"] += overlap_counts(raw, vol.mask)
     keys = ("delta_dice", "delta_iou", "delta_boundary_iou")
     report.mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     report.worst = {k: float(np.max([r[k] for r in rows])) for k in keys}
