@@ -211,7 +211,7 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
         row["separated"] = bool(r["separated"][row["slice"]])
     if csv_path is not None:
         write_slice_csv(scores["slices"], csv_path, protect=(Path(pred), Path(gt)))
-    return _json_safe({
+    return json_safe({
         "spacing_source": sorted(sources)[0] if len(sources) == 1 else sorted(sources),
         "cases": cases,
         "mean": {"volume": scores["mean"]["volume"], "slices": scores["mean"]["slices"]},
@@ -270,14 +270,14 @@ def write_slice_csv(rows: list[dict], path: Path, *, protect: tuple[Path, ...] =
     return Path(path)
 
 
-def _json_safe(obj):
-    """inf/NaN -> None (JSON has neither); the reasons are kept in ``excluded``."""
+def json_safe(obj):
+    """inf/NaN -> None, recursively through dicts, lists and tuples (strict JSON has neither)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -329,4 +329,4 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines + [""] + notes)
 
 
-__all__ = ["VOLUME_METRICS", "evaluate", "markdown_table", "spacing_like", "write_slice_csv"]
+__all__ = ["VOLUME_METRICS", "evaluate", "json_safe", "markdown_table", "spacing_like", "write_slice_csv"]

@@ -90,7 +90,6 @@ def test_triton_repository_from_the_cli(confident, tmp_path):
 
 
 def test_tensorrt_without_tensorrt_fails_cleanly(confident, tmp_path):
-    pytest.importorskip  # noqa: B018
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here")

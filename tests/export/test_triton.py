@@ -12,16 +12,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from google.protobuf import (
+    text_format,  # tritonclient[grpc] is a dev dependency: imported, not skipped
+)
 from liverrt_test_helpers import make_volume
+from tritonclient.grpc import model_config_pb2
 
 from liverrt.artifact import sha256_file
 from liverrt.data.preprocess import PreprocessSpec, restore, to_input
 from liverrt.errors import InputError
 from liverrt.export import triton
 from liverrt.export.triton import read_config, write_triton_repo
-
-text_format = pytest.importorskip("google.protobuf.text_format")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                   onnx.TensorProto.INT64: "TYPE_INT64"}

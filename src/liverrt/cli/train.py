@@ -8,7 +8,6 @@ rank 0 validates, logs and writes the checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -151,8 +150,9 @@ def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
     console.print(f"best checkpoint: {result.best_checkpoint} ({task.monitor} {best.get(task.monitor, float('nan')):.4f}, "
                   f"epoch {best.get('epoch')}); {len(result.history)} epochs{note} on {result.world_size} "
                   f"process(es) in {result.seconds:.0f}s")
-    finite = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in best.items()}
-    click.echo(json.dumps({"best": str(result.best_checkpoint), "metrics": finite, "split": result.split,
+    from liverrt.evaluation import json_safe
+
+    click.echo(json.dumps({"best": str(result.best_checkpoint), "metrics": json_safe(best), "split": result.split,
                            "world_size": result.world_size, "stopped_early": result.stopped_early}))
 
 

@@ -87,7 +87,9 @@ class VerifyReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed
-        return _finite(d)
+        from liverrt.evaluation import json_safe
+
+        return json_safe(d)
 
     def markdown(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
@@ -127,16 +129,6 @@ class VerifyReport:
         j = write_text_atomic(json.dumps(self.to_dict(), indent=2), out_dir / f"{prefix}verify.json")
         m = write_text_atomic(self.markdown(), out_dir / f"{prefix}verify.md")
         return j, m
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def default_volumes(size: int, cases: int = 2, seed: int = 1000) -> list[Volume]:

@@ -172,6 +172,8 @@ class _Image(torch.nn.Module):
 
 
 def _metadata(ckpt: dict, spec, model, checkpoint: Path) -> dict[str, str]:
+    from liverrt.evaluation import json_safe
+
     kind = ckpt["kind"]
     threshold = ckpt["model_config"].get("mask_threshold", ckpt.get("train_config", {}).get("threshold", 0.5))
     return {
@@ -184,14 +186,9 @@ def _metadata(ckpt: dict, spec, model, checkpoint: Path) -> dict[str, str]:
         "liverrt.threshold": str(float(threshold)),
         "liverrt.precision": "fp32",
         "liverrt.outputs": json.dumps(_OUTPUTS[kind]),
-        "liverrt.metrics": json.dumps(_finite(ckpt.get("metrics", {})), sort_keys=True),
+        "liverrt.metrics": json.dumps(json_safe(ckpt.get("metrics", {})), sort_keys=True),
         "liverrt.checkpoint_sha256": sha256_file(checkpoint),
     }
-
-
-def _finite(metrics: dict) -> dict:
-    return {k: (v if not isinstance(v, float) or v == v and abs(v) != float("inf") else None)
-            for k, v in metrics.items()}
 
 
 def _finish(path: Path, meta: dict[str, str]) -> None:
