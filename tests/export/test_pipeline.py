@@ -109,4 +109,9 @@ def test_bad_requests_exit_2(confident, tmp_path):
     ckpt, cases = confident
     assert run("export", ckpt, "--format", "triton", "--out", tmp_path / "x.onnx").exit_code == 2
     assert run("export", ckpt, "--out", tmp_path / "m.onnx", "--calib", cases).exit_code == 2
-    assert not (tmp_path / "m.onnx").exists()
+    for extra in (("--calib-method", "search"), ("--int8-target", "tensorrt")):  # int8 options without int8
+        assert run("export", ckpt, "--out", tmp_path / "m.onnx", *extra).exit_code == 2
+    r = run("export", ckpt, "--format", "tensorrt", "--out", tmp_path / "plans", "--precision", "int8",
+            "--int8-target", "onnxruntime")
+    assert r.exit_code == 2 and "zero points" in r.output
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "plans").exists()

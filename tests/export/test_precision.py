@@ -17,6 +17,7 @@ from liverrt.runtime import open_engine
 
 # Measured on the tiny U-Net (phantom slices, 3 seeds x 3 methods x per-channel on/off):
 # max |Δprob| vs fp32 int8 <= 3.4e-3, fp16 <= 1.3e-4; the bounds keep a 3x and 7x margin.
+# (The untrained tiny U-Net is easy to quantise; test_calibrate.py holds the graphs that are not.)
 INT8_ATOL = 1e-2
 FP16_ATOL = 1e-3
 
@@ -164,11 +165,28 @@ def test_int8_graph_is_symmetric_per_channel_qdq(int8_onnx):
         axis = 1 if conv.op_type == "ConvTranspose" else 0  # the output-channel axis of the weight
         assert helper.get_attribute_value(next(a for a in dq.attribute if a.name == "axis")) == axis
         assert list(scale.dims) == [w.dims[axis]]
-    zero_points = [inits[n.input[2]] for n in model.graph.node
-                   if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    assert zero_points and all(z.data_type == TensorProto.INT8 for z in zero_points)
-    assert all(not numpy_helper.to_array(z).any() for z in zero_points)
     assert not any(t.data_type == TensorProto.INT32 for t in model.graph.initializer)  # biases stay float
+    # onnxruntime target: weights and signed activations symmetric, Relu outputs [0, amax] (zero point -128)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    unsigned = set()
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            z = inits[n.input[2]]
+            assert z.data_type == TensorProto.INT8 and int(numpy_helper.to_array(z).ravel()[0]) in (0, -128)
+            if n.op_type == "QuantizeLinear" and numpy_helper.to_array(z).ravel()[0] == -128:
+                unsigned.add(producer[n.input[0]].op_type)
+    assert unsigned == {"Relu", "MaxPool", "Conv"}  # Conv: the pre-Relu output, tied to the Relu's range
+
+
+def test_int8_for_tensorrt_has_only_zero_zero_points(tiny_onnx, calib, tmp_path):
+    out = to_int8(tiny_onnx, tmp_path / "trt.onnx", calib, target="tensorrt", method="percentile")
+    model = onnx.load(str(out))
+    inits = {t.name: t for t in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert zero_points and all(not numpy_helper.to_array(z).any() for z in zero_points)
+    assert json.loads(meta(out)["liverrt.calibration"])["target"] == "tensorrt"
+    with pytest.raises(InputError, match="onnxruntime"):
+        to_int8(tiny_onnx, tmp_path / "x.onnx", calib, target="openvino")
 
 
 def test_int8_keeps_the_first_layer_the_sigmoid_and_the_logits_in_float(int8_onnx):
@@ -191,15 +209,21 @@ def test_int8_probabilities_match_fp32(int8_onnx, tiny_onnx, calib, tiny_spec):
 def test_int8_metadata(int8_onnx, tiny_onnx):
     out = meta(int8_onnx)
     assert out["liverrt.precision"] == "int8" and out["liverrt.source_onnx_sha256"] == sha256_file(tiny_onnx)
-    assert json.loads(out["liverrt.calibration"]) == {
-        "slices": 16, "method": "minmax", "per_channel": True, "quantize_conv_outputs": True,
+    calibration = json.loads(out["liverrt.calibration"])
+    assert {k: calibration[k] for k in ("slices", "method", "per_channel", "quantize_conv_outputs",
+                                        "float_input_layer", "source")} == {
+        "slices": 16, "method": "search", "per_channel": True, "quantize_conv_outputs": True,
         "float_input_layer": True, "source": "phantom cases cal0-cal2"}
+    # what the range search chose and measured on the calibration slices
+    assert calibration["evaluations"] > 0 and calibration["equalized_convolutions"] > 0
+    assert sum(calibration["scales_by_percentile"].values()) > 0
+    assert calibration["objective"] <= calibration["objective_minmax"]
     assert out["liverrt.preprocess"] == meta(tiny_onnx)["liverrt.preprocess"]
     assert artifact_info(int8_onnx).precision == "int8"
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile"])
-def test_histogram_calibration_and_per_tensor_weights(method, tiny_onnx, calib, tmp_path):
+@pytest.mark.parametrize("method", ["percentile", "minmax"])
+def test_one_pass_ranges_and_per_tensor_weights(method, tiny_onnx, calib, tmp_path):
     out = to_int8(tiny_onnx, tmp_path / "m.onnx", calib, method=method, per_channel=False, batch_size=5)
     model = onnx.load(str(out))
     assert all(not scale.dims for _, _, scale, _ in _weight_dqs(model))  # one scale per weight tensor
@@ -208,7 +232,9 @@ def test_histogram_calibration_and_per_tensor_weights(method, tiny_onnx, calib, 
 
 
 def test_int8_with_tensorrt_placement_quantizes_only_conv_inputs(tiny_onnx, calib, tmp_path):
-    out = to_int8(tiny_onnx, tmp_path / "trt.onnx", calib, quantize_conv_outputs=False, float_input_layer=False)
+    # one-pass ranges: the search may leave a convolution's input float (fallback), which this test is not about
+    out = to_int8(tiny_onnx, tmp_path / "trt.onnx", calib, quantize_conv_outputs=False, float_input_layer=False,
+                  method="percentile")
     model = onnx.load(str(out))
     # the image itself is quantised too when float_input_layer=False
     assert next(n for n in model.graph.node if "image" in n.input).op_type == "QuantizeLinear"
@@ -291,8 +317,9 @@ def test_bad_calibration_and_options_are_refused(tiny_onnx, calib, tmp_path):
     for match, cal in bad.items():
         with pytest.raises(InputError, match=match):
             to_int8(tiny_onnx, out, cal)
-    with pytest.raises(InputError, match="minmax"):
-        to_int8(tiny_onnx, out, calib, method="kl")
+    for method in ("kl", "entropy"):  # onnxruntime 1.32's entropy calibrator crashes on strided batches
+        with pytest.raises(InputError, match="search"):
+            to_int8(tiny_onnx, out, calib, method=method)
     with pytest.raises(InputError, match="should end in .onnx"):
         to_int8(tiny_onnx, tmp_path / "out.plan", calib)
     assert not out.exists()

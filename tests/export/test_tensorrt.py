@@ -115,6 +115,20 @@ def test_engine_key_reads_precision_and_size_from_the_onnx(tiny_onnx, tmp_path):
                 engine_key(path, A10)
 
 
+def test_int8_graphs_for_onnxruntime_are_refused_and_those_for_tensorrt_keyed(tiny_onnx, tmp_path):
+    from liverrt_test_helpers import make_volume
+
+    from liverrt.data.preprocess import PreprocessSpec
+    from liverrt.export.precision import calibration_slices, to_int8
+
+    calib = calibration_slices([make_volume(seed=1)], PreprocessSpec(size=32), n=4)
+    ort_graph = to_int8(tiny_onnx, tmp_path / "ort.onnx", calib, method="minmax")
+    with pytest.raises(InputError, match="--int8-target tensorrt"):
+        engine_key(ort_graph, A10)
+    trt_graph = to_int8(tiny_onnx, tmp_path / "trt.onnx", calib, method="minmax", target="tensorrt")
+    assert engine_key(trt_graph, A10).precision == "int8"
+
+
 # -- plan + sidecar --------------------------------------------------------------
 def test_build_writes_plan_and_sidecar(tiny_onnx, tiny_spec, tmp_path):
     compiler = FakeCompiler()

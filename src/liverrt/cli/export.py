@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -20,6 +21,15 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option
 @click.option("--calib", "calib", type=existing_path, default=None,
               help="Cases to calibrate INT8 on (a case-level calibration split, not your test cases).")
 @click.option("--calib-slices", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--int8-target", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="INT8 graph for onnxruntime (Relu outputs with zero point -128: twice the levels, Relus fused "
+                   "away) or for TensorRT (zero points 0 only). Default: tensorrt for --format tensorrt, else "
+                   "onnxruntime.")
+@click.option("--calib-method", type=click.Choice(["search", "percentile", "minmax"]), default=None,
+              help="INT8 activation ranges: search = each tensor's clip chosen by the error it causes at the "
+                   "output, with up to 4 tensors left float if needed (minutes; the default for U-Net and "
+                   "DnCNN-SR); percentile = every tensor at its 99.99th percentile (one pass); minmax = largest "
+                   "value (one pass; the default for Mask R-CNN; broke both trained U-Nets).")
 @click.option("--verify", "--verify-data", "verify_data", type=existing_path, default=None,
               help="Cases the verification gate runs on (default: phantoms).")
 @click.option("--no-verify", is_flag=True, help="Skip the dataset verification gate (the parity check still runs).")
@@ -43,7 +53,8 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option
 @click.option("--overwrite", is_flag=True, help="Replace existing artifacts (and a Triton model version).")
 @layout_option
 @click.pass_context
-def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision: str, calib: Path | None, calib_slices: int,
+def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision: str, calib: Path | None,
+           calib_slices: int, calib_method: str | None, int8_target: str | None,
            verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
@@ -53,7 +64,8 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
     worst slices); it writes verify.json and verify.md next to the artifact.
     """
-    from liverrt.cli.common import given
+    from liverrt.artifact import artifact_info
+    from liverrt.cli.common import given, progress_bar
     from liverrt.data.sources import load_cases
     from liverrt.export.pipeline import run_export
 
@@ -67,15 +79,23 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
 
     verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
     calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
-    if calib and precision != "int8":
-        raise click.UsageError("--calib is for --precision int8")
+    if precision != "int8" and any(given(ctx, o) for o in ("calib", "calib_method", "calib_slices", "int8_target")):
+        raise click.UsageError("--calib, --calib-method, --calib-slices and --int8-target are for --precision int8")
+    if int8_target == "onnxruntime" and fmt == "tensorrt":
+        raise click.UsageError("--int8-target onnxruntime makes a graph TensorRT refuses (zero points -128); "
+                               "--format tensorrt needs --int8-target tensorrt")
     triton = {"name": name, "max_batch_size": max_batch_size, "instances": instances, "kind": kind,
               "overwrite": overwrite}
-    result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
-                        verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,
-                        calib_slices=calib_slices, atol=atol, batch=batch, workspace_mb=workspace_mb,
-                        triton=triton, overwrite=overwrite, maskrcnn_graph=maskrcnn_graph, limits={k: v for k, v in (("mean_delta_dice", max_mean_delta_dice),
-                                                                 ("worst_delta_dice", max_worst_delta_dice))
-                                               if v is not None})
+    limits = {k: v for k, v in (("mean_delta_dice", max_mean_delta_dice), ("worst_delta_dice", max_worst_delta_dice))
+              if v is not None}
+    searching = precision == "int8" and (calib_method == "search" or (
+        calib_method is None and artifact_info(checkpoint).kind != "maskrcnn"))  # run_export's default
+    with progress_bar("INT8 range search") if searching else nullcontext() as progress:
+        result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
+                            verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,
+                            calib_slices=calib_slices, calib_method=calib_method, int8_target=int8_target,
+                            progress=progress, atol=atol,
+                            batch=batch, workspace_mb=workspace_mb, triton=triton, overwrite=overwrite,
+                            maskrcnn_graph=maskrcnn_graph, limits=limits)
     click.echo(result.table())
     console.print(f"{fmt} export done: {result.rows[-1].path}")

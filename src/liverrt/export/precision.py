@@ -9,10 +9,16 @@ variants are separate ONNX files, derived from the verified fp32 export:
   (:data:`KEEP_FP32_OPS`, plus an input normalisation if the graph has one)
   computed in float32 between Casts.
 * :func:`to_int8`: static post-training quantisation to QDQ
-  (QuantizeLinear/DequantizeLinear pairs) as TensorRT expects it: symmetric
-  int8 activations (one scale per tensor), symmetric per-channel int8 weights,
-  zero points 0, biases left in float32; the first layer (it reads the
-  image), the output head (Sigmoid) and the logits stay float32.
+  (QuantizeLinear/DequantizeLinear pairs): int8 activations (one scale per
+  tensor), symmetric per-channel int8 weights, biases left in float32; the
+  first layer (it reads the image), the output head (Sigmoid) and the logits
+  stay float32. Steps (:mod:`liverrt.export.calibrate`): channels equalised
+  between convolutions; onnxruntime's quantize_static places the Q/DQ pairs;
+  scales are tied where that is exact (Relu, MaxPool, Concat); for the
+  onnxruntime target Relu outputs get the range [0, amax] (zero point -128),
+  for TensorRT every zero point is 0; then each activation's range is chosen
+  by the error it causes at the output, and the activations no range serves
+  stay float32.
 
 Each file keeps the source's ``liverrt.*`` metadata and adds
 ``liverrt.precision`` and ``liverrt.source_onnx_sha256``; INT8 files add
@@ -42,11 +48,22 @@ from liverrt.data.io import atomic_path
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
+from liverrt.evaluation import json_safe
+from liverrt.export.calibrate import (
+    Progress,
+    RangeFit,
+    equalize,
+    fit_ranges,
+    tie_scales,
+    unsigned_relu_ranges,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "int8")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("search", "percentile", "minmax")
+#: onnxruntime: Relu outputs in [0, amax] (zero point -128), Relus fused away; tensorrt: zero points 0 only.
+INT8_TARGETS = ("onnxruntime", "tensorrt")
 INPUT_NAME = "image"
 OUTPUT_NAME = "prob"
 
@@ -77,7 +94,6 @@ OUTPUT_HEAD_OPS: frozenset[str] = frozenset({"Sigmoid", "Softmax", "LogSoftmax"}
 #: input normalisation ((x - mean) / std); fp16 keeps them in float32.
 _NORMALISATION_OPS = frozenset({"Sub", "Div", "Mul", "Add", "Clip"})
 
-_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 # --------------------------------------------------------------------------- public API
@@ -111,25 +127,39 @@ def to_int8(
     calibration: np.ndarray,
     *,
     per_channel: bool = True,
-    method: str = "minmax",
+    method: str = "search",
     calibration_source: str | None = None,
     batch_size: int = 4,
     quantize_conv_outputs: bool = True,
     float_input_layer: bool = True,
+    target: str = "onnxruntime",
+    progress: Progress | None = None,
 ) -> Path:
     """Statically quantise a liverrt fp32 ONNX file to INT8 QDQ; returns ``out_onnx``.
 
     ``calibration`` holds preprocessed slices (N, 1, S, S) float32 (see
     :func:`calibration_slices`), run through the graph ``batch_size`` at a time
     (one batch of activations in memory: ~3.6 GB for the study's U-Net at 512x512
-    and batch 4) to find each activation's range by ``method`` (``minmax`` |
-    ``entropy`` | ``percentile``). Activations get one symmetric int8 scale per tensor,
+    and batch 4). Activations get one symmetric int8 scale per tensor,
     Conv/ConvTranspose weights one symmetric scale per output channel
     (``per_channel``), all zero points are 0 and biases stay float32 (what
     TensorRT's explicit quantisation accepts). The output head
     (:data:`OUTPUT_HEAD_OPS`) and the logits it reads stay float32.
+
+    ``method`` sets the activation ranges (see :mod:`liverrt.export.calibrate`):
+    ``search`` (default) picks each tensor's clip by the error it causes at the
+    output on the calibration slices and leaves up to four activations in
+    float32 when the calibration ΔDice stays above half the int8 gate limit;
+    ``percentile`` clips every activation at its 99.99th percentile of |x|;
+    ``minmax`` uses the largest |x| (broke a trained U-Net: see calibrate.py).
+    ``target``: ``onnxruntime`` (default) gives non-negative activations (Relu
+    outputs) the range [0, amax] with zero point -128: twice the levels, and
+    onnxruntime drops the Relus into its QLinearConv; ``tensorrt`` keeps every
+    zero point 0, which TensorRT requires (it refuses the other graph).
+    ``progress(done, total, info)`` is called during the search.
     ``calibration_source`` (free text, e.g. the case ids) is recorded in the
-    ``liverrt.calibration`` metadata next to the slice count and method.
+    ``liverrt.calibration`` metadata next to the slice count, the method and
+    what the search chose.
 
     ``quantize_conv_outputs`` places a Q/DQ pair on each Conv/ConvTranspose
     output (onnxruntime's default placement; its CPU provider then fuses
@@ -148,18 +178,21 @@ def to_int8(
     _check_calibration(calibration, info.spec.size)
     if method not in CALIBRATION_METHODS:
         raise InputError(f"Calibration method {method!r}: expected one of {CALIBRATION_METHODS}.")
+    if target not in INT8_TARGETS:
+        raise InputError(f"INT8 target {target!r}: expected one of {INT8_TARGETS}.")
     if batch_size < 1:
         raise InputError(f"batch_size {batch_size}: expected >= 1.")
     model = onnx.load(str(src))
     meta = _metadata(model, src, "int8")
-    meta["liverrt.calibration"] = json.dumps(
-        {"slices": int(calibration.shape[0]), "method": method, "per_channel": bool(per_channel),
-         "quantize_conv_outputs": bool(quantize_conv_outputs), "float_input_layer": bool(float_input_layer),
-         "source": calibration_source}, sort_keys=True)
     with tempfile.TemporaryDirectory(prefix="liverrt-int8-") as tmp:
-        quantized = _int8_model(src, Path(tmp), calibration, per_channel=per_channel, method=method,
-                                batch_size=batch_size, quantize_conv_outputs=quantize_conv_outputs,
-                                float_input_layer=float_input_layer)
+        quantized, fit = _int8_model(src, Path(tmp), calibration, per_channel=per_channel, method=method,
+                                     batch_size=batch_size, quantize_conv_outputs=quantize_conv_outputs,
+                                     float_input_layer=float_input_layer, threshold=info.threshold,
+                                     target=target, progress=progress)
+    meta["liverrt.calibration"] = json.dumps(json_safe(
+        {"slices": int(calibration.shape[0]), "per_channel": bool(per_channel),
+         "quantize_conv_outputs": bool(quantize_conv_outputs), "float_input_layer": bool(float_input_layer),
+         "source": calibration_source, "target": target, **fit.summary()}), sort_keys=True)
     _write(quantized, meta, out, src, calibration[:1])
     log.info("wrote int8 graph %s (from %s, %d calibration slices, %s)", out, src, calibration.shape[0], method)
     return out
@@ -459,7 +492,7 @@ class _SliceReader:
     """onnxruntime CalibrationDataReader over (N, 1, S, S) slices, ``batch_size`` at a time.
 
     ``set_range`` and ``__len__`` (in batches) let quantize_static collect one
-    batch per pass (``CalibStridedMinMax``), so histogram calibrators never hold
+    batch per pass (``CalibStridedMinMax``), so the min-max pass never holds
     more than one batch of activations.
     """
 
@@ -484,23 +517,29 @@ class _SliceReader:
 
 
 def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: bool, method: str,
-                batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool) -> onnx.ModelProto:
+                batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool, threshold: float,
+                target: str, progress: Progress | None) -> tuple[onnx.ModelProto, RangeFit]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
     # shape inference only: ORT's graph optimisations would add ORT-specific opset imports
     quant_pre_process(str(src), str(prepared), skip_optimization=True)
-    graph = onnx.load(str(prepared)).graph
+    equalized = onnx.load(str(prepared))
+    n_equalized = equalize(equalized, calibration, batch_size=batch_size, input_name=INPUT_NAME)
+    onnx.save(equalized, str(prepared))  # the same function as src (within float rounding), int8-friendlier
+    graph = equalized.graph
     heads = [n.name for n in graph.node if n.op_type in OUTPUT_HEAD_OPS]
     input_layer = [n.name for n in graph.node if INPUT_NAME in n.input] if float_input_layer else []
     reader = _SliceReader(calibration, batch_size)
     extra = {
         "ActivationSymmetric": True, "WeightSymmetric": True,  # zero points 0: TensorRT's scheme
         "QuantizeBias": False,  # TensorRT rejects DequantizeLinear on int32 biases
-        # one batch per calibration pass, so histogram methods hold one batch of activations.
-        # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops the data instead of merging it.)
+        # one batch per calibration pass: one batch of activations in memory. (Not
+        # CalibMaxIntermediateOutputs: onnxruntime 1.32 drops the data instead of merging it. Not its
+        # Entropy/Percentile calibrators: merging strided histograms raises "Too many bins" in 1.32.)
         "CalibStridedMinMax": 1,
+        "DedicatedQDQPair": True,
     }
     if not quantize_conv_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "ConvTranspose"]
@@ -509,12 +548,18 @@ def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: b
         quantize_static(
             str(prepared), str(quantized), reader,
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, _CALIBRATION[method]),
+            per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=heads + input_layer, extra_options=extra,
         )
     model = onnx.load(str(quantized))
     _float_logits(model.graph, heads)
-    return model
+    tie_scales(model)
+    unsigned = unsigned_relu_ranges(model) if target == "onnxruntime" else 0
+    # min-max ranges are where quantize_static leaves them; the method replaces them (calibrate.py)
+    fit = fit_ranges(prepared, model, calibration, method=method, batch_size=batch_size, threshold=threshold,
+                     input_name=INPUT_NAME, progress=progress)
+    fit.equalized, fit.unsigned_scales = n_equalized, unsigned
+    return model, fit
 
 
 def _float_logits(graph: onnx.GraphProto, heads: Sequence[str]) -> None:

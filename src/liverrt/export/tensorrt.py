@@ -173,6 +173,23 @@ def check_single_graph(onnx_path: Path) -> None:
                          "U-Net and DnCNN-SR.")
 
 
+def check_zero_points(onnx_path: Path) -> None:
+    """Refuse an INT8 graph with non-zero zero points: TensorRT's Q/DQ layers take zero points of 0 only."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in inits:
+            if np.any(numpy_helper.to_array(inits[node.input[2]])):
+                raise InputError(
+                    f"{onnx_path} is an int8 graph made for onnxruntime (Relu outputs in [0, max] with zero point "
+                    f"-128, e.g. {node.input[0]!r}); TensorRT accepts zero points of 0 only. Export it again with "
+                    "`liverrt export CKPT --precision int8 --int8-target tensorrt` (or --format tensorrt).")
+
+
 def engine_key(onnx_path: Path, machine: Machine, *, batch: tuple[int, int, int] = DEFAULT_BATCH,
                workspace_mb: int = DEFAULT_WORKSPACE_MB) -> EngineKey:
     """The key of a plan for ``onnx_path`` built on ``machine`` (see :func:`current_machine`)."""
@@ -181,6 +198,8 @@ def engine_key(onnx_path: Path, machine: Machine, *, batch: tuple[int, int, int]
         raise ArtifactError(f"TensorRT plans are built from .onnx files; got {onnx_path}. "
                             "Run `liverrt export CKPT --format onnx --out model.onnx` first.")
     check_single_graph(onnx_path)
+    if info.precision == "int8":
+        check_zero_points(onnx_path)
     if info.precision not in PRECISIONS:
         raise ArtifactError(f"{onnx_path}: liverrt.precision = {info.precision!r}; expected one of {PRECISIONS}.")
     if workspace_mb < 1:
