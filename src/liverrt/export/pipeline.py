@@ -85,8 +85,8 @@ def run_export(
     ``calib_method`` sets the INT8 activation ranges (see :func:`liverrt.export.precision.to_int8`); by
     default ``search`` for the U-Net and DnCNN-SR and ``minmax`` for the Mask R-CNN backbone: its ~580
     activation scales would take the search very long on a CPU, and on the trained phantom Mask R-CNN
-    min-max ranges were closer to fp32 than 99.99th percentiles (mean ΔDice 0.022 against 0.042). ``progress(done, total, info)`` follows
-    the search. ``int8_target`` (``onnxruntime`` | ``tensorrt``; default: ``tensorrt`` for --format
+    min-max ranges were closer to fp32 than 99.99th percentiles (mean ΔDice 0.022 against 0.042).
+    ``progress(done, total, info)`` follows the search. ``int8_target`` (``onnxruntime`` | ``tensorrt``; default: ``tensorrt`` for --format
     tensorrt, else ``onnxruntime``) decides whether Relu outputs may use zero point -128 (faster on
     onnxruntime, refused by TensorRT)."""
     from liverrt.artifact import artifact_info

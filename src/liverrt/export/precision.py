@@ -95,7 +95,6 @@ OUTPUT_HEAD_OPS: frozenset[str] = frozenset({"Sigmoid", "Softmax", "LogSoftmax"}
 _NORMALISATION_OPS = frozenset({"Sub", "Div", "Mul", "Add", "Clip"})
 
 
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -140,10 +139,9 @@ def to_int8(
     ``calibration`` holds preprocessed slices (N, 1, S, S) float32 (see
     :func:`calibration_slices`), run through the graph ``batch_size`` at a time
     (one batch of activations in memory: ~3.6 GB for the study's U-Net at 512x512
-    and batch 4). Activations get one symmetric int8 scale per tensor,
-    Conv/ConvTranspose weights one symmetric scale per output channel
-    (``per_channel``), all zero points are 0 and biases stay float32 (what
-    TensorRT's explicit quantisation accepts). The output head
+    and batch 4). Activations get one int8 scale per tensor, Conv/ConvTranspose
+    weights one symmetric scale per output channel (``per_channel``), and
+    biases stay float32 (TensorRT rejects int32 bias DQ). The output head
     (:data:`OUTPUT_HEAD_OPS`) and the logits it reads stay float32.
 
     ``method`` sets the activation ranges (see :mod:`liverrt.export.calibrate`):
