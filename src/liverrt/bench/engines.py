@@ -92,6 +92,9 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, on_step,
         current_machine()
         for precision in ("fp32", "fp16", "int8"):
             path = onnx_path if precision == "fp32" else work / f"unet.{precision}.onnx"
+            if precision == "int8" and path.exists():  # the onnxruntime graph's zero points -128: TensorRT refuses
+                path = prec.to_int8(onnx_path, work / "unet.int8.tensorrt.onnx", calib,
+                                    calibration_source="phantoms (bench)", method=int8_method, target="tensorrt")
             if path.exists():
                 variants.append(("tensorrt", precision, path))
     except Exception as exc:

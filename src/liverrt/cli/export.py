@@ -27,7 +27,7 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option
                    "onnxruntime.")
 @click.option("--calib-method", type=click.Choice(["search", "percentile", "minmax"]), default=None,
               help="INT8 activation ranges: search = each tensor's clip chosen by the error it causes at the "
-                   "output, with up to 4 tensors left float if needed (minutes; the default for U-Net and "
+                   "output, with up to 4 activation scales left float if needed (minutes; the default for U-Net and "
                    "DnCNN-SR); percentile = every tensor at its 99.99th percentile (one pass); minmax = largest "
                    "value (one pass; the default for Mask R-CNN; broke both trained U-Nets).")
 @click.option("--verify", "--verify-data", "verify_data", type=existing_path, default=None,

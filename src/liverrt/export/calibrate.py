@@ -73,6 +73,7 @@ class RangeFit:
     method: str
     percentiles: dict[str, float] = field(default_factory=dict)  # scale initializer -> percentile
     float_tensors: list[str] = field(default_factory=list)
+    float_scales: list[str] = field(default_factory=list)  # the scales whose Q/DQ pairs were removed
     objective_minmax: float | None = None
     objective: float | None = None
     delta_dice_minmax: float | None = None  # mean per-slice ΔDice vs fp32 on the calibration slices
@@ -159,7 +160,7 @@ def fit_ranges(
     search = _Search(fp32_path, model, groups, calibration[idx], batch_size, threshold, input_name)
     state = {g.scale: 0 for g in groups}  # index into PERCENTILES
     floats: set[str] = set()
-    total = len(pct) + len(groups) * (len(pct) - 1) + max(sweeps - 1, 0) * len(groups) * 2
+    total = len(pct) + len(groups) * (len(pct) - 1) + max(sweeps - 1, 0) * len(groups) * 2  # an upper bound
     done = 0
 
     def step(info: str) -> None:
@@ -169,6 +170,7 @@ def fit_ranges(
             progress(done, total, info)
 
     best, dd = search.evaluate(state, floats)
+    step("min-max ranges")
     fit.objective_minmax, fit.delta_dice_minmax = best, _mean(dd)
     for k in range(1, len(pct)):  # one clip for all
         trial = dict.fromkeys(state, k)
@@ -208,7 +210,7 @@ def fit_ranges(
                     trials.append(((violation(dd) - violation(d)) / (g.macs / total_macs + 0.01), e, g.scale, d))
             if not trials:
                 break
-            _, e, scale, d = max(trials, key=lambda t: t[:3])
+            _, e, scale, d = max(trials, key=lambda t: (t[0], -t[1]))
             floats.add(scale)
             best, dd = e, d
             if violation(dd) <= 1:
@@ -217,8 +219,11 @@ def fit_ranges(
         fit.percentiles[g.scale] = float(pct[state[g.scale]])
         _set_scale(model, g, g.candidates[state[g.scale]])
     fit.float_tensors = sorted(t for g in groups if g.scale in floats for t in g.tensors)
-    _bypass(model, fit.float_tensors)
+    fit.float_scales = sorted(floats)
+    _bypass(model, floats)
     fit.objective, fit.delta_dice, fit.worst_delta_dice, fit.evaluations = best, _mean(dd), _worst(dd), search.runs
+    if progress:
+        progress(done, done, "done")
     return fit
 
 
@@ -380,7 +385,7 @@ def equalize(model: onnx.ModelProto, calibration: np.ndarray, *, batch_size: int
             rows = np.abs(cols).max(axis=(0, 2, 3))  # per output channel of the reader
             w = np.maximum(w, (np.abs(cols[off:off + c]) / np.maximum(rows, 1e-12)[None, :, None, None])
                            .max(axis=(1, 2, 3)))
-        s = np.sqrt(a / np.maximum(w, 1e-12))
+        s = np.sqrt(a / np.maximum(w, 1e-3 * max(w.max(), 1e-12)))  # a zero column must not set the scale
         s = np.clip(s / s.max(), 1e-4, None)
         pw = arrays[producer.input[1]]
         pw /= s[:, None, None, None] if producer.op_type == "Conv" else s[None, :, None, None]
@@ -495,7 +500,8 @@ def _groups(model: onnx.ModelProto, fp32_path: Path, calibration: np.ndarray, ba
     zero_points = {q.input[1]: int(numpy_helper.to_array(inits[q.input[2]])) for q in _activation_qs(model)
                    if len(q.input) > 2 and q.input[2] in inits}
     tensors = sorted({t for ts in by_scale.values() for t in ts})
-    samples = _sample(fp32_path, tensors, calibration, batch_size, input_name)
+    samples = _sample(fp32_path, tensors, calibration, batch_size, input_name,
+                      keep_values=any(p < 100 for p in percentiles))
     groups = []
     for scale, ts in by_scale.items():  # model order: the Q nodes are topologically sorted
         ts = [t for t in ts if t in samples]
@@ -518,10 +524,10 @@ def _reader_macs(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]) ->
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    q = next((n for n in _activation_qs(model) if n.input[0] == tensor), None)
-    if q is None or len(shape) != 4:
+    qs = {n.output[0] for n in _activation_qs(model) if n.input[0] == tensor}
+    if not qs or len(shape) != 4:
         return 0.0
-    dqs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]}
+    dqs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in qs}
     total = 0.0
     for node in graph.node:
         if node.op_type not in ("Conv", "ConvTranspose") or node.input[0] not in dqs:
@@ -529,14 +535,18 @@ def _reader_macs(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]) ->
         w = producer.get(node.input[1])
         dims = inits[w.input[0]].dims if w is not None and w.input[0] in inits else inits.get(node.input[1]).dims
         strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-        per_pixel = float(np.prod(dims)) / (_group(node) or 1)
+        per_pixel = float(np.prod(dims))  # (out, in/groups, kh, kw): already per group
         total += shape[2] * shape[3] * per_pixel / (1 if node.op_type == "ConvTranspose" else np.prod(strides))
     return total
 
 
-def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_size: int,
-            input_name: str) -> dict[str, tuple[tuple[float, float], np.ndarray, tuple[int, ...]]]:
-    """Per tensor: ((min, max), a random sample of x, shape) over the calibration slices (fp32 graph)."""
+def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_size: int, input_name: str,
+            keep_values: bool = True) -> dict[str, tuple[tuple[float, float], np.ndarray, tuple[int, ...]]]:
+    """Per tensor: ((min, max), a random sample of x, shape) over the calibration slices (fp32 graph).
+
+    Without ``keep_values`` (min-max ranges) the sample is empty: the ~580 tensors of the Mask R-CNN
+    backbone would otherwise hold GBs of values nobody reads.
+    """
     import onnxruntime as ort
 
     model = onnx.load(str(fp32_path))
@@ -546,6 +556,8 @@ def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_
     for t in present:
         if t not in outputs:
             model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    if not present:
+        return {}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     low, top = dict.fromkeys(present, 0.0), dict.fromkeys(present, 0.0)
@@ -556,8 +568,10 @@ def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_
             shapes[t] = arr.shape
             a = arr.ravel()
             low[t], top[t] = min(low[t], float(a.min(initial=0.0))), max(top[t], float(a.max(initial=0.0)))
-            kept[t].append(a if a.size <= SAMPLES_PER_BATCH else a[rng.integers(0, a.size, SAMPLES_PER_BATCH)])
-    return {t: ((low[t], top[t]), np.concatenate(kept[t]), shapes[t]) for t in present}
+            if keep_values:
+                kept[t].append(a if a.size <= SAMPLES_PER_BATCH else a[rng.integers(0, a.size, SAMPLES_PER_BATCH)])
+    return {t: ((low[t], top[t]), np.concatenate(kept[t]) if kept[t] else np.zeros(0, np.float32), shapes[t])
+            for t in present}
 
 
 def _set_scale(model: onnx.ModelProto, g: _Group, amax: float) -> None:
@@ -567,12 +581,15 @@ def _set_scale(model: onnx.ModelProto, g: _Group, amax: float) -> None:
             return
 
 
-def _bypass(model: onnx.ModelProto, tensors: list[str]) -> None:
-    """Remove the Q/DQ pairs on ``tensors``: their consumers read the float tensor itself."""
+def _bypass(model: onnx.ModelProto, scales: set[str]) -> None:
+    """Remove the Q/DQ pairs that use ``scales``: their readers take the float tensor itself.
+
+    By scale, as the search bypassed them (a tensor may also have a Q/DQ pair at
+    another scale, e.g. the skip tensor's pair for the Concat, which stays).
+    """
     graph = model.graph
     outputs = {o.name for o in graph.output}
-    wanted = set(tensors)
-    for q in [n for n in _activation_qs(model) if n.input[0] in wanted]:
+    for q in [n for n in _activation_qs(model) if n.input[1] in scales]:
         for d in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]:
             if d.output[0] in outputs:  # a graph output keeps its name: the DQ becomes an Identity
                 d.op_type = "Identity"

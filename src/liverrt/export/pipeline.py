@@ -96,6 +96,9 @@ def run_export(
         raise InputError(f"format {fmt!r}: expected one of {FORMATS}.")
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: expected one of {PRECISIONS}.")
+    if fmt == "tensorrt" and precision == "int8" and int8_target == "onnxruntime":
+        raise InputError("--int8-target onnxruntime makes a graph TensorRT refuses (zero points -128); "
+                         "--format tensorrt needs --int8-target tensorrt.")
     out = Path(out)
     if fmt == "onnx":
         if out.suffix.lower() != ".onnx":

@@ -139,15 +139,17 @@ def to_int8(
     ``calibration`` holds preprocessed slices (N, 1, S, S) float32 (see
     :func:`calibration_slices`), run through the graph ``batch_size`` at a time
     (one batch of activations in memory: ~3.6 GB for the study's U-Net at 512x512
-    and batch 4). Activations get one int8 scale per tensor, Conv/ConvTranspose
+    and batch 4). Activations get one int8 scale per Q/DQ pair (a tensor read at
+    two scales, like the U-Net's skip tensor, has two pairs), Conv/ConvTranspose
     weights one symmetric scale per output channel (``per_channel``), and
     biases stay float32 (TensorRT rejects int32 bias DQ). The output head
     (:data:`OUTPUT_HEAD_OPS`) and the logits it reads stay float32.
 
     ``method`` sets the activation ranges (see :mod:`liverrt.export.calibrate`):
     ``search`` (default) picks each tensor's clip by the error it causes at the
-    output on the calibration slices and leaves up to four activations in
-    float32 when the calibration ΔDice stays above half the int8 gate limit;
+    output on the calibration slices and leaves up to four activation scales
+    (each a tensor and those tied to it) in float32 when the calibration
+    ΔDice stays above half the int8 gate's limits;
     ``percentile`` clips every activation at its 99.99th percentile of |x|;
     ``minmax`` uses the largest |x| (broke a trained U-Net: see calibrate.py).
     ``target``: ``onnxruntime`` (default) gives non-negative activations (Relu
