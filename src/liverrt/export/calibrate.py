@@ -513,18 +513,18 @@ def _groups(model: onnx.ModelProto, fp32_path: Path, calibration: np.ndarray, ba
         top = max(top, max(samples[t][0][1] if unsigned else max(-samples[t][0][0], samples[t][0][1])
                            for t in ts))
         amax = [top if p >= 100 else float(np.percentile(values, p)) for p in percentiles]
-        macs = sum(_reader_macs(model, t, samples[t][2]) for t in ts)
+        macs = sum(_reader_macs(model, t, samples[t][2], scale) for t in ts)
         groups.append(_Group(scale, ts, np.maximum(np.asarray(amax, np.float64), 1e-8), macs,
                              255.0 if unsigned else 127.0))
     return groups
 
 
-def _reader_macs(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]) -> float:
-    """Multiply-adds per image of the Conv/ConvTranspose nodes reading ``tensor`` through its Q/DQ."""
+def _reader_macs(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...], scale: str) -> float:
+    """Multiply-adds per image of the Conv/ConvTranspose nodes reading ``tensor`` through its Q/DQ at ``scale``."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    qs = {n.output[0] for n in _activation_qs(model) if n.input[0] == tensor}
+    qs = {n.output[0] for n in _activation_qs(model) if n.input[0] == tensor and n.input[1] == scale}
     if not qs or len(shape) != 4:
         return 0.0
     dqs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in qs}
