@@ -302,10 +302,7 @@ def tie_scales(model: onnx.ModelProto) -> int:
         if q_out is None or len(q_out.input) < 3:
             continue
         tied += sum(tie(node, name, q_out) for name in node.input)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(graph)
     return tied
 
 
@@ -413,6 +410,17 @@ def _axis(node: onnx.NodeProto) -> int:
 
 def _channel_max(model: onnx.ModelProto, tensors: list[str], calibration: np.ndarray, batch_size: int,
                  input_name: str) -> dict[str, np.ndarray]:
+    top: dict[str, np.ndarray] = {}
+    for batch in _intermediates(model, tensors, calibration, batch_size, input_name):
+        for t, arr in batch.items():
+            mx = np.abs(arr).max(axis=(0, 2, 3))
+            top[t] = mx if t not in top else np.maximum(top[t], mx)
+    return top
+
+
+def _intermediates(model: onnx.ModelProto, tensors: list[str], calibration: np.ndarray, batch_size: int,
+                   input_name: str):
+    """Yield {tensor: value} for each calibration batch, ``tensors`` read out of the (float) ``model``."""
     import onnxruntime as ort
 
     m = copy.deepcopy(model)
@@ -421,12 +429,16 @@ def _channel_max(model: onnx.ModelProto, tensors: list[str], calibration: np.nda
         if t not in outputs:
             m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    top: dict[str, np.ndarray] = {}
     for i in range(0, calibration.shape[0], batch_size):
-        for t, arr in zip(tensors, sess.run(tensors, {input_name: calibration[i:i + batch_size]}), strict=True):
-            mx = np.abs(arr).max(axis=(0, 2, 3))
-            top[t] = mx if t not in top else np.maximum(top[t], mx)
-    return top
+        yield dict(zip(tensors, sess.run(tensors, {input_name: calibration[i:i + batch_size]}), strict=True))
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads (after a rewrite removed their readers)."""
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def unsigned_relu_ranges(model: onnx.ModelProto) -> int:
@@ -547,24 +559,17 @@ def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_
     Without ``keep_values`` (min-max ranges) the sample is empty: the ~580 tensors of the Mask R-CNN
     backbone would otherwise hold GBs of values nobody reads.
     """
-    import onnxruntime as ort
-
     model = onnx.load(str(fp32_path))
     produced = {o for n in model.graph.node for o in n.output}
     present = [t for t in tensors if t in produced]
-    outputs = {o.name for o in model.graph.output}
-    for t in present:
-        if t not in outputs:
-            model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     if not present:
         return {}
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     low, top = dict.fromkeys(present, 0.0), dict.fromkeys(present, 0.0)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in present}
     shapes: dict[str, tuple[int, ...]] = {}
-    for i in range(0, calibration.shape[0], batch_size):
-        for t, arr in zip(present, sess.run(present, {input_name: calibration[i:i + batch_size]}), strict=True):
+    for batch in _intermediates(model, present, calibration, batch_size, input_name):
+        for t, arr in batch.items():
             shapes[t] = arr.shape
             a = arr.ravel()
             low[t], top[t] = min(low[t], float(a.min(initial=0.0))), max(top[t], float(a.max(initial=0.0)))
@@ -603,10 +608,7 @@ def _bypass(model: onnx.ModelProto, scales: set[str]) -> None:
                         n.input[i] = q.input[0]
             graph.node.remove(d)
         graph.node.remove(q)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(graph)
     names = {o for n in graph.node for o in n.output}
     keep_vi = [v for v in graph.value_info if v.name in names]
     del graph.value_info[:]

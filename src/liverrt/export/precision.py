@@ -52,6 +52,7 @@ from liverrt.evaluation import json_safe
 from liverrt.export.calibrate import (
     Progress,
     RangeFit,
+    drop_unused_initializers,
     equalize,
     fit_ranges,
     tie_scales,
@@ -580,7 +581,4 @@ def _float_logits(graph: onnx.GraphProto, heads: Sequence[str]) -> None:
         graph.node.remove(dq)
         graph.node.remove(q)
     _prune_value_info(graph)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(graph)
