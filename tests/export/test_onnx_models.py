@@ -79,7 +79,7 @@ def test_split_maskrcnn_export_writes_three_linked_graphs(maskrcnn_onnx):
 @pytest.mark.slow
 def test_split_maskrcnn_through_the_engine_equals_torch(maskrcnn_onnx, maskrcnn_ckpt):
     vol = make_volume(shape=(4, 64, 64))
-    with open_engine("torch", maskrcnn_ckpt) as eng:
+    with open_engine("torch", maskrcnn_ckpt, device="cpu") as eng:  # bit-equal masks: both on the CPU
         ref = Segmenter(eng, keep_prob=True).segment(vol)
     with open_engine("onnxruntime", maskrcnn_onnx.path) as eng:
         out = Segmenter(eng, keep_prob=True).segment(vol)
