@@ -139,7 +139,7 @@ def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
     """gloo DDP on CPU: two ranks of 2 samples average to the gradient of one rank with 4."""
     proc = _torchrun([str(HERE / "toy_task.py"), str(tmp_path / "ddp"), "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "WORLD 2" in proc.stdout
+    assert proc.stdout.splitlines().count("WORLD 2") == 1, proc.stdout
     single = fit(ToyTask(), tmp_path / "one", _toy_cfg(epochs=1, lr=0.1, batch_size=4))
     wd, ws = _weights(tmp_path / "ddp" / "last.pt"), _weights(single.last_checkpoint)
     assert all(torch.allclose(wd[k], ws[k], atol=1e-6) for k in wd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -69,4 +70,5 @@ if __name__ == "__main__":  # torchrun entry: python -m torch.distributed.run ..
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.1, optimizer="sgd", momentum=0.0, warmup_steps=0,
                       schedule="constant", device="cpu", seed=3)
     result = fit(ToyTask(), out, cfg)
-    print("WORLD", result.world_size)
+    if os.environ.get("RANK", "0") == "0":  # one line from rank 0: two ranks' prints can interleave
+        print(f"WORLD {result.world_size}", flush=True)
