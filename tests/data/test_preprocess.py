@@ -77,3 +77,45 @@ def test_spec_round_trips_through_json_and_rejects_bad_values():
         PreprocessSpec(size=100)
     with pytest.raises(ArtifactError, match="unknown fields"):
         PreprocessSpec.from_dict({"size": 64, "colour": "red"})
+
+
+def _normalize_reference(image, intensity, spec):
+    """The plain formula, one temporary per step (what normalize computes in place)."""
+    if intensity == "8bit":
+        return np.clip(np.nan_to_num(image.astype(np.float32) / np.float32(255.0)), 0.0, 1.0)
+    lo = spec.window_center - spec.window_width / 2.0
+    x = (image.astype(np.float32) - np.float32(lo)) / np.float32(spec.window_width)
+    x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return (np.round(x * np.float32(255.0)) / np.float32(255.0)).astype(np.float32) if spec.quantize_8bit else x
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint16, np.float32, np.float64])
+def test_normalize_in_place_equals_the_plain_formula_bit_for_bit(dtype, quantize):
+    rng = np.random.default_rng(7)
+    spec = PreprocessSpec(window_center=40.5, window_width=350.0, quantize_8bit=quantize)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    lo, hi = (max(info.min, -3000), min(info.max, 3000)) if info else (-3000, 3000)
+    image = rng.integers(lo, hi, size=(3, 17, 19)).astype(dtype)
+    image[0, 0, :4] = [lo, hi - 1, -135, 215] if lo < 0 else [lo, hi - 1, 0, 215]  # extremes, window edges
+    if info is None:  # float volumes: fractional values, NaN and infinities
+        image = image + rng.random(image.shape).astype(dtype)
+        image[1, 2, :3] = [np.nan, np.inf, -np.inf]
+    ref = _normalize_reference(image, "hu", spec)
+    got = normalize(image, "hu", spec)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+    px = rng.integers(0, 256, size=(2, 5, 7)).astype(np.uint8)
+    assert np.array_equal(normalize(px, "8bit", spec), _normalize_reference(px, "8bit", spec))
+
+
+def test_to_input_writes_same_size_slices_straight_into_place():
+    spec = PreprocessSpec(size=32)
+    rng = np.random.default_rng(3)
+    image = rng.integers(-1000, 1000, size=(4, 32, 32)).astype(np.int16)
+    for policy in ("letterbox", "resize", "pad"):
+        x, p = to_input(image, "hu", PreprocessSpec(size=32, resize=policy))
+        assert p.scaled == p.source == (32, 32) and x.shape == (4, 1, 32, 32) and x.flags.c_contiguous
+        assert np.array_equal(x[:, 0], _normalize_reference(image, "hu", spec))
+    out = np.empty((4, 32, 32), np.float64)
+    with pytest.raises(InputError, match="expected float32"):
+        normalize(image, "hu", spec, out=out)

@@ -127,19 +127,32 @@ def placement(shape: tuple[int, int], spec: PreprocessSpec) -> Placement:
     return Placement(source=(h, w), scaled=scaled, offset=offset, size=s)
 
 
-def normalize(image: np.ndarray, intensity: str, spec: PreprocessSpec) -> np.ndarray:
-    """Intensities to float32 in [0, 1] (step 1 of the pipeline)."""
+def normalize(image: np.ndarray, intensity: str, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Intensities to float32 in [0, 1] (step 1 of the pipeline), into ``out`` when given.
+
+    In place on one float32 buffer: ``(float32(v) - lo) / width`` for HU (``v / 255``
+    for 8-bit), NaN to 0 and +/-inf to 1/0 (float input only: integers have
+    neither), clipped to [0, 1], then rounded to 1/255 steps if the spec quantises.
+    """
+    if intensity not in ("hu", "8bit"):
+        raise InputError(f"intensity: got {intensity!r}, expected 'hu' or '8bit'.")
+    x = np.empty(image.shape, np.float32) if out is None else out
+    if x.shape != image.shape or x.dtype != np.float32:
+        raise InputError(f"normalize: out is {x.dtype} {x.shape}; expected float32 {image.shape}.")
     if intensity == "hu":
         lo = spec.window_center - spec.window_width / 2.0
-        x = (image.astype(np.float32) - np.float32(lo)) / np.float32(spec.window_width)
-        # NaN voxels (outside a reconstructed field of view) count as the bottom of the window
-        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-        if spec.quantize_8bit:
-            x = np.round(x * 255.0) / 255.0
-        return x.astype(np.float32, copy=False)
-    if intensity == "8bit":
-        return np.clip(np.nan_to_num(image.astype(np.float32) / 255.0), 0.0, 1.0)
-    raise InputError(f"intensity: got {intensity!r}, expected 'hu' or '8bit'.")
+        np.subtract(image, np.float32(lo), out=x, dtype=np.float32, casting="unsafe")
+        x /= np.float32(spec.window_width)
+    else:
+        np.divide(image, np.float32(255.0), out=x, dtype=np.float32, casting="unsafe")
+    if image.dtype.kind not in "iub":  # NaN voxels (outside a reconstructed field of view) count as the bottom
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(x, 0.0, 1.0, out=x)
+    if intensity == "hu" and spec.quantize_8bit:
+        x *= np.float32(255.0)
+        np.rint(x, out=x)
+        x /= np.float32(255.0)
+    return x
 
 
 def _resample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -180,7 +193,11 @@ def to_input(slices: np.ndarray, intensity: str, spec: PreprocessSpec) -> tuple[
     if slices.ndim != 3:
         raise InputError(f"to_input: got shape {slices.shape}, expected (N, H, W) slices.")
     p = placement(slices.shape[1:], spec)
-    x = torch.from_numpy(np.ascontiguousarray(normalize(slices, intensity, spec)))[:, None]
+    if p.scaled == p.source == (p.size, p.size):  # already on the network's grid: window straight into place
+        out = np.empty((slices.shape[0], 1, p.size, p.size), np.float32)
+        normalize(slices, intensity, spec, out=out[:, 0])
+        return out, p
+    x = torch.from_numpy(normalize(slices, intensity, spec))[:, None]
     x = _place(_resample(x, p.scaled), p)
     return x.numpy(), p
 
