@@ -97,9 +97,10 @@ def test_normalize_in_place_equals_the_plain_formula_bit_for_bit(dtype, quantize
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     lo, hi = (max(info.min, -3000), min(info.max, 3000)) if info else (-3000, 3000)
     image = rng.integers(lo, hi, size=(3, 17, 19)).astype(dtype)
-    image[0, 0, :4] = [lo, hi - 1, -135, 215] if lo < 0 else [lo, hi - 1, 0, 215]  # extremes, window edges
-    if info is None:  # float volumes: fractional values, NaN and infinities
-        image = image + rng.random(image.shape).astype(dtype)
+    edges = [-134.5, 215.5] if info is None else [-135, 216]  # the window is [-134.5, 215.5] HU
+    image[0, 0, :4] = [lo, hi - 1, *edges] if lo < 0 else [lo, hi - 1, 0, edges[1]]  # extremes, window edges
+    if info is None:  # float volumes: fractional values, NaN and infinities (the edges kept exact)
+        image[1:] = image[1:] + rng.random(image[1:].shape).astype(dtype)
         image[1, 2, :3] = [np.nan, np.inf, -np.inf]
     ref = _normalize_reference(image, "hu", spec)
     got = normalize(image, "hu", spec)
@@ -119,3 +120,11 @@ def test_to_input_writes_same_size_slices_straight_into_place():
     out = np.empty((4, 32, 32), np.float64)
     with pytest.raises(InputError, match="expected float32"):
         normalize(image, "hu", spec, out=out)
+
+
+@pytest.mark.parametrize("field,value", [("window_width", 0.0), ("window_width", 1e-50), ("window_width", 1e39),
+                                         ("window_width", float("nan")), ("window_center", float("inf")),
+                                         ("window_width", "wide")])
+def test_a_window_that_float32_cannot_apply_is_refused(field, value):
+    with pytest.raises(InputError, match=field if value != "wide" else "expected numbers"):
+        PreprocessSpec(**{field: value})

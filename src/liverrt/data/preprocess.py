@@ -60,8 +60,19 @@ class PreprocessSpec:
     quantize_8bit: bool = False
 
     def __post_init__(self) -> None:
-        if self.window_width <= 0:
-            raise InputError(f"PreprocessSpec.window_width: got {self.window_width}, expected > 0.")
+        # the window is applied in float32: a width that is 0 or infinite there would make NaN of every voxel
+        try:
+            with np.errstate(over="ignore"):
+                width, center = np.float32(self.window_width), np.float32(self.window_center)
+        except (TypeError, ValueError):
+            raise InputError(f"PreprocessSpec window: got center {self.window_center!r}, width {self.window_width!r}; "
+                             "expected numbers in HU (e.g. 50 and 400).") from None
+        if not (np.isfinite(width) and width > 0):
+            raise InputError(f"PreprocessSpec.window_width: got {self.window_width}, expected a finite number > 0 "
+                             "(in HU, e.g. 400).")
+        if not np.isfinite(center):
+            raise InputError(f"PreprocessSpec.window_center: got {self.window_center}, expected a finite HU value "
+                             "(e.g. 50).")
         if self.size < 16 or self.size % 16:
             raise InputError(
                 f"PreprocessSpec.size: got {self.size}, expected a multiple of 16 (the U-Net pools 4 times), "
