@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,7 +32,15 @@ def seed_option(f):
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None):
-    """A rich progress bar on stderr; yields ``update(done, total=None, info='')``."""
+    """A rich progress bar on stderr; yields ``update(done, total=None, info='')``.
+
+    Where stderr is not a terminal (a log file, CI, a batch job), a bar would
+    only be drawn once, at the end: plain progress lines are written instead
+    (see :class:`LogProgress`).
+    """
+    if not console.is_terminal:
+        yield LogProgress(description, total)
+        return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
@@ -42,6 +51,39 @@ def progress_bar(description: str, total: int | None = None):
             bar.update(task, completed=done, total=total, info=info)
 
         yield update
+
+
+class LogProgress:
+    """Progress as plain lines, ``description: done/total info (elapsed)``, for logs.
+
+    A line is written when the work has advanced by a tenth since the last one,
+    when ``every_s`` seconds have passed, and once when it completes. A new
+    total, or a count that goes back, starts a new phase (the demo reuses one
+    bar for its stages).
+    """
+
+    def __init__(self, description: str, total: int | None = None, *, every_s: float = 30.0,
+                 write=None, clock=time.monotonic) -> None:
+        self.description, self.total, self.every_s = description, total, every_s
+        self.write = write or (lambda line: console.print(line, highlight=False, markup=False))
+        self.clock = clock
+        self.t0 = self.last_t = clock()
+        self.last_done: float = float("-inf")
+        self.finished = False
+
+    def __call__(self, done: int, total: int | None = None, info: str = "") -> None:
+        if (total is not None and total != self.total) or done < self.last_done:  # a new phase
+            self.total = self.total if total is None else total
+            self.last_done, self.finished = float("-inf"), False
+        if self.finished:
+            return
+        now = self.clock()
+        step = max(1.0, self.total / 10) if self.total else float("inf")
+        self.finished = self.total is not None and done >= self.total
+        if self.finished or done - self.last_done >= step or now - self.last_t >= self.every_s:
+            of = f"/{self.total}" if self.total else ""
+            self.write(f"{self.description}: {done}{of}{' ' + info if info else ''} ({now - self.t0:.0f} s)")
+            self.last_done, self.last_t = done, now
 
 
 def layout_option(f):

@@ -1,0 +1,52 @@
+"""Progress in logs: where stderr is no terminal, long work still reports as it goes."""
+
+from liverrt.cli.common import LogProgress, progress_bar
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_line_per_tenth_and_one_at_the_end():
+    lines, clock = [], Clock()
+    update = LogProgress("search", 100, write=lines.append, clock=clock)
+    for done in range(101):
+        clock.t += 0.1
+        update(done, info=f"objective {done}")
+    assert [line.split(":")[1].split()[0] for line in lines] == [f"{d}/100" for d in range(0, 101, 10)]
+    assert lines[-1] == "search: 100/100 objective 100 (10 s)"
+    update(100)  # repeated completions add nothing
+    assert len(lines) == 11
+
+
+def test_slow_work_reports_every_interval_and_totals_can_arrive_late():
+    lines, clock = [], Clock()
+    update = LogProgress("calibrating", write=lines.append, clock=clock, every_s=30)
+    update(0)
+    for done in range(1, 5):
+        clock.t += 20  # 20 s per step: a line every second step
+        update(done)
+    assert lines == ["calibrating: 0 (0 s)", "calibrating: 2 (40 s)", "calibrating: 4 (80 s)"]
+    update(5, total=5)
+    assert lines[-1] == "calibrating: 5/5 (80 s)"
+
+
+def test_a_new_total_or_a_count_that_goes_back_starts_a_new_phase():
+    lines, clock = [], Clock()
+    update = LogProgress("demo", write=lines.append, clock=clock)
+    update(3, 3, "phantoms")  # done at once
+    update(0, 40, "train")
+    update(40, 40, "train")
+    update(0, 40, "export")  # same total, count back at 0
+    assert lines == ["demo: 3/3 phantoms (0 s)", "demo: 0/40 train (0 s)", "demo: 40/40 train (0 s)",
+                     "demo: 0/40 export (0 s)"]
+
+
+def test_the_cli_bar_writes_plain_lines_where_stderr_is_not_a_terminal():
+    with progress_bar("work", 3) as update:  # pytest captures stderr: not a terminal
+        assert isinstance(update, LogProgress)
+        update(3)
