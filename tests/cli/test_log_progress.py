@@ -46,7 +46,18 @@ def test_a_new_total_or_a_count_that_goes_back_starts_a_new_phase():
                      "demo: 0/40 export (0 s)"]
 
 
-def test_the_cli_bar_writes_plain_lines_where_stderr_is_not_a_terminal():
-    with progress_bar("work", 3) as update:  # pytest captures stderr: not a terminal
+def test_the_cli_bar_writes_plain_unwrapped_lines_where_stderr_is_not_a_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import liverrt.cli.common as common
+
+    log = io.StringIO()  # a log file, whatever FORCE_COLOR or the terminal running pytest say
+    monkeypatch.setattr(common, "console", Console(file=log, force_terminal=False, width=80))
+    info = "sweep 1/2: " + "a_long_torchscript_tensor_name_" * 4
+    with progress_bar("INT8 range search", 3) as update:
         assert isinstance(update, LogProgress)
-        update(3)
+        update(0, info=info)
+        update(3, info="done")
+    assert log.getvalue().splitlines() == [f"INT8 range search: 0/3 {info} (0 s)", "INT8 range search: 3/3 done (0 s)"]

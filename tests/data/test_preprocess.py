@@ -124,7 +124,13 @@ def test_to_input_writes_same_size_slices_straight_into_place():
 
 @pytest.mark.parametrize("field,value", [("window_width", 0.0), ("window_width", 1e-50), ("window_width", 1e39),
                                          ("window_width", float("nan")), ("window_center", float("inf")),
-                                         ("window_width", "wide")])
+                                         ("window_width", "wide"), ("window_width", "400"), ("window_width", [400]),
+                                         ("window_center", True)])
 def test_a_window_that_float32_cannot_apply_is_refused(field, value):
-    with pytest.raises(InputError, match=field if value != "wide" else "expected numbers"):
+    with pytest.raises(InputError, match=field if isinstance(value, float) else "expected numbers"):
         PreprocessSpec(**{field: value})
+
+
+def test_numpy_and_integer_windows_are_numbers():
+    spec = PreprocessSpec(window_center=np.int64(40), window_width=np.float32(350.0))
+    assert PreprocessSpec.from_json(spec.to_json()) == spec

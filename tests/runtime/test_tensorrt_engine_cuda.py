@@ -57,6 +57,7 @@ class _Context:
         self.shape = shape
         if self.mirror is None:  # made here, never inside a CUDA-graph capture
             self.mirror = torch.arange(shape[-1] - 1, -1, -1, device="cuda")
+            torch.cuda.synchronize()  # made on the current stream; read later on the engine's
         return True
 
     def get_tensor_shape(self, name: str):

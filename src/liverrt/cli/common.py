@@ -65,7 +65,8 @@ class LogProgress:
     def __init__(self, description: str, total: int | None = None, *, every_s: float = 30.0,
                  write=None, clock=time.monotonic) -> None:
         self.description, self.total, self.every_s = description, total, every_s
-        self.write = write or (lambda line: console.print(line, highlight=False, markup=False))
+        # soft_wrap: one report stays one line in a log (rich wraps at 80 columns off a terminal)
+        self.write = write or (lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
         self.clock = clock
         self.t0 = self.last_t = clock()
         self.last_done: float = float("-inf")

@@ -26,6 +26,7 @@ the source grid.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -61,12 +62,15 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         # the window is applied in float32: a width that is 0 or infinite there would make NaN of every voxel
-        try:
-            with np.errstate(over="ignore"):
-                width, center = np.float32(self.window_width), np.float32(self.window_center)
-        except (TypeError, ValueError):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                   for v in (self.window_center, self.window_width)):
             raise InputError(f"PreprocessSpec window: got center {self.window_center!r}, width {self.window_width!r}; "
-                             "expected numbers in HU (e.g. 50 and 400).") from None
+                             "expected numbers in HU (e.g. 50 and 400).")
+        # plain floats: NumPy scalars would not survive to_json
+        object.__setattr__(self, "window_center", float(self.window_center))
+        object.__setattr__(self, "window_width", float(self.window_width))
+        with np.errstate(over="ignore"):
+            width, center = np.float32(self.window_width), np.float32(self.window_center)
         if not (np.isfinite(width) and width > 0):
             raise InputError(f"PreprocessSpec.window_width: got {self.window_width}, expected a finite number > 0 "
                              "(in HU, e.g. 400).")
