@@ -38,7 +38,7 @@ def test_slow_work_reports_every_interval_and_totals_can_arrive_late():
 def test_a_new_total_or_a_count_that_goes_back_starts_a_new_phase():
     lines, clock = [], Clock()
     update = LogProgress("demo", write=lines.append, clock=clock)
-    update(3, 3, "phantoms")  # done at once
+    update(3, 3, "phantoms ")  # done at once (the demo's stage names come with a trailing space)
     update(0, 40, "train")
     update(40, 40, "train")
     update(0, 40, "export")  # same total, count back at 0

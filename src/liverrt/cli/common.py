@@ -83,6 +83,7 @@ class LogProgress:
         self.finished = self.total is not None and done >= self.total
         if self.finished or done - self.last_done >= step or now - self.last_t >= self.every_s:
             of = f"/{self.total}" if self.total else ""
+            info = info.strip()
             self.write(f"{self.description}: {done}{of}{' ' + info if info else ''} ({now - self.t0:.0f} s)")
             self.last_done, self.last_t = done, now
 
