@@ -113,6 +113,7 @@ def time_models(work: Path, device: str, on_step) -> tuple[list[dict], list[dict
 
 
 def trained_unet(ckpt: Path, device: str, on_step) -> dict:
+    from liverrt import metrics
     from liverrt.data.phantom import PhantomConfig, synth_case
     from liverrt.export.gate import verify_artifact
     from liverrt.runtime.segmenter import Segmenter
@@ -133,8 +134,7 @@ def trained_unet(ckpt: Path, device: str, on_step) -> dict:
                 for k, t in s.timings.items():
                     stages[k] = stages.get(k, 0.0) + t
                 if bs == 8:
-                    inter = np.logical_and(s.mask, v.mask).sum()
-                    result["dice"][v.case_id] = float(2 * inter / max(1, s.mask.sum() + v.mask.sum()))
+                    result["dice"][v.case_id] = metrics.dice(s.mask, v.mask)
             result["segmenter"].append({"batch": bs, "ms_per_slice": total * 1e3 / n_slices,
                                         **{f"{k}_ms_per_slice": t * 1e3 / n_slices for k, t in stages.items()}})
     result["gate"] = []

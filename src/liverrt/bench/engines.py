@@ -185,11 +185,11 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
 def _calibration_meta(path: Path) -> dict | None:
     import json
 
-    import onnx
+    from liverrt.artifact import onnx_metadata
 
     if not path.exists():
         return None
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    meta = onnx_metadata(path)
     return json.loads(meta["liverrt.calibration"]) if "liverrt.calibration" in meta else None
 
 

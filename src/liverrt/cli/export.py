@@ -67,7 +67,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     from liverrt.artifact import artifact_info
     from liverrt.cli.common import given, progress_bar
     from liverrt.data.sources import load_cases
-    from liverrt.export.pipeline import run_export
+    from liverrt.export.pipeline import default_calib_method, run_export
 
     for options, needs in ((("batch", "workspace_mb"), "tensorrt"),
                            (("name", "max_batch_size", "instances", "kind"), "triton")):
@@ -81,15 +81,12 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
     if precision != "int8" and any(given(ctx, o) for o in ("calib", "calib_method", "calib_slices", "int8_target")):
         raise click.UsageError("--calib, --calib-method, --calib-slices and --int8-target are for --precision int8")
-    if int8_target == "onnxruntime" and fmt == "tensorrt":
-        raise click.UsageError("--int8-target onnxruntime makes a graph TensorRT refuses (zero points -128); "
-                               "--format tensorrt needs --int8-target tensorrt")
     triton = {"name": name, "max_batch_size": max_batch_size, "instances": instances, "kind": kind,
               "overwrite": overwrite}
     limits = {k: v for k, v in (("mean_delta_dice", max_mean_delta_dice), ("worst_delta_dice", max_worst_delta_dice))
               if v is not None}
-    searching = precision == "int8" and (calib_method == "search" or (
-        calib_method is None and artifact_info(checkpoint).kind != "maskrcnn"))  # run_export's default
+    searching = precision == "int8" and (
+        calib_method or default_calib_method(artifact_info(checkpoint).kind)) == "search"
     with progress_bar("INT8 range search") if searching else nullcontext() as progress:
         result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
                             verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,

@@ -700,8 +700,8 @@ def _search_graph(model: onnx.ModelProto, groups: list[_Group]) -> onnx.ModelPro
 
 def _delta_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - Dice per slice of two (N, 1, H, W) boolean masks; 0 where both are empty."""
-    a = a.reshape(a.shape[0], -1)
-    b = b.reshape(b.shape[0], -1)
-    inter = (a & b).sum(axis=1)
-    total = a.sum(axis=1) + b.sum(axis=1)
-    return np.where(total > 0, 1.0 - 2.0 * inter / np.maximum(total, 1), 0.0)
+    from liverrt.metrics import per_slice_counts
+
+    tp, fp, fn = per_slice_counts(a[:, 0], b[:, 0]).T
+    total = 2 * tp + fp + fn
+    return np.where(total > 0, 1.0 - 2.0 * tp / np.maximum(total, 1), 0.0)

@@ -165,6 +165,11 @@ def run_export(
     return result
 
 
+def default_calib_method(kind: str) -> str:
+    """The INT8 activation ranges ``run_export`` uses for a model kind when none is asked for."""
+    return "minmax" if kind == "maskrcnn" else "search"
+
+
 def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_volumes, calib_slices: int,
              result: ExportResult, calib_method: str | None = None, progress=None,
              int8_target: str = "onnxruntime") -> Path:
@@ -192,7 +197,7 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
         else:
             source = f"{len(calib_volumes)} cases: " + ", ".join(v.case_id for v in calib_volumes[:8])
         slices = prec.calibration_slices(calib_volumes, info.spec, n=calib_slices)
-        method = calib_method or ("minmax" if info.kind == "maskrcnn" else "search")
+        method = calib_method or default_calib_method(info.kind)
         prec.to_int8(src_rpn, target, slices, calibration_source=source, method=method, progress=progress,
                      target=int8_target)
     if info.kind == "maskrcnn":
