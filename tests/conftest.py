@@ -41,3 +41,28 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
 @pytest.fixture
 def volume() -> Volume:
     return make_volume()
+
+
+@pytest.fixture(scope="session")
+def maskrcnn_ckpt(tmp_path_factory) -> Path:
+    """A small random Mask R-CNN (ResNet-18 FPN, 64²) with a confident class head: detections without training."""
+    import torch
+
+    from liverrt.models.maskrcnn import LiverMaskRCNN
+    from liverrt.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    m = LiverMaskRCNN(depth=18, fpn_channels=32, box_head_dim=64, mask_head_channels=32, image_size=64,
+                      score_threshold=0.3)
+    with torch.no_grad():
+        m.net.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-2.0, 2.0]))
+    return save_checkpoint(tmp_path_factory.mktemp("mr") / "mr.pt", m, model_name="maskrcnn_r101_fpn",
+                           spec=PreprocessSpec(size=64))
+
+
+@pytest.fixture(scope="session")
+def maskrcnn_onnx(maskrcnn_ckpt, tmp_path_factory):
+    """The split export of ``maskrcnn_ckpt`` (an ExportedOnnx: ``.path`` is the rpn graph naming the others)."""
+    from liverrt.export.onnx import export_onnx
+
+    return export_onnx(maskrcnn_ckpt, tmp_path_factory.mktemp("mronnx") / "mr.onnx")

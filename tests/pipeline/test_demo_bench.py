@@ -51,3 +51,40 @@ def test_bench_reports_both_engines_and_ratios(tmp_path, tiny_checkpoint):
     assert (tmp_path / "report.md").read_text() == markdown_report(full)
     assert "## U-Net engines" in markdown_report(full)
     assert json.loads((tmp_path / "results.json").read_text())["engines"]["rows"] == results["rows"]
+
+
+@pytest.mark.slow
+def test_bench_times_a_mask_rcnn_and_says_why_it_has_no_plan(tmp_path, maskrcnn_ckpt):
+    results = run_bench(tmp_path, quick=True, model=maskrcnn_ckpt, batch_sizes=(1, 2), sections=("engines",))["engines"]
+    assert results["kind"] == "maskrcnn" and results["benchmark"] == "maskrcnn_engines"
+    assert {(r["engine"], r["precision"]) for r in results["rows"]} == {
+        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "int8")}
+    assert all(r["e2e_slice_ms_median"] > 0 for r in results["rows"])
+    assert results["int8_calibration"]["method"] == "minmax"  # Mask R-CNN's default, not the U-Net's search
+    assert {g["precision"] for g in results["gates"]} == {"fp32", "fp16", "int8"}
+    assert all("mean_delta_dice" in g for g in results["gates"])
+    assert [s["reason"] for s in results["skipped"] if s["variant"] == "tensorrt"][0].startswith(
+        "the split Mask R-CNN has no TensorRT plan")
+    report = (tmp_path / "report.md").read_text()
+    assert "## Mask R-CNN engines" in report and "U-Net" not in report and "the RoI heads stay fp32" in report
+
+
+@pytest.mark.slow
+def test_bench_times_dncnn_sr_and_gates_it_by_psnr(tmp_path):
+    import torch
+
+    from liverrt.data.preprocess import PreprocessSpec
+    from liverrt.models.dncnn_sr import DnCNNSR
+    from liverrt.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "dn.pt", DnCNNSR(channels=8).eval(), model_name="dncnn_sr",
+                           spec=PreprocessSpec(size=64))
+    results = run_bench(tmp_path / "out", quick=True, model=ckpt, batch_sizes=(1, 2), sections=("engines",))["engines"]
+    assert results["kind"] == "dncnn_sr"
+    assert {(r["engine"], r["precision"]) for r in results["rows"]} == {
+        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "int8")}
+    assert all(r["e2e_slice_ms_median"] > 0 for r in results["rows"])
+    assert all(set(g) >= {"mean_psnr_db", "worst_psnr_db"} for g in results["gates"]) and len(results["gates"]) == 3
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## DnCNN-SR engines" in report and "mean PSNR vs PyTorch" in report

@@ -2,7 +2,8 @@
 
 Sections (each measured in one run, on this machine, with the hardware named):
 
-* ``engines``: per-slice U-Net latency, torch eager vs onnxruntime, batch 1 and 8;
+* ``engines``: per-slice latency of a network (the U-Net unless ``model`` names another
+  checkpoint), torch eager vs onnxruntime fp32/fp16/int8 (and TensorRT where it runs), batch 1 and 8;
 * ``metrics``: the Numba metric kernels vs naive SciPy references, and their
   first-call compile times.
 

@@ -1,11 +1,16 @@
-"""U-Net engine latency per slice for every engine and precision available here, measured in one run.
+"""Engine latency per slice for every engine and precision available here, measured in one run.
 
-Variants: torch eager (fp32), onnxruntime fp32, fp16 and int8 (Q/DQ from
-phantom calibration slices), and TensorRT when it is installed with a GPU
-(otherwise listed as skipped, with the reason). For each: network only
-(``engine.infer``) and end to end (the Segmenter: preprocess, network,
-restore to the source grid, threshold) at batch 1 and 8, and the
-verification gate's ΔDice of each variant against torch.
+The network is the study's U-Net with seeded random weights, or any liverrt
+checkpoint (U-Net, Mask R-CNN, DnCNN-SR). Variants: torch eager (fp32),
+onnxruntime fp32, fp16 and int8 (Q/DQ from phantom calibration slices), and
+TensorRT when it is installed with a GPU (otherwise listed as skipped, with
+the reason; the split Mask R-CNN has no plan). For each: network only
+(``engine.infer``; for Mask R-CNN the three graphs and the NumPy/Numba steps
+between them) and end to end at batch 1 and 8, and the verification gate of
+each variant against torch (ΔDice; for DnCNN-SR the PSNR of its output
+against PyTorch's). End to end is the Segmenter (preprocess, network,
+restore to the source grid, threshold) for the segmentation networks, and
+preprocess + network for DnCNN-SR, whose output is an image.
 
 Every number is measured here, on the same preprocessed phantom slices (not
 random tensors), after warm-up: median and p95 over repeats, per batch and
@@ -20,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +40,15 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+#: model kind -> the name the report gives it
+TITLES = {"unet": "U-Net", "maskrcnn": "Mask R-CNN", "dncnn_sr": "DnCNN-SR"}
+
+
 def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Path]:
     """A checkpoint (given, or the paper U-Net with seeded random weights) and its verified ONNX export."""
     import torch
 
+    from liverrt.artifact import artifact_info
     from liverrt.data.preprocess import PreprocessSpec
     from liverrt.export.onnx import export_onnx
     from liverrt.models import build
@@ -47,7 +58,7 @@ def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Pat
         torch.manual_seed(0)
         model = save_checkpoint(work / "unet_random.pt", build("unet_paper").eval(), model_name="unet_paper",
                                 spec=PreprocessSpec(size=size))
-    onnx_path = work / "unet.onnx"
+    onnx_path = work / f"{artifact_info(model).kind}.onnx"
     export_onnx(model, onnx_path)
     return model, onnx_path
 
@@ -71,29 +82,34 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, on_step,
 
     variants = [("torch", "fp32", ckpt), ("onnxruntime", "fp32", onnx_path)]
     skipped = []
-    spec = artifact_info(onnx_path).spec
+    info = artifact_info(onnx_path)
+    stem = onnx_path.stem
     if on_step:
         on_step("fp16 and int8 graphs")
-    try:
-        prec.to_fp16(onnx_path, work / "unet.fp16.onnx")
-        variants.append(("onnxruntime", "fp16", work / "unet.fp16.onnx"))
+    try:  # a split Mask R-CNN converts its rpn graph; the box/mask graphs beside it stay fp32
+        prec.to_fp16(onnx_path, work / f"{stem}.fp16.onnx")
+        variants.append(("onnxruntime", "fp16", work / f"{stem}.fp16.onnx"))
     except Exception as exc:  # reported, not fatal: the other variants still run
         skipped.append({"variant": "onnxruntime fp16", "reason": str(exc)[:200]})
     try:
-        calib = prec.calibration_slices(default_volumes(spec.size, cases=2, seed=2000), spec, n=32)
-        prec.to_int8(onnx_path, work / "unet.int8.onnx", calib, calibration_source="phantoms (bench)",
+        calib = prec.calibration_slices(default_volumes(info.spec.size, cases=2, seed=2000), info.spec, n=32)
+        prec.to_int8(onnx_path, work / f"{stem}.int8.onnx", calib, calibration_source="phantoms (bench)",
                      method=int8_method)
-        variants.append(("onnxruntime", "int8", work / "unet.int8.onnx"))
+        variants.append(("onnxruntime", "int8", work / f"{stem}.int8.onnx"))
     except Exception as exc:
         skipped.append({"variant": "onnxruntime int8", "reason": str(exc)[:200]})
+    if info.kind == "maskrcnn":
+        skipped.append({"variant": "tensorrt", "reason": "the split Mask R-CNN has no TensorRT plan (NMS and mask "
+                        "pasting run between its graphs); on a GPU use onnxruntime's CUDA or TensorRT provider"})
+        return variants, skipped
     try:
         from liverrt.export.tensorrt import current_machine
 
         current_machine()
         for precision in ("fp32", "fp16", "int8"):
-            path = onnx_path if precision == "fp32" else work / f"unet.{precision}.onnx"
+            path = onnx_path if precision == "fp32" else work / f"{stem}.{precision}.onnx"
             if precision == "int8" and path.exists():  # the onnxruntime graph's zero points -128: TensorRT refuses
-                path = prec.to_int8(onnx_path, work / "unet.int8.tensorrt.onnx", calib,
+                path = prec.to_int8(onnx_path, work / f"{stem}.int8.tensorrt.onnx", calib,
                                     calibration_source="phantoms (bench)", method=int8_method, target="tensorrt")
             if path.exists():
                 variants.append(("tensorrt", precision, path))
@@ -104,10 +120,13 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, on_step,
 
 def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: tuple[int, ...] = (1, 8),
                 on_step: Callable[[str], None] | None = None) -> dict:
-    """Measure the U-Net engines; returns the results dict (see :func:`markdown_report`)."""
+    """Measure the engines of ``model`` (default: the random-weight U-Net); returns the results dict
+    (see :func:`markdown_report`)."""
     from liverrt.artifact import artifact_info
     from liverrt.data.phantom import PhantomConfig, synth_case
+    from liverrt.data.preprocess import to_input
     from liverrt.export.gate import default_volumes, verify_artifact
+    from liverrt.export.pipeline import default_calib_method
     from liverrt.runtime import open_engine
     from liverrt.runtime.segmenter import Segmenter
 
@@ -115,18 +134,19 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
     with tempfile.TemporaryDirectory(prefix="liverrt-bench-") as tmp:
         work = Path(tmp)
         if on_step:
-            on_step("exporting the U-Net to ONNX")
+            on_step(f"exporting {'the U-Net' if model is None else model} to ONNX")
         t0 = time.perf_counter()
         ckpt, onnx_path = _prepare_model(work, 512, model)
         export_s = time.perf_counter() - t0
-        size = artifact_info(ckpt).spec.size
+        info = artifact_info(ckpt)
+        size = info.spec.size
         data = _slices(size, max(batch_sizes))
         volume = synth_case(1, PhantomConfig(size=max(64, min(size, 512)), slices=max(batch_sizes)))
         # the output-aware range search takes many minutes at 512² on two cores; the quick bench of the
         # random-weight model (whose gate says little anyway) times the same graph with one-pass ranges
-        int8_method = "percentile" if quick and model is None else "search"
+        int8_method = "percentile" if quick and model is None else default_calib_method(info.kind)
         variants, skipped = _variants(work, ckpt, onnx_path, on_step, int8_method)
-        int8_calibration = _calibration_meta(work / "unet.int8.onnx")
+        int8_calibration = _calibration_meta(work / f"{onnx_path.stem}.int8.onnx")
         rows, gates = [], []
         for engine_name, precision, path in variants:
             with open_engine(engine_name, path) as engine:
@@ -136,9 +156,15 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                     batch = np.ascontiguousarray(data[:bs])
                     n_rep = repeats.get(bs, max(3, 24 // bs))
                     times = time_call(lambda b=batch: engine.infer(b), warmup=2, repeats=n_rep)
-                    seg = Segmenter(engine, batch_size=bs)
                     vol = volume if bs > 1 else _first_slices(volume, 1)
-                    e2e = time_call(lambda s=seg, v=vol: s.segment(v), warmup=1, repeats=max(2, n_rep // 2))
+                    if info.kind == "dncnn_sr":  # an image out: preprocess + network
+                        def whole(v=vol, e=engine, b=bs):
+                            x, _ = to_input(v.image, v.intensity, info.spec)
+                            for i in range(0, x.shape[0], b):
+                                e.infer(x[i:i + b])
+                    else:
+                        whole = partial(Segmenter(engine, batch_size=bs).segment, vol)
+                    e2e = time_call(whole, warmup=1, repeats=max(2, n_rep // 2))
                     med = statistics.median(times)
                     rows.append({
                         "engine": engine_name, "precision": precision, "batch": bs, "repeats": len(times),
@@ -151,9 +177,13 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                 if on_step:
                     on_step(f"verification gate {engine_name} {precision}")
                 rep = verify_artifact(ckpt, path, default_volumes(size, cases=2), engine=engine_name)
-                gates.append({"engine": engine_name, "precision": precision, "passed": rep.passed,
-                              "mean_delta_dice": rep.mean["delta_dice"], "worst_delta_dice": rep.worst["delta_dice"],
-                              "mean_delta_boundary_iou": rep.mean["delta_boundary_iou"]})
+                gate = {"engine": engine_name, "precision": precision, "passed": rep.passed}
+                if info.kind == "dncnn_sr":
+                    gate.update(mean_psnr_db=rep.mean["psnr_db"], worst_psnr_db=rep.worst["psnr_db"])
+                else:
+                    gate.update(mean_delta_dice=rep.mean["delta_dice"], worst_delta_dice=rep.worst["delta_dice"],
+                                mean_delta_boundary_iou=rep.mean["delta_boundary_iou"])
+                gates.append(gate)
     by = {(r["engine"], r["precision"], r["batch"]): r for r in rows}
     ratios = {
         f"batch_{bs}": by[("torch", "fp32", bs)]["slice_ms_median"] / by[("onnxruntime", "fp32", bs)]["slice_ms_median"]
@@ -167,7 +197,8 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                                    "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)]["slice_ms_median"] / q,
                                    "vs_torch": by[("torch", "fp32", bs)]["slice_ms_median"] / q}
     return {
-        "benchmark": "unet_engines",
+        "benchmark": f"{info.kind}_engines",
+        "kind": info.kind,
         "model": "unet_paper (1,940,817 parameters, seeded random weights)" if model is None else str(model),
         "input": f"(N, 1, {size}, {size}) float32, preprocessed phantom slices",
         "quick": quick,
@@ -202,8 +233,9 @@ def _first_slices(volume, n: int):
 
 def markdown_report(results: dict) -> str:
     m = results["machine"]
+    kind = results.get("kind", "unet")
     lines = [
-        "## U-Net engines",
+        f"## {TITLES.get(kind, kind)} engines",
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
@@ -235,13 +267,26 @@ def markdown_report(results: dict) -> str:
                      + (f", {len(cal['float_tensors'])} tensors left float" if cal.get("float_tensors") else "")
                      + (f" (calibration ΔDice {cal['calib_delta_dice']:.2e})"
                         if cal.get("calib_delta_dice") is not None else ""))
+    if kind == "dncnn_sr":
+        lines.append("- end to end for DnCNN-SR: preprocess + network (its output is an image)")
+    if kind == "maskrcnn":
+        lines.append("- Mask R-CNN: 'network' is the three graphs plus the NumPy/Numba steps between them (proposals, "
+                     "NMS, mask pasting); fp16/int8 convert the backbone + FPN + RPN graph, the RoI heads stay fp32")
     if results.get("gates"):
-        lines += ["", "Verification gate against torch (2 phantom cases; on a random-weight model the deltas "
-                  "say little about a trained one):", "",
-                  "| engine | precision | mean ΔDice | worst ΔDice | mean ΔBoundary IoU | gate |", "|---|---|---|---|---|---|"]
-        for g in results["gates"]:
-            lines.append(f"| {g['engine']} | {g['precision']} | {g['mean_delta_dice']:.2e} | {g['worst_delta_dice']:.2e}"
-                         f" | {g['mean_delta_boundary_iou']:.2e} | {'passed' if g['passed'] else 'failed'} |")
+        random = "random weights" in results["model"]
+        lines += ["", "Verification gate against torch (2 phantom cases" + ("; on a random-weight model its numbers "
+                  "say little about a trained one" if random else "") + "):", ""]
+        if kind == "dncnn_sr":
+            lines += ["| engine | precision | mean PSNR vs PyTorch (dB) | worst slice (dB) | gate |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {g['engine']} | {g['precision']} | {g['mean_psnr_db']:.1f} | {g['worst_psnr_db']:.1f} | "
+                      f"{'passed' if g['passed'] else 'failed'} |" for g in results["gates"]]
+        else:
+            lines += ["| engine | precision | mean ΔDice | worst ΔDice | mean ΔBoundary IoU | gate |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {g['engine']} | {g['precision']} | {g['mean_delta_dice']:.2e} | {g['worst_delta_dice']:.2e}"
+                      f" | {g['mean_delta_boundary_iou']:.2e} | {'passed' if g['passed'] else 'failed'} |"
+                      for g in results["gates"]]
     for sk in results.get("skipped", []):
         lines.append(f"- skipped {sk['variant']}: {sk['reason']}")
     return "\n".join(lines) + "\n"

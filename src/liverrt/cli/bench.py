@@ -13,12 +13,13 @@ from liverrt.cli.common import console, existing_path, out_dir
 @click.option("--quick", is_flag=True, help="Fewer repeats (CI).")
 @click.option("--out", type=out_dir, default=Path("bench_out"), show_default=True)
 @click.option("--model", type=existing_path, default=None,
-              help="A U-Net checkpoint to time (default: the study's U-Net with random weights).")
+              help="A checkpoint to time: U-Net, Mask R-CNN or DnCNN-SR (default: the study's U-Net with "
+                   "random weights).")
 @click.option("--only", type=click.Choice(["engines", "metrics"]), multiple=True,
               help="Run only these sections (repeatable; default: all).")
 def bench(quick: bool, out: Path, model: Path | None, only: tuple[str, ...]) -> None:
-    """Measure the U-Net engines (torch vs onnxruntime, batch 1 and 8) and the metric kernels
-    (vs SciPy references); prints a Markdown report and writes report.md and results.json."""
+    """Measure the engines of a network (torch vs onnxruntime fp32/fp16/int8, batch 1 and 8) and the
+    metric kernels (vs SciPy references); prints a Markdown report and writes report.md and results.json."""
     from liverrt.bench import SECTIONS, run_bench
 
     run_bench(out, quick=quick, model=model, sections=tuple(only) or SECTIONS,

@@ -115,9 +115,6 @@ def run_export(
         raise InputError("--format tensorrt: the split Mask R-CNN is three graphs with NMS and mask pasting "
                          "between them, which one TensorRT plan cannot hold; export --format onnx and run it with "
                          "--engine onnxruntime (CUDA or TensorRT execution provider on a GPU).")
-    if fmt == "triton" and kind == "maskrcnn":
-        raise InputError("--format triton: the split Mask R-CNN would need a Triton ensemble with the liverrt "
-                         "runtime between its graphs; not written by this version. Export --format onnx.")
     if maskrcnn_graph == "single" and (kind != "maskrcnn" or fmt != "onnx" or precision != "fp32"):
         raise InputError("--maskrcnn-graph single is the one-graph Mask R-CNN for onnxruntime: expected a maskrcnn "
                          "checkpoint, --format onnx and --precision fp32 (precision variants use the split graphs).")
@@ -160,7 +157,8 @@ def run_export(
         opts = {k: v for k, v in (triton or {}).items() if v is not None}
         opts.setdefault("name", Path(checkpoint).stem)
         repo = write_triton_repo(artifact, out, **opts)
-        result.rows.append(ExportRow("triton", precision, repo.model_dir, _size(repo.model_dir),
+        size = sum(_size(repo.repo / m) for m in (repo.name, *repo.parts))  # Mask R-CNN: four models
+        result.rows.append(ExportRow("triton", precision, repo.model_dir, size,
                                      time.perf_counter() - t0, "from the verified ONNX"))
     return result
 

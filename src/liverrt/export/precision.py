@@ -524,8 +524,11 @@ def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: b
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
-    # shape inference only: ORT's graph optimisations would add ORT-specific opset imports
-    quant_pre_process(str(src), str(prepared), skip_optimization=True)
+    # shape inference only: ORT's graph optimisations would add ORT-specific opset imports. ONNX's own
+    # shape inference, not onnxruntime's symbolic one: that gives up on DnCNN-SR's dynamic H/W and then
+    # writes sym_shape_infer_temp.onnx + .data files into the working directory; on the U-Net and the
+    # Mask R-CNN backbone ONNX's types every tensor the symbolic one does, with the same types and ranks
+    quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
     equalized = onnx.load(str(prepared))
     n_equalized = equalize(equalized, calibration, batch_size=batch_size, input_name=INPUT_NAME)
     onnx.save(equalized, str(prepared))  # the same function as src (within float rounding), int8-friendlier

@@ -6,6 +6,13 @@ Layout written (only ``<repo>/<name>/`` is touched; a repository may hold other 
     <repo>/<name>/client_example.py   tritonclient.http example matching the config
     <repo>/<name>/<version>/model.onnx   (or model.plan)
 
+A split Mask R-CNN export (its main .onnx, the rpn graph) becomes four models:
+``<name>_rpn`` (dynamic batch), ``<name>_box`` and ``<name>_mask``
+(max_batch_size 0: their first axis is the RoIs, not the batch), and
+``<name>``, a Python-backend model whose ``model.py`` runs the liverrt split
+pipeline between them through BLS (:mod:`liverrt.runtime.triton_maskrcnn`).
+Clients talk to ``<name>`` only, as to a U-Net: ``image`` in, ``prob`` out.
+
 Inputs and outputs in ``config.pbtxt`` are read from the ONNX graph (names,
 data types, dims without the batch axis, dynamic dims as -1); for a plan they
 come from its sidecar JSON. Every ``liverrt.*`` metadata entry (PreprocessSpec,
@@ -21,15 +28,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import liverrt
-from liverrt.artifact import artifact_info, sha256_file
-from liverrt.data.io import atomic_path, set_default_mode
+from liverrt.artifact import artifact_info, onnx_metadata, sha256_file
+from liverrt.data.io import set_default_mode
 from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ KINDS = ("KIND_GPU", "KIND_CPU", "KIND_AUTO")
 #: backend -> (Triton platform, model file name, artifact suffix)
 BACKENDS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx", ".onnx"),
             "tensorrt": ("tensorrt_plan", "model.plan", ".plan")}
+PYTHON_PLATFORM = "python"  # TritonRepo.platform of a Python-backend model (Triton's config has no platform)
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_PREFERRED_BATCH_SIZES = (4, 8, 16)
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -66,6 +72,7 @@ class TritonRepo:
     client_example: Path
     inputs: tuple[TensorConfig, ...]
     outputs: tuple[TensorConfig, ...]
+    parts: tuple[str, ...] = ()  # a split Mask R-CNN: the models of its three graphs (``model`` is model.py)
 
 
 # ----------------------------------------------------------------------------- reading the artifact
@@ -80,8 +87,8 @@ def _onnx_type_names() -> dict[int, str]:
             T.BOOL: "TYPE_BOOL", T.STRING: "TYPE_STRING"}
 
 
-def _onnx_tensor(value, path: Path, role: str) -> tuple[TensorConfig, bool]:
-    """(config without the batch axis, whether the batch axis is dynamic) of a graph input/output."""
+def _onnx_tensor(value, path: Path, role: str) -> tuple[TensorConfig, int]:
+    """(config without the first axis, the first axis: -1 if dynamic) of a graph input/output."""
     ttype = value.type.tensor_type if value.type.HasField("tensor_type") else None
     if ttype is None or not ttype.HasField("shape"):
         raise InputError(f"{path}: {role} {value.name!r} is not a tensor of known rank; "
@@ -94,20 +101,21 @@ def _onnx_tensor(value, path: Path, role: str) -> tuple[TensorConfig, bool]:
             for d in ttype.shape.dim]
     if not dims:
         raise InputError(f"{path}: {role} {value.name!r} is a scalar; expected a batch axis first.")
-    return TensorConfig(value.name, names[ttype.elem_type], tuple(dims[1:])), dims[0] == -1
+    return TensorConfig(value.name, names[ttype.elem_type], tuple(dims[1:])), dims[0]
 
 
-def _from_onnx(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], int | None]:
+def _read_graph(path: Path, *, batched: bool = True):
+    """(inputs, outputs, liverrt metadata) of a liverrt ONNX file; dims without the batch axis if ``batched``.
+
+    With ``batched`` every input and output must have a dynamic first axis (Triton batches requests
+    along it); without, dims are the whole shape (Triton's max_batch_size 0).
+    """
     import onnx
     from onnx.external_data_helper import uses_external_data
 
     artifact_info(path)  # raises ArtifactError unless it carries liverrt metadata
     model = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props if p.key.startswith("liverrt.")}
-    if "liverrt.part" in meta:
-        raise InputError(f"{path} is the {meta['liverrt.part']!r} part of a split Mask R-CNN export; expected a "
-                         "single-graph liverrt ONNX (U-Net, DnCNN-SR). Serving the split model needs a Triton "
-                         "ensemble, which liverrt does not write.")
     if any(uses_external_data(t) for t in model.graph.initializer):
         raise InputError(f"{path} keeps its weights in external data files; expected a self-contained .onnx "
                          "(re-export it with `liverrt export`, which writes one file).")
@@ -116,14 +124,26 @@ def _from_onnx(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict
     for role, values in (("input", [v for v in model.graph.input if v.name not in initializers]),
                          ("output", model.graph.output)):
         for value in values:
-            tensor, dynamic = _onnx_tensor(value, path, role)
-            tensors[role].append(tensor)
-            if not dynamic:
+            tensor, first = _onnx_tensor(value, path, role)
+            if not batched:
+                tensor = TensorConfig(tensor.name, tensor.data_type, (first, *tensor.dims))
+            elif first != -1:
                 static.append(f"{role} {value.name!r}")
+            tensors[role].append(tensor)
     if static:
         raise InputError(f"{path}: the batch axis of {', '.join(static)} is fixed; expected a dynamic first axis "
                          "so Triton can batch requests. Note: re-export with `liverrt export` (dynamic batch).")
-    return tensors["input"], tensors["output"], meta, None
+    return tensors["input"], tensors["output"], meta
+
+
+def _from_onnx(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], int | None]:
+    part = onnx_metadata(path).get("liverrt.part")
+    if part is not None:
+        raise InputError(f"{path} is the {part!r} part of a split Mask R-CNN export; expected a "
+                         "single-graph liverrt ONNX (U-Net, DnCNN-SR), or the split export's main .onnx file "
+                         "(its rpn graph, which names the other two).")
+    inputs, outputs, meta = _read_graph(path)
+    return inputs, outputs, meta, None
 
 
 def _from_plan(plan: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], int]:
@@ -181,16 +201,17 @@ def config_text(name: str, backend: str, max_batch_size: int, inputs: list[Tenso
                 outputs: list[TensorConfig], *, preferred_batch_sizes: tuple[int, ...], max_queue_delay_us: int,
                 instances: int, kind: str, parameters: dict[str, str]) -> str:
     """The ``config.pbtxt`` text (Triton ModelConfig in protobuf text format)."""
-    platform = BACKENDS[backend][0]
+    platform = [f"platform: {_q(BACKENDS[backend][0])}"] if backend in BACKENDS else []  # python: backend only
     lines = [f"# Written by liverrt {liverrt.__version__}; inputs/outputs read from the model itself.",
-             f"name: {_q(name)}", f"platform: {_q(platform)}", f"backend: {_q(backend)}",
+             f"name: {_q(name)}", *platform, f"backend: {_q(backend)}",
              f"max_batch_size: {max_batch_size}", "version_policy: { latest: { num_versions: 1 } }"]
     lines += _tensors("input", inputs) + _tensors("output", outputs)
-    lines += ["dynamic_batching {"]
-    if preferred_batch_sizes:
-        lines += [f"  preferred_batch_size: [ {', '.join(map(str, preferred_batch_sizes))} ]"]
-    lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}",
-              "instance_group [", "  {", f"    count: {instances}", f"    kind: {kind}", "  }", "]"]
+    if max_batch_size > 0:  # 0: the model takes whole tensors, Triton does not batch them
+        lines += ["dynamic_batching {"]
+        if preferred_batch_sizes:
+            lines += [f"  preferred_batch_size: [ {', '.join(map(str, preferred_batch_sizes))} ]"]
+        lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {instances}", f"    kind: {kind}", "  }", "]"]
     for key in sorted(parameters):
         lines += ["parameters {", f"  key: {_q(key)}", f"  value: {{ string_value: {_q(parameters[key])} }}", "}"]
     return "\n".join(lines) + "\n"
@@ -240,23 +261,102 @@ def _check_options(max_batch_size: int, preferred: tuple[int, ...], max_queue_de
         raise InputError(f"Instance kind {kind!r}: expected one of {KINDS}.")
 
 
-@contextmanager
-def _staging(parent: Path, prefix: str) -> Iterator[Path]:
-    """A temporary folder in ``parent`` (same file system, so it can be renamed into place); removed on error."""
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.", dir=parent))
+@dataclass(frozen=True)
+class _Model:
+    """One model folder to write: its config, client example (or None) and version-folder files."""
+
+    name: str
+    config: str
+    example: str | None
+    files: dict[str, Path | str]  # file name in <version>/ -> a file to copy, or the text to write
+
+
+def _check_targets(repo: Path, models: list[_Model], version: int, overwrite: bool, inputs: list[Path]) -> None:
+    for m in models:
+        model_dir = repo / m.name
+        version_dir = model_dir / str(version)
+        for p in inputs:
+            if version_dir.resolve() in p.resolve().parents:
+                raise InputError(f"Refusing to write {version_dir}: it holds the input {p}; choose another repo, "
+                                 "name or version.")
+        if version_dir.exists() and not overwrite:
+            raise InputError(f"{version_dir} already exists; expected a new version (pass overwrite=True / "
+                             "--overwrite to replace it).")
+        if model_dir.exists() and not model_dir.is_dir():
+            raise InputError(f"{model_dir} exists and is not a folder; expected a Triton model folder or nothing.")
+
+
+def _install(repo: Path, models: list[_Model], version: int) -> None:
+    """Write ``models`` into ``repo``: all staged first, then moved into place; on an error all is undone.
+
+    A new model folder is staged beside it in ``repo`` and appears in one rename. For an existing
+    model folder the version is staged inside it (a hidden folder, which Triton does not take for a
+    version) and renamed into place; a replaced version waits there until every model is in, and
+    ``config.pbtxt`` / ``client_example.py`` are replaced atomically. Other models and versions are
+    never touched. A Python exception undoes every step (a killed process can still leave some of
+    the models written).
+    """
+    created_repo = not repo.exists()
+    repo.mkdir(parents=True, exist_ok=True)
+    stages: list[Path] = []
+    undo: list = []
     try:
-        yield tmp
+        for m in models:  # stage every model before anything moves
+            model_dir = repo / m.name
+            stage = Path(tempfile.mkdtemp(prefix=f".{m.name}.liverrt-stage.", dir=model_dir if model_dir.is_dir()
+                                          else repo))  # same file system as the target: renames
+            stages.append(stage)
+            folder = stage / "model"
+            files = [folder / "config.pbtxt"]
+            (folder / str(version)).mkdir(parents=True)
+            for name, src in m.files.items():
+                if isinstance(src, Path):
+                    shutil.copyfile(src, folder / str(version) / name)
+                else:
+                    (folder / str(version) / name).write_text(src, encoding="utf-8")
+                files.append(folder / str(version) / name)
+            (folder / "config.pbtxt").write_text(m.config, encoding="utf-8")
+            if m.example is not None:
+                (folder / "client_example.py").write_text(m.example, encoding="utf-8")
+                files.append(folder / "client_example.py")
+            for f in (*files, folder / str(version), folder):
+                set_default_mode(f)
+        for m, stage in zip(models, stages, strict=True):
+            folder, model_dir = stage / "model", repo / m.name
+            if stage.parent == repo:  # a new model folder
+                os.rename(folder, model_dir)  # refuses to replace a folder that appeared meanwhile
+                undo.append(lambda a=model_dir, b=folder: os.rename(a, b))
+                continue
+            version_dir = model_dir / str(version)
+            if version_dir.exists():  # overwrite: the old version waits in the stage until all are in
+                os.rename(version_dir, stage / "old")
+                undo.append(lambda a=stage / "old", b=version_dir: os.rename(a, b))
+            os.rename(folder / str(version), version_dir)
+            undo.append(lambda a=version_dir, b=folder / str(version): os.rename(a, b))
+            for name in ("config.pbtxt", "client_example.py"):
+                if not (folder / name).exists():
+                    continue
+                target = model_dir / name
+                if target.exists():
+                    shutil.copy2(target, stage / f"{name}.old")
+                    undo.append(lambda a=stage / f"{name}.old", b=target: os.replace(a, b))
+                else:
+                    undo.append(lambda b=target: b.unlink(missing_ok=True))
+                os.replace(folder / name, target)
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                step()
+            except OSError as exc:  # pragma: no cover - the file system failed twice
+                log.error("could not undo a Triton repository step: %s", exc)
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+        if created_repo and not any(repo.iterdir()):
+            repo.rmdir()
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _fill_version(folder: Path, artifact: Path, model_file: str) -> Path:
-    folder.mkdir()
-    set_default_mode(folder)
-    target = folder / model_file
-    shutil.copyfile(artifact, target)
-    return target
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_triton_repo(
@@ -284,12 +384,15 @@ def write_triton_repo(
     most its profile's max batch; ``preferred_batch_sizes`` defaults to those of
     (4, 8, 16) that fit.
 
-    Only ``<repo>/<name>/`` is written. A new model folder appears in one
-    rename; into an existing one the version folder is renamed into place, then
-    ``config.pbtxt`` and ``client_example.py`` are replaced atomically. An
-    existing ``<repo>/<name>/<version>`` raises :class:`InputError` unless
-    ``overwrite``; the artifact itself is never overwritten. Every check runs
-    before anything is written.
+    A split Mask R-CNN export (the .onnx that names its box and mask graphs)
+    is written as four models (module docstring); its graph models take
+    ``kind`` and ``instances``, the Python model runs on the CPU.
+
+    Only ``<repo>/<name>/`` (and a Mask R-CNN's ``<name>_rpn|box|mask/``) is
+    written, by :func:`_install`: every folder is staged first and moved into
+    place, and undone on error. An existing ``<repo>/<name>/<version>`` raises
+    :class:`InputError` unless ``overwrite``; the artifact itself is never
+    overwritten. Every check runs before anything is written.
     """
     artifact, repo = Path(artifact), Path(repo)
     if not artifact.is_file():
@@ -306,7 +409,10 @@ def write_triton_repo(
         stem = re.sub(r"\.[0-9a-f]{16}$", "", artifact.stem)
         name = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip(".") or "model"
 
-    if backend == "onnxruntime":
+    split = backend == "onnxruntime" and "liverrt.split" in onnx_metadata(artifact)
+    if split:  # a split Mask R-CNN: four models, written below
+        inputs, outputs, meta, batch_cap = [], [], {}, None
+    elif backend == "onnxruntime":
         inputs, outputs, meta, batch_cap = _from_onnx(artifact)
     else:
         inputs, outputs, meta, batch_cap = _from_plan(artifact)
@@ -320,48 +426,23 @@ def write_triton_repo(
     preferred = tuple(int(b) for b in preferred_batch_sizes)
     _check_options(max_batch_size, preferred, max_queue_delay_us, instances, kind, version, name)
 
+    if split:
+        from liverrt.export.triton_maskrcnn import write_maskrcnn_models
+
+        return write_maskrcnn_models(artifact, repo, name=name, version=version, max_batch_size=max_batch_size,
+                                     preferred=preferred, max_queue_delay_us=max_queue_delay_us,
+                                     instances=instances, kind=kind, overwrite=overwrite)
     model_dir = repo / name
     version_dir = model_dir / str(version)
-    for p in [artifact, artifact.with_suffix(".json")] if backend == "tensorrt" else [artifact]:
-        if version_dir.resolve() in p.resolve().parents:
-            raise InputError(f"Refusing to write {version_dir}: it holds the input {p}; choose another repo, name or version.")
-    if version_dir.exists() and not overwrite:
-        raise InputError(f"{version_dir} already exists; expected a new version (pass overwrite=True / --overwrite to replace it).")
-    if model_dir.exists() and not model_dir.is_dir():
-        raise InputError(f"{model_dir} exists and is not a folder; expected a Triton model folder or nothing.")
-
+    model_file = BACKENDS[backend][1]
     parameters = {**meta, "liverrt.artifact_sha256": sha256_file(artifact)}
     text = config_text(name, backend, max_batch_size, inputs, outputs, preferred_batch_sizes=preferred,
                        max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, parameters=parameters)
     example = client_example_text(name, inputs[0], outputs[0], max_batch_size, parameters)
-    model_file = BACKENDS[backend][1]
-
-    if not model_dir.exists():
-        with _staging(repo, name) as tmp:
-            _fill_version(tmp / str(version), artifact, model_file)
-            (tmp / "config.pbtxt").write_text(text, encoding="utf-8")
-            (tmp / "client_example.py").write_text(example, encoding="utf-8")
-            for f in (tmp / "config.pbtxt", tmp / "client_example.py", tmp / str(version) / model_file):
-                set_default_mode(f)
-            set_default_mode(tmp)
-            os.rename(tmp, model_dir)  # refuses to replace a folder that appeared meanwhile
-    else:
-        with _staging(model_dir, str(version)) as tmp:
-            _fill_version(tmp / "v", artifact, model_file)
-            set_default_mode(tmp / "v" / model_file)
-            if version_dir.exists():  # overwrite=True: move the old version aside, swap, restore on error
-                os.rename(version_dir, tmp / "old")
-                try:
-                    os.rename(tmp / "v", version_dir)
-                except BaseException:
-                    os.rename(tmp / "old", version_dir)
-                    raise
-            else:
-                os.rename(tmp / "v", version_dir)
-        with atomic_path(model_dir / "config.pbtxt", suffix=".pbtxt") as tmp_file:
-            tmp_file.write_text(text, encoding="utf-8")
-        with atomic_path(model_dir / "client_example.py", suffix=".py") as tmp_file:
-            tmp_file.write_text(example, encoding="utf-8")
+    model = _Model(name, text, example, {model_file: artifact})
+    _check_targets(repo, [model], version, overwrite,
+                   [artifact, artifact.with_suffix(".json")] if backend == "tensorrt" else [artifact])
+    _install(repo, [model], version)
     log.info("wrote Triton model %s version %d (%s, max_batch_size %d) to %s", name, version, backend,
              max_batch_size, repo)
     return TritonRepo(repo=repo, name=name, version=version, platform=BACKENDS[backend][0],

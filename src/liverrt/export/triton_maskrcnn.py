@@ -1,0 +1,77 @@
+"""A split Mask R-CNN export as Triton models: three ONNX graphs and a Python-backend model between them.
+
+See :mod:`liverrt.export.triton` for the layout and :mod:`liverrt.runtime.triton_maskrcnn`
+for what the Python model does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import liverrt
+from liverrt.artifact import artifact_info, sha256_file
+from liverrt.export.triton import (
+    PYTHON_PLATFORM,
+    TensorConfig,
+    TritonRepo,
+    _check_targets,
+    _install,
+    _Model,
+    _read_graph,
+    client_example_text,
+    config_text,
+)
+from liverrt.runtime.triton_maskrcnn import INPUT, MODEL_PY, OUTPUTS, PARTS_PARAMETER
+
+log = logging.getLogger(__name__)
+
+
+def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int, max_batch_size: int,
+                          preferred: tuple[int, ...], max_queue_delay_us: int, instances: int, kind: str,
+                          overwrite: bool) -> TritonRepo:
+    """Write the split Mask R-CNN whose rpn graph is ``artifact`` as models ``name`` and ``name_rpn|box|mask``.
+
+    Options are checked by the caller (:func:`liverrt.export.triton.write_triton_repo`).
+    """
+    from liverrt.runtime.onnxruntime_engine import split_parts
+
+    paths = split_parts(artifact)  # the box and mask graphs beside it, checked against their sha256
+    info = artifact_info(artifact)
+    size = int(info.model_config.get("image_size", info.spec.size))  # what the Python model checks requests by
+    k = int(info.model_config.get("max_instances", 8))
+    models, parts = [], {}
+    params = {}
+    for part, path in paths.items():
+        batched = part == "rpn"  # box/mask: the first axis counts RoIs of the whole batch
+        inputs, outputs, meta = _read_graph(path, batched=batched)
+        model_name = f"{name}_{part}"
+        parts[part] = {"model": model_name, "inputs": [t.name for t in inputs], "outputs": [t.name for t in outputs]}
+        meta = {key: v for key, v in meta.items() if key != "liverrt.split"}
+        if part == "rpn":
+            params = dict(meta)
+        text = config_text(model_name, "onnxruntime", max_batch_size if batched else 0, inputs, outputs,
+                           preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
+                           instances=instances, kind=kind,
+                           parameters={**meta, "liverrt.artifact_sha256": sha256_file(path)})
+        models.append(_Model(model_name, text, None, {"model.onnx": path}))
+    inputs = [TensorConfig(INPUT, "TYPE_FP32", (1, size, size))]
+    shapes = {"prob": (1, size, size), "scores": (k,), "boxes": (k, 4)}
+    outputs = [TensorConfig(o, "TYPE_FP32", shapes[o]) for o in OUTPUTS]
+    params.pop("liverrt.part", None)
+    params.update({PARTS_PARAMETER: json.dumps(parts, sort_keys=True), "liverrt.artifact_sha256": sha256_file(artifact)})
+    text = config_text(name, PYTHON_PLATFORM, max_batch_size, inputs, outputs, preferred_batch_sizes=preferred,
+                       max_queue_delay_us=max_queue_delay_us, instances=instances, kind="KIND_CPU",
+                       parameters=params)
+    example = client_example_text(name, inputs[0], outputs[0], max_batch_size, params)
+    models.insert(0, _Model(name, text, example, {"model.py": MODEL_PY.replace("__VERSION__", liverrt.__version__)}))
+    _check_targets(repo, models, version, overwrite, list(paths.values()))
+    _install(repo, models, version)
+    log.info("wrote Triton models %s (Python, BLS) and %s version %d to %s", name,
+             ", ".join(p["model"] for p in parts.values()), version, repo)
+    model_dir = repo / name
+    return TritonRepo(repo=repo, name=name, version=version, platform=PYTHON_PLATFORM, max_batch_size=max_batch_size,
+                      model_dir=model_dir, config=model_dir / "config.pbtxt", model=model_dir / str(version) / "model.py",
+                      client_example=model_dir / "client_example.py", inputs=tuple(inputs), outputs=tuple(outputs),
+                      parts=tuple(p["model"] for p in parts.values()))
