@@ -9,19 +9,24 @@ model where the data-dependent work begins:
   ``feat_0..feat_3`` (P2..P5, what RoIAlign reads) and per FPN level
   ``objectness_0..4`` (N, A, h, w) and ``deltas_0..4`` (N, 4A, h, w).
   Dynamic batch.
-* ``box``: ``feat_0..3`` + ``rois`` (R, 5: image index, x1, y1, x2, y2) ->
-  multi-level RoIAlign 7x7 + box head -> ``class_logits`` (R, C),
-  ``box_regression`` (R, 4C). Dynamic R.
-* ``mask``: ``feat_0..3`` + ``rois`` (D, 5) -> RoIAlign 14x14 + mask head ->
-  ``mask_logits`` (D, C, 28, 28). Dynamic D.
+* ``box``: ``feat_0..3`` + ``rois_0..3`` (R_l, 5: image index, x1, y1, x2,
+  y2; the RoIs of FPN level P2..P5) -> RoIAlign 7x7 of each level on its own
+  RoIs, concatenated + box head -> ``class_logits`` (R, C), ``box_regression``
+  (R, 4C), rows in level order. Dynamic R_l.
+* ``mask``: ``feat_0..3`` + ``rois_0..3`` -> RoIAlign 14x14 per level + mask
+  head -> ``mask_logits`` (D, C, 28, 28), rows in level order. Dynamic D_l.
 
 The box and mask heads are two graphs because the mask head runs on the
 detections, which exist only after the box head and NMS. Anchor decoding,
 top-k, NMS and mask pasting run in :mod:`liverrt.runtime.maskrcnn_split`
 (Numba kernels), reproducing torchvision's inference. Every graph is static in
-its control flow: the FPN level of each RoI is computed in the graph and
-each level's RoIAlign result is selected by a 0/1 mask (no gather on
-data-dependent indices), which TensorRT builds without plugins.
+its control flow, which TensorRT builds without plugins. The runtime assigns
+each RoI its FPN level (torchvision's rule, :func:`liverrt.runtime.maskrcnn_split.roi_levels`)
+and restores the RoIs' order afterwards. (The first version computed the level
+in the graph, pooled every RoI on all four levels and kept one by a 0/1 mask:
+four times the RoIAlign work and four full-size multiplies, two thirds of the
+box graph's time on a CPU. Graphs of that version, with one ``rois`` input,
+still run.)
 """
 
 from __future__ import annotations
@@ -51,22 +56,18 @@ class RPNPart(nn.Module):
         return [*FEATURES, *(f"objectness_{i}" for i in range(levels)), *(f"deltas_{i}" for i in range(levels))]
 
 
-def _pool(feats: tuple[Tensor, ...], rois: Tensor, output: int, sampling_ratio: int, aligned: bool) -> Tensor:
-    """Multi-level RoIAlign with torchvision's level rule, every level pooled and selected by a mask.
+ROIS = tuple(f"rois_{i}" for i in range(4))
+
+
+def _pool(feats: tuple[Tensor, ...], rois: tuple[Tensor, ...], output: int, sampling_ratio: int,
+          aligned: bool) -> Tensor:
+    """RoIAlign of each FPN level on its own RoIs, concatenated in level order.
 
     P2..P5 have strides 4, 8, 16 and 32 (the scales torchvision infers for an
     image size divisible by 32, which the model requires).
     """
-    area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-    # torchvision LevelMapper: floor(4 + log2(sqrt(area) / 224) + 1e-6), clamped to P2..P5
-    level = torch.floor(4 + torch.log2(torch.sqrt(area) / 224.0) + 1e-6).clamp(2, 5) - 2
-    out = None
-    for i, feat in enumerate(feats):
-        scale = 1.0 / 2 ** (i + 2)
-        pooled = roi_align(feat, rois, output, spatial_scale=scale, sampling_ratio=sampling_ratio, aligned=aligned)
-        sel = (level == i).to(pooled.dtype)[:, None, None, None]
-        out = pooled * sel if out is None else out + pooled * sel
-    return out
+    return torch.cat([roi_align(feat, r, output, spatial_scale=1.0 / 2 ** (i + 2), sampling_ratio=sampling_ratio,
+                                aligned=aligned) for i, (feat, r) in enumerate(zip(feats, rois, strict=True))])
 
 
 class BoxPart(nn.Module):
@@ -74,9 +75,11 @@ class BoxPart(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, feat_0: Tensor, feat_1: Tensor, feat_2: Tensor, feat_3: Tensor, rois: Tensor):
+    def forward(self, feat_0: Tensor, feat_1: Tensor, feat_2: Tensor, feat_3: Tensor, rois_0: Tensor,
+                rois_1: Tensor, rois_2: Tensor, rois_3: Tensor):
         cfg, heads = self.model.config, self.model.net.roi_heads
-        x = _pool((feat_0, feat_1, feat_2, feat_3), rois, 7, cfg["sampling_ratio"], cfg["roi_aligned"])
+        x = _pool((feat_0, feat_1, feat_2, feat_3), (rois_0, rois_1, rois_2, rois_3), 7, cfg["sampling_ratio"],
+                  cfg["roi_aligned"])
         return heads.box_predictor(heads.box_head(x))
 
 
@@ -85,9 +88,11 @@ class MaskPart(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, feat_0: Tensor, feat_1: Tensor, feat_2: Tensor, feat_3: Tensor, rois: Tensor):
+    def forward(self, feat_0: Tensor, feat_1: Tensor, feat_2: Tensor, feat_3: Tensor, rois_0: Tensor,
+                rois_1: Tensor, rois_2: Tensor, rois_3: Tensor):
         cfg, heads = self.model.config, self.model.net.roi_heads
-        x = _pool((feat_0, feat_1, feat_2, feat_3), rois, 14, cfg["sampling_ratio"], cfg["roi_aligned"])
+        x = _pool((feat_0, feat_1, feat_2, feat_3), (rois_0, rois_1, rois_2, rois_3), 14, cfg["sampling_ratio"],
+                  cfg["roi_aligned"])
         return heads.mask_predictor(heads.mask_head(x))
 
 
@@ -105,8 +110,9 @@ def export_parts(model: nn.Module, paths: dict[str, str], opset: int, *, example
     with torch.no_grad():
         outs = rpn(image)
     feats = tuple(outs[:4])
-    rois = torch.tensor([[0, 10.0, 12.0, 200.0, 180.0], [1, 4.0, 4.0, 40.0, 60.0], [0, 0.0, 0.0, 8.0, 8.0]])
-    rois[:, 1:] = rois[:, 1:].clamp(max=s - 1)
+    # two RoIs per level for tracing (their level does not matter to the graph)
+    rois = tuple(torch.tensor([[0, 4.0 * i, 4.0, 4.0 * i + 16, 30.0], [1, 2.0, 2.0 * i, 40.0, 60.0]]).clamp(max=s - 1)
+                 for i in range(4))
     feat_axes = {n: {0: "batch"} for n in FEATURES}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -115,7 +121,8 @@ def export_parts(model: nn.Module, paths: dict[str, str], opset: int, *, example
                           dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}})
         for part, cls, out_names in (("box", BoxPart, ["class_logits", "box_regression"]),
                                      ("mask", MaskPart, ["mask_logits"])):
-            torch.onnx.export(cls(model).eval(), (*feats, rois), paths[part],
-                              input_names=[*FEATURES, "rois"], output_names=out_names, opset_version=opset,
+            torch.onnx.export(cls(model).eval(), (*feats, *rois), paths[part],
+                              input_names=[*FEATURES, *ROIS], output_names=out_names, opset_version=opset,
                               dynamo=False,
-                              dynamic_axes={**feat_axes, "rois": {0: "rois"}, **{n: {0: "rois"} for n in out_names}})
+                              dynamic_axes={**feat_axes, **{r: {0: r} for r in ROIS},
+                                            **{n: {0: "rois"} for n in out_names}})

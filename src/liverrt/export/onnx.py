@@ -263,7 +263,8 @@ def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_
 
     with torch.no_grad():
         ref = model.predict(torch.from_numpy(inputs))["prob"].numpy()
-    cand = SplitMaskRCNN(model.config, ort_split_runner(paths, ["CPUExecutionProvider"])).predict(inputs)["prob"]
+    run = ort_split_runner(paths, ["CPUExecutionProvider"])
+    cand = SplitMaskRCNN(model.config, run, per_level="rois" not in run.inputs["box"]).predict(inputs)["prob"]
     # instance masks are pasted from 28x28 logits: compare the masks, with probability noise bounded by atol
     # only where both sides kept the same instances (a reordered near-tie changes whole instances)
     return compare_outputs(ref, cand, threshold=threshold, atol=float("inf"), max_dice_delta=max_dice_delta)

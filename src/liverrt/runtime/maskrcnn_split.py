@@ -9,7 +9,9 @@ this module does what torchvision's ``RegionProposalNetwork`` and
    logits; deltas decoded (weights 1, 1, 1, 1; dw/dh clamped at log(1000/16));
    boxes clipped to the image, boxes under 1e-3 px dropped; NMS at 0.7 within
    each level; the ``rpn_post_nms_top_n_test`` best proposals kept;
-3. the box graph on every proposal; softmax scores; class-specific boxes
+3. each proposal assigned its FPN level (:func:`roi_levels`, torchvision's
+   rule); the box graph on every proposal, each level's RoIs in their own
+   input; outputs put back in proposal order; softmax scores; class-specific boxes
    decoded (weights 10, 10, 5, 5), clipped; background dropped; scores
    > 0.05; boxes under 1e-2 px dropped; NMS at 0.5 per class; the best
    ``max_instances`` kept;
@@ -96,12 +98,33 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-class SplitMaskRCNN:
-    """Mask R-CNN inference over the three split graphs; ``detect``/``predict`` like the PyTorch model."""
+def roi_levels(boxes: np.ndarray) -> np.ndarray:
+    """FPN level index (0..3 for P2..P5) of each (R, 4) box: torchvision's ``LevelMapper`` in float32.
 
-    def __init__(self, config: dict, run: RunGraph) -> None:
+    floor(4 + log2(sqrt(area) / 224) + 1e-6), clamped to levels 2..5.
+    """
+    b = np.asarray(boxes, np.float32)
+    size = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    with np.errstate(divide="ignore"):  # a zero-area box: log2(0) = -inf, clamped to P2 as in torch
+        level = np.floor(np.float32(4) + np.log2(size / np.float32(224)) + np.float32(1e-6))
+    return (np.clip(level, 2, 5) - 2).astype(np.int64)
+
+
+#: what an empty FPN level is given, so no graph input is ever empty (its output row is dropped)
+_PLACEHOLDER_ROI = np.array([[0.0, 0.0, 0.0, 1.0, 1.0]], np.float32)
+
+
+class SplitMaskRCNN:
+    """Mask R-CNN inference over the three split graphs; ``detect``/``predict`` like the PyTorch model.
+
+    ``per_level``: the box and mask graphs take each FPN level's RoIs as ``rois_0..3`` (this
+    version's export); False for graphs of the first version, which take one ``rois`` input.
+    """
+
+    def __init__(self, config: dict, run: RunGraph, *, per_level: bool = True) -> None:
         self.config = config
         self.run = run
+        self.per_level = per_level
         self.size = int(config["image_size"])
         self.pre_nms = int(config.get("rpn_pre_nms_top_n_test", 1000))
         self.post_nms = int(config.get("rpn_post_nms_top_n_test", 1000))
@@ -148,7 +171,7 @@ class SplitMaskRCNN:
         rois = _rois(props)
         dets: list[dict[str, np.ndarray]] = []
         if rois.shape[0]:
-            heads = self.run("box", {**feats, "rois": rois})
+            heads = self._heads("box", feats, rois)
             logits, regression = heads["class_logits"], heads["box_regression"]
         start = 0
         for p in props:
@@ -172,7 +195,7 @@ class SplitMaskRCNN:
             dets.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].astype(np.int64)})
         det_rois = _rois([d["boxes"] for d in dets])
         if det_rois.shape[0]:
-            mask_logits = self.run("mask", {**feats, "rois": det_rois})["mask_logits"]
+            mask_logits = self._heads("mask", feats, det_rois)["mask_logits"]
             start = 0
             for d in dets:
                 k = d["boxes"].shape[0]
@@ -184,6 +207,26 @@ class SplitMaskRCNN:
         for d in dets:
             d.setdefault("masks", np.zeros((0, 1, self.size, self.size), np.float32))
         return dets
+
+    def _heads(self, part: str, feats: dict, rois: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the box or mask graph on (R, 5) ``rois``; output rows in the order of ``rois``."""
+        if not self.per_level:
+            return self.run(part, {**feats, "rois": rois})
+        level = roi_levels(rois[:, 1:])
+        order = np.argsort(level, kind="stable")
+        feed, keep, start = {}, [], 0
+        for lv in range(4):
+            mine = rois[level == lv]
+            feed[f"rois_{lv}"] = mine if mine.shape[0] else _PLACEHOLDER_ROI
+            keep.append(np.arange(start, start + mine.shape[0]))
+            start += max(mine.shape[0], 1)
+        keep = np.concatenate(keep)
+        out = {}
+        for name, value in self.run(part, {**feats, **feed}).items():
+            restored = np.empty_like(value[keep])
+            restored[order] = value[keep]  # row i of the level-ordered output belongs to RoI order[i]
+            out[name] = restored
+        return out
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The runtime outputs of :class:`liverrt.models.maskrcnn.LiverMaskRCNN.predict`."""

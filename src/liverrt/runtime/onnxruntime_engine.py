@@ -55,7 +55,8 @@ class OnnxRuntimeEngine(Engine):
         if split is not None:
             from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 
-            self._split = SplitMaskRCNN(self.info.model_config, ort_split_runner(split, self.providers, opts))
+            run = ort_split_runner(split, self.providers, opts)
+            self._split = SplitMaskRCNN(self.info.model_config, run, per_level="rois" not in run.inputs["box"])
             self._session = self._split
             return
         self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
@@ -126,7 +127,7 @@ def split_parts(path: Path) -> dict[str, Path] | None:
 
 
 def ort_split_runner(paths: dict[str, Path], providers: Sequence[str], options=None):
-    """A ``run(part, inputs)`` callable over one onnxruntime session per split graph."""
+    """A ``run(part, inputs)`` callable over one onnxruntime session per split graph (``run.inputs``: input names)."""
     import onnxruntime as ort
 
     sessions = {part: ort.InferenceSession(str(p), sess_options=options, providers=list(providers))
@@ -138,4 +139,5 @@ def ort_split_runner(paths: dict[str, Path], providers: Sequence[str], options=N
         values = sessions[part].run(outputs[part], {k: feed[k] for k in inputs[part]})
         return dict(zip(outputs[part], values, strict=True))
 
+    run.inputs = inputs  # the graphs' input names: which export version they are
     return run

@@ -73,7 +73,7 @@ class MaskRCNNBLS:
         if set(self.parts) != {"rpn", "box", "mask"}:
             raise pb.TritonModelException(f"{PARTS_PARAMETER} names {sorted(self.parts)}; expected rpn, box and mask.")
         self.version = int(args.get("model_version") or -1)  # -1: the graphs' latest version
-        self.split = SplitMaskRCNN(model["config"], self._run)
+        self.split = SplitMaskRCNN(model["config"], self._run, per_level="rois" not in self.parts["box"]["inputs"])
         self._cpu = None
         if hasattr(pb, "PreferredMemory"):  # newer Triton releases: ask for outputs in CPU memory
             self._cpu = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)
