@@ -73,32 +73,36 @@ def test_roi_levels_equal_torchvision_level_mapper():
     # the level boundaries (sqrt(area) = 224 * 2^k), a zero-area box, a one-pixel box
     edges = np.array([[0, 0, 112, 112], [0, 0, 224, 224], [0, 0, 448, 448], [0, 0, 111.99, 112],
                       [5, 5, 5, 9], [3, 3, 4, 4]], np.float32)
-    boxes = np.concatenate([boxes, edges])
+    # squares a few float32 steps under each boundary: there the 1e-6 of the rule decides the level
+    near = np.concatenate([(np.array([c], np.float32).view(np.int32) - np.arange(1, 12, dtype=np.int32))
+                           .view(np.float32) for c in (112, 224, 448)])
+    squares = np.stack([np.zeros_like(near), np.zeros_like(near), near, near], axis=1)
+    boxes = np.concatenate([boxes, edges, squares])
     ref = LevelMapper(2, 5)([torch.from_numpy(boxes)]).numpy()
     assert np.array_equal(roi_levels(boxes), ref)
     assert set(ref) == {0, 1, 2, 3}  # every level is exercised
 
 
-@pytest.mark.parametrize("spread", ["all levels, shuffled", "one level only"])
-def test_heads_take_rois_per_level_and_answer_in_roi_order(model, spread):
+@pytest.mark.parametrize("empty_levels", [False, True], ids=["placeholders", "empty inputs"])
+@pytest.mark.parametrize("spread", ["all levels, shuffled", "P2 only", "P5 only", "P3 and P5"])
+def test_heads_take_rois_per_level_and_answer_in_roi_order(model, spread, empty_levels):
     """The box and mask graphs' per-level inputs against the model's own multi-level RoI pooling."""
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         levels = RPNPart(model)(x)[:4]
     feats = {f"feat_{i}": f.numpy() for i, f in enumerate(levels)}
     rng = np.random.default_rng(1)
-    if spread == "one level only":  # three empty levels: their inputs get a placeholder RoI
-        xy = rng.uniform(0, 40, (6, 2))
-        boxes = np.concatenate([xy, xy + rng.uniform(4, 20, (6, 2))], axis=1).astype(np.float32)
-    else:
-        side = np.repeat([20.0, 150.0, 300.0, 600.0], 5)  # sqrt(area) on P2, P3, P4, P5
-        side = side[rng.permutation(side.size)] * rng.uniform(0.9, 1.1, side.size)
-        xy = rng.uniform(-100, 60, (side.size, 2))
-        boxes = np.concatenate([xy, xy + side[:, None]], axis=1).astype(np.float32)
+    # sqrt(area) of a box on P2, P3, P4, P5; empty levels get a placeholder RoI or an empty input
+    sides = {"all levels, shuffled": [20.0, 150.0, 300.0, 600.0], "P2 only": [20.0], "P5 only": [600.0],
+             "P3 and P5": [150.0, 600.0]}[spread]
+    side = np.repeat(sides, 5)
+    side = side[rng.permutation(side.size)] * rng.uniform(0.9, 1.1, side.size)
+    xy = rng.uniform(-100, 60, (side.size, 2))
+    boxes = np.concatenate([xy, xy + side[:, None]], axis=1).astype(np.float32)
     image = rng.integers(0, 2, len(boxes)).astype(np.float32)
     rois = np.concatenate([image[:, None], boxes], axis=1)
     lv = roi_levels(boxes)
-    assert (len(set(lv)) == 1) if spread == "one level only" else (len(set(lv)) == 4)
+    assert len(set(lv)) == len(sides)
     heads = model.net.roi_heads
     pool_in = dict(zip(heads.box_roi_pool.featmap_names, levels, strict=False))
     per_image = [torch.from_numpy(boxes[image == i]) for i in (0, 1)]
@@ -106,7 +110,7 @@ def test_heads_take_rois_per_level_and_answer_in_roi_order(model, spread):
     with torch.no_grad():
         cls, reg = heads.box_predictor(heads.box_head(heads.box_roi_pool(pool_in, per_image, [(64, 64)] * 2)))
         masks = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(pool_in, per_image, [(64, 64)] * 2)))
-    split = SplitMaskRCNN(model.config, _torch_runner(model))
+    split = SplitMaskRCNN(model.config, _torch_runner(model), empty_levels=empty_levels)
     box = split._heads("box", feats, rois)
     mask = split._heads("mask", feats, rois)
     np.testing.assert_allclose(box["class_logits"][order], cls.numpy(), atol=1e-5)
@@ -198,7 +202,9 @@ def test_graphs_of_the_first_version_still_run(model, tmp_path):
                                             **{n: {0: "r"} for n in names}})
     run = ort_split_runner(paths, ["CPUExecutionProvider"])
     assert run.inputs["box"] == [*FEATURES, "rois"]
-    legacy = SplitMaskRCNN(model.config, run, per_level=False).detect(x.numpy())
+    legacy = SplitMaskRCNN(model.config, run)
+    assert legacy.per_level is False  # read from the graphs' inputs
+    legacy = legacy.detect(x.numpy())
     ref = model.detect(x)
     assert sum(len(r["boxes"]) for r in ref) > 0
     for r, o in zip(ref, legacy, strict=True):

@@ -264,7 +264,7 @@ def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_
     with torch.no_grad():
         ref = model.predict(torch.from_numpy(inputs))["prob"].numpy()
     run = ort_split_runner(paths, ["CPUExecutionProvider"])
-    cand = SplitMaskRCNN(model.config, run, per_level="rois" not in run.inputs["box"]).predict(inputs)["prob"]
+    cand = SplitMaskRCNN(model.config, run, empty_levels=True).predict(inputs)["prob"]
     # instance masks are pasted from 28x28 logits: compare the masks, with probability noise bounded by atol
     # only where both sides kept the same instances (a reordered near-tie changes whole instances)
     return compare_outputs(ref, cand, threshold=threshold, atol=float("inf"), max_dice_delta=max_dice_delta)

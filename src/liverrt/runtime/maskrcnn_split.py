@@ -110,7 +110,7 @@ def roi_levels(boxes: np.ndarray) -> np.ndarray:
     return (np.clip(level, 2, 5) - 2).astype(np.int64)
 
 
-#: what an empty FPN level is given, so no graph input is ever empty (its output row is dropped)
+#: what an empty FPN level is given where a backend may refuse empty tensors (its output row is dropped)
 _PLACEHOLDER_ROI = np.array([[0.0, 0.0, 0.0, 1.0, 1.0]], np.float32)
 
 
@@ -119,12 +119,21 @@ class SplitMaskRCNN:
 
     ``per_level``: the box and mask graphs take each FPN level's RoIs as ``rois_0..3`` (this
     version's export); False for graphs of the first version, which take one ``rois`` input.
+    None: read from ``run.inputs`` (``{part: input names}``, as :func:`liverrt.runtime.onnxruntime_engine.ort_split_runner`
+    gives) where ``run`` has it, else True. ``empty_levels``: the backend takes (0, 5) RoI
+    inputs (onnxruntime, PyTorch); otherwise an empty level gets one placeholder RoI, whose
+    head output (about 0.5 G multiply-adds in the mask head) is computed and dropped.
     """
 
-    def __init__(self, config: dict, run: RunGraph, *, per_level: bool = True) -> None:
+    def __init__(self, config: dict, run: RunGraph, *, per_level: bool | None = None,
+                 empty_levels: bool = False) -> None:
         self.config = config
         self.run = run
+        if per_level is None:
+            inputs = getattr(run, "inputs", None)
+            per_level = "rois" not in inputs["box"] if inputs and "box" in inputs else True
         self.per_level = per_level
+        self.empty_levels = empty_levels
         self.size = int(config["image_size"])
         self.pre_nms = int(config.get("rpn_pre_nms_top_n_test", 1000))
         self.post_nms = int(config.get("rpn_post_nms_top_n_test", 1000))
@@ -217,16 +226,14 @@ class SplitMaskRCNN:
         feed, keep, start = {}, [], 0
         for lv in range(4):
             mine = rois[level == lv]
-            feed[f"rois_{lv}"] = mine if mine.shape[0] else _PLACEHOLDER_ROI
+            pad = mine.shape[0] == 0 and not self.empty_levels
+            feed[f"rois_{lv}"] = _PLACEHOLDER_ROI if pad else mine
             keep.append(np.arange(start, start + mine.shape[0]))
-            start += max(mine.shape[0], 1)
+            start += mine.shape[0] + pad
         keep = np.concatenate(keep)
-        out = {}
-        for name, value in self.run(part, {**feats, **feed}).items():
-            restored = np.empty_like(value[keep])
-            restored[order] = value[keep]  # row i of the level-ordered output belongs to RoI order[i]
-            out[name] = restored
-        return out
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)  # RoI j is row inverse[j] of the level-ordered output
+        return {name: value[keep][inverse] for name, value in self.run(part, {**feats, **feed}).items()}
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The runtime outputs of :class:`liverrt.models.maskrcnn.LiverMaskRCNN.predict`."""

@@ -56,7 +56,9 @@ class OnnxRuntimeEngine(Engine):
             from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 
             run = ort_split_runner(split, self.providers, opts)
-            self._split = SplitMaskRCNN(self.info.model_config, run, per_level="rois" not in run.inputs["box"])
+            # empty RoI inputs were checked on the CPU provider only; elsewhere empty FPN levels get a placeholder
+            cpu_only = set(self.providers) <= {"CPUExecutionProvider"}
+            self._split = SplitMaskRCNN(self.info.model_config, run, empty_levels=cpu_only)  # per_level: run.inputs
             self._session = self._split
             return
         self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
