@@ -8,7 +8,8 @@ Layout written (only ``<repo>/<name>/`` is touched; a repository may hold other 
 
 A split Mask R-CNN export (its main .onnx, the rpn graph) becomes four models:
 ``<name>_rpn`` (dynamic batch), ``<name>_box`` and ``<name>_mask``
-(max_batch_size 0: their first axis is the RoIs, not the batch), and
+(max_batch_size 0: they take the whole batch's feature maps and its RoIs, per
+FPN level), and
 ``<name>``, a Python-backend model whose ``model.py`` runs the liverrt split
 pipeline between them through BLS (:mod:`liverrt.runtime.triton_maskrcnn`).
 Clients talk to ``<name>`` only, as to a U-Net: ``image`` in, ``prob`` out.
