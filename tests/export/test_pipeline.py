@@ -86,6 +86,7 @@ def test_triton_repository_from_the_cli(confident, tmp_path):
 
     cfg = read_config(tmp_path / "repo" / "liver" / "config.pbtxt")
     assert cfg.name == "liver" and cfg.max_batch_size == 16
+    assert "from the verified ONNX" in r.output
     assert (tmp_path / "repo" / "liver" / "1" / "model.onnx").is_file()
 
 
