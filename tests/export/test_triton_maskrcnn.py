@@ -32,16 +32,10 @@ from liverrt.data.preprocess import to_input
 from liverrt.errors import ArtifactError
 from liverrt.export import triton
 from liverrt.export.onnx import split_paths
-from liverrt.export.triton import write_triton_repo
+from liverrt.export.triton import read_config, write_triton_repo
 from liverrt.runtime import open_engine
 
 SIZE = 64
-
-
-def parse(path):
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse(path.read_text(), config)
-    return config
 
 
 def dtype_name(t):
@@ -112,7 +106,7 @@ def fake_pb_utils(repo):
                 return InferenceResponse([], TritonError(self.fail[self.model_name]))
             folder = repo / self.model_name
             assert self.model_version in (-1, 1) and (folder / str(max(self.model_version, 1))).is_dir()
-            config = parse(folder / "config.pbtxt")
+            config = read_config(folder / "config.pbtxt")
             assert config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
             declared = {t.name: t for t in config.input}
             feed = {t.name(): t.as_numpy() for t in self._inputs}
@@ -163,7 +157,7 @@ def load_python_model(repo, name, monkeypatch):
     spec = importlib.util.spec_from_file_location(f"triton_model_{name}", repo / name / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = json_format.MessageToJson(parse(repo / name / "config.pbtxt"), preserving_proto_field_name=True)
+    config = json_format.MessageToJson(read_config(repo / name / "config.pbtxt"), preserving_proto_field_name=True)
     model = module.TritonPythonModel()
     model.initialize({"model_config": config, "model_instance_kind": "CPU", "model_name": name,
                       "model_version": "1", "model_repository": str(repo / name)})
@@ -203,7 +197,7 @@ def test_four_models_whose_configs_match_their_graphs(maskrcnn_onnx, tmp_path):
         folder = repo / f"liver_{part}"
         assert sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt"]
         assert sha256_file(folder / "1" / "model.onnx") == sha256_file(graph)
-        config = parse(folder / "config.pbtxt")
+        config = read_config(folder / "config.pbtxt")
         assert config.platform == "onnxruntime_onnx" and config.instance_group[0].count == 2
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
         sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
@@ -218,7 +212,7 @@ def test_four_models_whose_configs_match_their_graphs(maskrcnn_onnx, tmp_path):
             assert io == shapes
         params = {k: v.string_value for k, v in config.parameters.items()}
         assert params["liverrt.part"] == part and "liverrt.split" not in params
-    config = parse(repo / "liver" / "config.pbtxt")
+    config = read_config(repo / "liver" / "config.pbtxt")
     assert config.backend == "python" and config.platform == "" and config.max_batch_size == 8
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert [(t.name, dtype_name(t), list(t.dims)) for t in config.input] == [("image", "TYPE_FP32", [1, SIZE, SIZE])]
@@ -286,7 +280,7 @@ def test_a_failing_graph_model_answers_every_request_with_its_message(maskrcnn_o
 def test_a_config_without_liverrt_parameters_is_refused_at_load(maskrcnn_onnx, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     write_triton_repo(maskrcnn_onnx.path, repo, name="liver")
-    config = parse(repo / "liver" / "config.pbtxt")
+    config = read_config(repo / "liver" / "config.pbtxt")
     del config.parameters["liverrt.triton_parts"]
     (repo / "liver" / "config.pbtxt").write_text(text_format.MessageToString(config))
     with pytest.raises(Exception, match="lacks liverrt's parameters.*liverrt.triton_parts") as err:
@@ -352,7 +346,7 @@ def test_a_failure_while_writing_undoes_every_model(maskrcnn_onnx, tmp_path, mon
     assert sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_dir()) == dirs  # no staging left
     monkeypatch.undo()
     write_triton_repo(maskrcnn_onnx.path, repo, name="liver", max_batch_size=4, overwrite=True)
-    assert all(parse(repo / m / "config.pbtxt").max_batch_size == 4 for m in ("liver", "liver_rpn"))
+    assert all(read_config(repo / m / "config.pbtxt").max_batch_size == 4 for m in ("liver", "liver_rpn"))
     assert not (repo / "liver_rpn" / "1" / "mine.txt").exists() and (repo / "liver_box" / "7").is_dir()
     assert sorted(p.name for p in repo.iterdir()) == ["liver", "liver_box", "liver_mask", "liver_rpn"]
 
@@ -398,7 +392,7 @@ def test_a_model_exported_by_another_liverrt_version_is_served_with_a_warning(ma
                                                                                 monkeypatch):
     repo = tmp_path / "repo"
     write_triton_repo(maskrcnn_onnx.path, repo, name="liver")
-    config = parse(repo / "liver" / "config.pbtxt")
+    config = read_config(repo / "liver" / "config.pbtxt")
     config.parameters["liverrt.version"].string_value = "0.0.1"
     (repo / "liver" / "config.pbtxt").write_text(text_format.MessageToString(config))
     warnings = []

@@ -73,16 +73,17 @@ def _slices(size: int, n: int) -> np.ndarray:
     return x
 
 
-def _variants(work: Path, ckpt: Path, onnx_path: Path, on_step,
+def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
               int8_method: str) -> tuple[list[tuple[str, str, Path]], list[dict]]:
-    """(engine, precision, artifact) triples that can run here, and the ones skipped with their reason."""
-    from liverrt.artifact import artifact_info
+    """(engine, precision, artifact) triples that can run here, and the ones skipped with their reason.
+
+    ``info``: the checkpoint's :class:`liverrt.artifact.ArtifactInfo` (kind, PreprocessSpec).
+    """
     from liverrt.export import precision as prec
     from liverrt.export.gate import default_volumes
 
     variants = [("torch", "fp32", ckpt), ("onnxruntime", "fp32", onnx_path)]
     skipped = []
-    info = artifact_info(onnx_path)
     stem = onnx_path.stem
     if on_step:
         on_step("fp16 and int8 graphs")
@@ -145,7 +146,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
         # the output-aware range search takes many minutes at 512² on two cores; the quick bench of the
         # random-weight model (whose gate says little anyway) times the same graph with one-pass ranges
         int8_method = "percentile" if quick and model is None else default_calib_method(info.kind)
-        variants, skipped = _variants(work, ckpt, onnx_path, on_step, int8_method)
+        variants, skipped = _variants(work, ckpt, onnx_path, info, on_step, int8_method)
         int8_calibration = _calibration_meta(work / f"{onnx_path.stem}.int8.onnx")
         rows, gates = [], []
         for engine_name, precision, path in variants:

@@ -137,8 +137,8 @@ def _read_graph(path: Path, *, batched: bool = True):
     return tensors["input"], tensors["output"], meta
 
 
-def _from_onnx(path: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], int | None]:
-    part = onnx_metadata(path).get("liverrt.part")
+def _from_onnx(path: Path, part: str | None) -> tuple[list[TensorConfig], list[TensorConfig], dict[str, str], None]:
+    """Inputs/outputs of a single-graph liverrt ONNX; ``part``: its ``liverrt.part`` metadata, if any."""
     if part is not None:
         raise InputError(f"{path} is the {part!r} part of a split Mask R-CNN export; expected a "
                          "single-graph liverrt ONNX (U-Net, DnCNN-SR), or the split export's main .onnx file "
@@ -410,11 +410,12 @@ def write_triton_repo(
         stem = re.sub(r"\.[0-9a-f]{16}$", "", artifact.stem)
         name = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip(".") or "model"
 
-    split = backend == "onnxruntime" and "liverrt.split" in onnx_metadata(artifact)
+    first = onnx_metadata(artifact) if backend == "onnxruntime" else {}
+    split = "liverrt.split" in first
     if split:  # a split Mask R-CNN: four models, written below
         inputs, outputs, meta, batch_cap = [], [], {}, None
     elif backend == "onnxruntime":
-        inputs, outputs, meta, batch_cap = _from_onnx(artifact)
+        inputs, outputs, meta, batch_cap = _from_onnx(artifact, first.get("liverrt.part"))
     else:
         inputs, outputs, meta, batch_cap = _from_plan(artifact)
     if max_batch_size is None:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import liverrt
-from liverrt.artifact import artifact_info, sha256_file
+from liverrt.artifact import sha256_file
 from liverrt.export.triton import (
     PYTHON_PLATFORM,
     TensorConfig,
@@ -38,9 +38,6 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
     from liverrt.runtime.onnxruntime_engine import split_parts
 
     paths = split_parts(artifact)  # the box and mask graphs beside it, checked against their sha256
-    info = artifact_info(artifact)
-    size = int(info.model_config.get("image_size", info.spec.size))  # what the Python model checks requests by
-    k = int(info.model_config.get("max_instances", 8))
     models, parts = [], {}
     params = {}
     for part, path in paths.items():
@@ -56,6 +53,9 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
                            instances=instances, kind=kind,
                            parameters={**meta, "liverrt.artifact_sha256": sha256_file(path)})
         models.append(_Model(model_name, text, None, {"model.onnx": path}))
+    config = json.loads(params["liverrt.model"])["config"]  # read and checked with the rpn graph above
+    size = int(config["image_size"])  # what the Python model checks requests by
+    k = int(config.get("max_instances", 8))
     inputs = [TensorConfig(INPUT, "TYPE_FP32", (1, size, size))]
     shapes = {"prob": (1, size, size), "scores": (k,), "boxes": (k, 4)}
     outputs = [TensorConfig(o, "TYPE_FP32", shapes[o]) for o in OUTPUTS]
