@@ -2,18 +2,20 @@
 
 Checkpoints carry it as dict entries, ONNX files as ``metadata_props`` under
 the ``liverrt.`` prefix; :func:`artifact_info` reads either without building
-the model or an inference session.
+the model or an inference session, and validates it against one schema
+(:mod:`liverrt.metadata`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liverrt import metadata
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
+from liverrt.models import TASKS, task_of
 
 ONNX_FORMAT = "liverrt.onnx/1"
 
@@ -29,6 +31,19 @@ class ArtifactInfo:
     threshold: float = 0.5
     precision: str = "fp32"
     metrics: dict = field(default_factory=dict)
+    input_shape: tuple[int | str, ...] | None = None
+
+    @classmethod
+    def from_metadata(cls, path: Path, fmt: str, meta: metadata.ArtifactMetadata) -> ArtifactInfo:
+        meta.require_known_kind(source=str(path))
+        return cls(path=Path(path), format=fmt, kind=meta.kind, model_name=meta.name, model_config=dict(meta.config),
+                   spec=meta.spec, threshold=float(meta.threshold), precision=meta.precision,
+                   metrics=dict(meta.metrics), input_shape=meta.input_shape)
+
+    @property
+    def task(self) -> str:
+        """``segmentation`` or ``denoising`` (the model class says which)."""
+        return task_of(self.kind)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -39,19 +54,40 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def onnx_metadata(path: Path) -> dict[str, str]:
+def _load_onnx_header(path: Path):
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ArtifactError(f"Cannot read {path} as ONNX ({str(exc)[:160]}); expected an .onnx file from `liverrt export`.") from exc
-    return {p.key: p.value for p in model.metadata_props}
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"Cannot read {path} as ONNX ({first[:160]}); expected an .onnx file from "
+                            "`liverrt export`.") from exc
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict (the graph's weights are not loaded)."""
+    return {p.key: p.value for p in _load_onnx_header(path).metadata_props}
+
+
+def _input_shape(model) -> tuple[int | str, ...] | None:
+    """The first graph input's shape: sizes, or the names of dynamic axes."""
+    if not model.graph.input:
+        return None
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
 
 
 def artifact_info(path: Path) -> ArtifactInfo:
-    """Read the liverrt metadata of a checkpoint (.pt) or an ONNX file."""
+    """Read and validate the liverrt metadata of a checkpoint (.pt), an ONNX file or a TensorRT plan.
+
+    Every field is checked against one schema (:mod:`liverrt.metadata`); a damaged or
+    hand-edited artifact raises :class:`ArtifactError` naming the field (exit code 2).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"Model {path} is a folder; expected a model file: a .pt checkpoint, an .onnx file or a "
+                         "TensorRT .plan (a Triton repository is served by tritonserver, not run by liverrt).")
     if not path.is_file():
         raise InputError(f"Model {path} does not exist; expected a .pt checkpoint, an .onnx file or a TensorRT .plan.")
     if path.suffix.lower() == ".plan":
@@ -59,31 +95,28 @@ def artifact_info(path: Path) -> ArtifactInfo:
 
         return plan_info(path)
     if path.suffix.lower() == ".onnx":
-        meta = onnx_metadata(path)
-        if meta.get("liverrt.format") != ONNX_FORMAT:
+        model = _load_onnx_header(path)
+        props = {p.key: p.value for p in model.metadata_props}
+        if props.get("liverrt.format") != ONNX_FORMAT:
             raise ArtifactError(
-                f"{path} has no liverrt metadata (metadata_props 'liverrt.format' = {meta.get('liverrt.format')!r}); "
+                f"{path} has no liverrt metadata (metadata_props 'liverrt.format' = {props.get('liverrt.format')!r}); "
                 f"expected an ONNX file written by `liverrt export` ({ONNX_FORMAT})."
             )
-        try:
-            model = json.loads(meta["liverrt.model"])
-            spec = PreprocessSpec.from_json(meta["liverrt.preprocess"])
-            metrics = json.loads(meta.get("liverrt.metrics", "{}"))
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{path}: damaged liverrt metadata ({exc}); re-export the model.") from exc
-        return ArtifactInfo(
-            path=path, format="onnx", kind=model["kind"], model_name=model.get("name", model["kind"]),
-            model_config=model.get("config", {}), spec=spec,
-            threshold=float(meta.get("liverrt.threshold", 0.5)),
-            precision=meta.get("liverrt.precision", "fp32"), metrics=metrics,
-        )
+        meta = metadata.from_props(props, source=str(path), input_shape=_input_shape(model))
+        if not {"liverrt.split", "liverrt.part"} & set(props):  # split Mask R-CNN graphs: padded image, features
+            metadata.check_input_shape(meta, source=str(path))
+        return ArtifactInfo.from_metadata(path, "onnx", meta)
     from liverrt.training.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    return ArtifactInfo(
-        path=path, format="checkpoint", kind=ckpt["kind"], model_name=ckpt.get("model_name", ckpt["kind"]),
-        model_config=ckpt["model_config"], spec=PreprocessSpec.from_dict(ckpt["preprocess"]),
-        threshold=float(ckpt["model_config"].get("mask_threshold",  # Mask R-CNN: its mask threshold
-                                                 ckpt.get("train_config", {}).get("threshold", 0.5))),
-        metrics=ckpt.get("metrics", {}),
-    )
+    return ArtifactInfo.from_metadata(path, "checkpoint", metadata.from_checkpoint(ckpt, source=str(path)))
+
+
+def require_task(info: ArtifactInfo, task: str, *, role: str) -> None:
+    """Refuse an artifact whose model is not for ``task`` (``segmentation`` | ``denoising``), at load time.
+
+    ``role`` names where the user gave it (``--model``, ``--denoise``).
+    """
+    if task_of(info.kind) != task:
+        raise ArtifactError(f"{role} {info.path}: holds a {info.kind!r} model ({TASKS[task_of(info.kind)]}); "
+                            f"expected {TASKS[task]}.")

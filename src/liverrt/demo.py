@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from liverrt.data.io import write_text_atomic
+from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import InputError
 from liverrt.machine import machine_info
@@ -63,6 +63,9 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | No
         raise InputError(f"demo: {config.cases} cases cannot hold {config.test_cases} test + "
                          f"{config.val_cases} validation + >= 1 training case.")
     out = Path(out)
+    # before any work: the demo replaces only what an earlier demo wrote (liverrt.atomic)
+    check_outputs(out / name for name in ("data", "train", "model.onnx", "test_input", "predictions", "overlays",
+                                          "metrics.json", "report.md"))
     out.mkdir(parents=True, exist_ok=True)
     step = on_step or (lambda *a: None)
     stages: dict[str, float] = {}
@@ -94,11 +97,9 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | No
 
     t = time.perf_counter()
     test_dir = out / "test_input"
-    if test_dir.exists():
-        shutil.rmtree(test_dir)
-    test_dir.mkdir()
-    for v in test:  # held-out cases as image-only NIfTI, so inference cannot see their masks
-        shutil.copy2(Path(v.source), test_dir / f"{v.case_id}.nii.gz")
+    with atomic_dir(test_dir) as tmp:  # held-out cases as image-only NIfTI, so inference cannot see their masks
+        for v in test:
+            shutil.copy2(Path(v.source), tmp / f"{v.case_id}.nii.gz")
     pred_dir = out / "predictions"
     infer_report = run_inference(out / "model.onnx", test_dir, pred_dir, engine="onnxruntime",
                                  formats=("nifti",), overlays=0,
@@ -107,7 +108,8 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | No
 
     t = time.perf_counter()
     metrics = evaluate(pred_dir, data_dir, missing="skip")  # only the held-out cases have predictions
-    _overlays(test, pred_dir, out / "overlays")
+    with atomic_dir(out / "overlays") as tmp:
+        _overlays(test, pred_dir, tmp)
     stages["eval"] = time.perf_counter() - t
 
     seconds = time.perf_counter() - t_all

@@ -32,13 +32,17 @@ with their reason in ``excluded``; means leave them out.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from liverrt.data.io import atomic_path, is_nifti, nifti_spacing
+from liverrt.atomic import atomic_path
+from liverrt.data.io import is_nifti, natural_key, nifti_spacing
 from liverrt.data.sources import (
+    LABELLED_CASE_KINDS,
     CaseRef,
     MaskVolume,
     find_cases,
@@ -49,6 +53,8 @@ from liverrt.data.sources import (
 )
 from liverrt.errors import InputError
 from liverrt.metrics import SLICE_SCORES, VOLUME_METRICS, MetricAccumulator
+
+log = logging.getLogger(__name__)
 
 Spacing = tuple[float, float, float]
 
@@ -75,16 +81,45 @@ def check_spacing(spacing: tuple[float, ...]) -> Spacing:
 MISSING_POLICIES = ("error", "skip", "empty")
 
 
+def _labelled_cases(gt: Path) -> dict[str, Path | CaseRef]:
+    """The labelled cases of ``gt`` by id: NIfTI cases as their mask file, other layouts as CaseRefs."""
+    return {ref.case_id: ref.mask if ref.kind == "nifti" else ref for ref in find_cases(gt) if ref.mask is not None}
+
+
 def _ground_truth(gt: Path) -> dict[str, Path | CaseRef]:
     """Ground-truth masks by case: NIfTI/PNG masks, or the labelled cases of any readable layout
-    (the study's KITTI release, CHAOS, 3D-IRCADb, LiTS, MSD)."""
+    (the study's KITTI release, CHAOS, 3D-IRCADb, LiTS, MSD).
+
+    ``gt`` may be one case or a root of cases. KITTI, CHAOS and 3D-IRCADb case
+    folders are always read as cases (a KITTI case is scored on its annotated
+    slices), never as folders of mask images, also beside mask folders in one
+    root; LiTS and MSD roots are read as image/label pairs.
+    """
+    from liverrt.data.nifti_sets import detect_nifti_set
+
+    gt = Path(gt)
+    if detect_nifti_set(gt) is not None:  # volume-N + segmentation-N, imagesTr + labelsTr: not a folder of masks
+        labelled = _labelled_cases(gt)
+        if labelled:
+            return labelled
     try:
-        return find_masks(gt)
+        masks = find_masks(gt)  # leaves KITTI/CHAOS/3D-IRCADb case folders out
     except InputError:
-        labelled = {ref.case_id: ref for ref in find_cases(gt) if ref.mask is not None}
+        labelled = _labelled_cases(gt)
         if not labelled:
             raise
         return labelled
+    if gt.is_file():
+        return masks
+    try:
+        refs = find_cases(gt)
+    except InputError:
+        refs = []
+    cases = {r.case_id: r for r in refs if r.kind in LABELLED_CASE_KINDS and r.mask is not None and r.case_id not in masks}
+    if not cases:
+        return masks
+    merged = {**masks, **cases}
+    return {cid: merged[cid] for cid in sorted(merged, key=natural_key)}
 
 
 def _read_truth(where: Path | CaseRef, cid: str) -> MaskVolume:
@@ -100,7 +135,8 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
     """Match prediction and ground-truth volumes by case name.
 
     Two single volumes (NIfTI files or mask slice folders) are compared whatever
-    their names. A ground-truth case without a prediction is an error
+    their names; so are one prediction volume and a ground truth that is one
+    case folder (e.g. a KITTI case). A ground-truth case without a prediction is an error
     (``missing="error"``), left out (``"skip"``, listed in ``unmatched``) or
     scored as an empty prediction (``"empty"``, the challenge convention).
     """
@@ -111,6 +147,9 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
         name = next(iter(find_masks(gt)))
         return [(name, single_p, single_g)], {"pred": [], "gt": []}
     preds, gts = find_masks(pred), _ground_truth(gt)
+    if single_p is not None and len(gts) == 1 and Path(gt).is_dir() and next(iter(gts)) == Path(gt).name:
+        name, where = next(iter(gts.items()))  # the ground truth is this one case folder
+        return [(name, single_p, where)], {"pred": [], "gt": []}
     absent = [cid for cid in gts if cid not in preds]
     if absent and missing == "error":
         raise InputError(
@@ -132,17 +171,18 @@ def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[s
     warnings = []
     pm = p.mask
     if p.slice_names is not None and g.slice_names is not None and p.slice_names != g.slice_names:
-        if not set(g.slice_names) <= set(p.slice_names):
-            only_p = sorted(set(p.slice_names) - set(g.slice_names))[:3]
-            only_g = sorted(set(g.slice_names) - set(p.slice_names))[:3]
-            raise InputError(
-                f"Case {cid}: prediction and ground-truth slice files differ (only in prediction: {only_p}, "
-                f"only in ground truth: {only_g}); expected the same file stems."
-            )
         index = {name: i for i, name in enumerate(p.slice_names)}
-        pm = pm[[index[name] for name in g.slice_names]]
-        if len(g.slice_names) < len(p.slice_names):
-            warnings.append(f"scored on the {len(g.slice_names)} annotated of {len(p.slice_names)} predicted slices")
+        if set(g.slice_names) <= set(p.slice_names):
+            pm = pm[[index[name] for name in g.slice_names]]
+            if len(g.slice_names) < len(p.slice_names):
+                warnings.append(f"scored on the {len(g.slice_names)} annotated of {len(p.slice_names)} predicted slices")
+        else:
+            partner = _pair_by_trailing_number(cid, p.slice_names, g.slice_names)  # ground-truth stem -> prediction's
+            pm = pm[[index[partner[name]] for name in g.slice_names]]
+            first = g.slice_names[0]
+            note = f"paired {len(g.slice_names)} slices by their trailing numbers ({partner[first]} <-> {first})"
+            log.warning("Case %s: %s", cid, note)
+            warnings.append(note)
     if pm.shape != g.mask.shape:
         raise InputError(
             f"Case {cid}: prediction {p.source} has shape {pm.shape}, ground truth {g.source} has "
@@ -151,6 +191,46 @@ def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[s
     if p.affine is not None and g.affine is not None and not np.allclose(p.affine, g.affine, atol=1e-3):
         warnings.append("prediction and ground-truth NIfTI affines differ: are they on the same grid?")
     return pm, warnings
+
+
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def _by_trailing_number(names: tuple[str, ...], side: str) -> tuple[dict[int, str], str]:
+    """``{number: stem}`` of slice stems by their trailing number, and why not ("" when they can be)."""
+    found: dict[int, str] = {}
+    for name in names:
+        m = _TRAILING_NUMBER.search(name)
+        if m is None:
+            return {}, f"{side} stem {name!r} has no trailing number"
+        n = int(m.group(1))
+        if n in found:
+            return {}, f"{side} stems {found[n]!r} and {name!r} share the trailing number {n}"
+        found[n] = name
+    return found, ""
+
+
+def _pair_by_trailing_number(cid: str, pred: tuple[str, ...], truth: tuple[str, ...]) -> dict[str, str]:
+    """Ground-truth stem -> prediction stem when the stems differ but their trailing slice numbers
+    match one to one (``results001`` <-> ``liver_GT_001``, as the CHAOS evaluator pairs them).
+
+    Never by sort order: otherwise an :class:`InputError` says what differs.
+    """
+    p_num, why = _by_trailing_number(pred, "prediction")
+    g_num, why_g = _by_trailing_number(truth, "ground-truth")
+    why = why or why_g
+    if not why and set(p_num) != set(g_num):
+        why = (f"trailing numbers only in prediction: {sorted(set(p_num) - set(g_num))[:3]}, "
+               f"only in ground truth: {sorted(set(g_num) - set(p_num))[:3]}")
+    if why:
+        only_p = sorted(set(pred) - set(truth), key=natural_key)[:3]
+        only_g = sorted(set(truth) - set(pred), key=natural_key)[:3]
+        raise InputError(
+            f"Case {cid}: prediction and ground-truth slice files differ (only in prediction: {only_p}, "
+            f"only in ground truth: {only_g}) and cannot be paired by trailing slice number ({why}); expected "
+            "the same file stems, or stems whose trailing numbers match one to one."
+        )
+    return {g_num[n]: p_num[n] for n in g_num}
 
 
 def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, like: Path | None = None,

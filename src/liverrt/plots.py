@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from liverrt.atomic import atomic_path
+
 
 def plot_training(history: list[dict], path: Path,
                   metrics: tuple[str, ...] | list[str] = ("val_mask_iou", "val_dice")) -> Path:
@@ -39,8 +41,9 @@ def plot_training(history: list[dict], path: Path,
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(Path(path), suffix=".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path

@@ -56,11 +56,16 @@ def test_kitti_instances_are_kept_and_hu_to_png_is_reported(tmp_path):
 
 def test_convert_refuses_to_replace_its_input_and_cli_errors(tmp_path):
     vol = make_volume(case_id="c1")
-    write_nifti(vol.image, vol.affine, tmp_path / "c1" / "image.nii.gz")
+    src = tmp_path / "src"
+    write_nifti(vol.image, vol.affine, src / "c1" / "image.nii.gz")
+    before = (src / "c1" / "image.nii.gz").read_bytes()
     with pytest.raises(InputError):
-        convert(tmp_path, tmp_path, to="nifti")
-    assert (tmp_path / "c1" / "image.nii.gz").is_file()
-    r = CliRunner().invoke(cli, ["data", "convert", str(tmp_path), "--out", str(tmp_path / "o"), "--to", "jpeg"])
+        convert(src, src, to="nifti")
+    with pytest.raises(InputError, match="lies inside the input folder"):  # never writes into its input
+        convert(src, src / "o", to="nifti")
+    assert (src / "c1" / "image.nii.gz").read_bytes() == before and not (src / "o").exists()
+    r = CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(tmp_path / "o"), "--to", "jpeg"])
     assert r.exit_code == 2
-    r = CliRunner().invoke(cli, ["data", "convert", str(tmp_path), "--out", str(tmp_path / "o"), "--to", "png"])
-    assert r.exit_code == 0, r.output and (tmp_path / "o" / "c1" / "images").is_dir()
+    r = CliRunner().invoke(cli, ["data", "convert", str(src), "--out", str(tmp_path / "o"), "--to", "png"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "c1" / "images").is_dir()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume
 
+from liverrt.atomic import MARKER
 from liverrt.data.io import read_nifti, write_nifti, write_png_slices
 from liverrt.errors import InputError
 from liverrt.runtime import open_engine
@@ -54,7 +55,8 @@ def test_run_inference_writes_nifti_with_source_affine_and_skips_bad_cases(tiny_
     assert len(list((tmp_path / "out" / "good" / "masks").glob("*.png"))) == vol.shape[0]
     assert (tmp_path / "out" / "summary.json").is_file()
     assert not (tmp_path / "out" / "broken").exists()
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    # no temp leftovers: only liverrt's list of what it wrote (liverrt.atomic.MARKER)
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [MARKER]
     assert (src / "good.nii.gz").read_bytes() == before
 
 

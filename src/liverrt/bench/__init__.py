@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from liverrt.data.io import write_text_atomic
+from liverrt.atomic import check_outputs, write_text_atomic
 from liverrt.errors import InputError
 
 SECTIONS = ("engines", "metrics")
@@ -28,6 +28,8 @@ def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise InputError(f"Unknown bench sections {unknown}; expected a subset of {SECTIONS}.")
+    if out is not None:  # before any timing: only liverrt's own reports are replaced
+        check_outputs([Path(out) / "results.json", Path(out) / "report.md"])
     results: dict = {"quick": quick}
     if "engines" in sections:
         from liverrt.bench.engines import run_engines

@@ -8,12 +8,29 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import click
 
 from liverrt import __version__
+from liverrt.atomic import os_error, overwrite_allowed, writing_as
 from liverrt.errors import LiverrtError
+
+#: exit code after SIGTERM (128 + 15, as a shell reports a process ended by it)
+EXIT_SIGTERM = 143
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that every atomic writer removes what it had begun.
+
+    A BaseException, like KeyboardInterrupt: the per-case ``except Exception`` of batch commands
+    must not swallow it and go on with the next case.
+    """
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated()
 
 
 class _CliError(click.ClickException):
@@ -27,15 +44,23 @@ class LiverrtGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            # each writing command's --overwrite option sets both for itself (cli.common.overwrite_option)
+            with overwrite_allowed(False), writing_as("liverrt"):
+                return super().invoke(ctx)
         except LiverrtError as exc:
             if os.environ.get("LIVERRT_DEBUG"):
                 raise
-            raise _CliError(str(exc), exc.exit_code) from None
+            raise _CliError(_one_line(str(exc)), exc.exit_code) from None
         except OSError as exc:
             if os.environ.get("LIVERRT_DEBUG"):
                 raise
-            raise _CliError(f"{exc.strerror or exc} ({exc.filename or ''})", 1) from None
+            err = os_error(exc, exc.filename or "a file", "read or write")
+            raise _CliError(_one_line(str(err)), err.exit_code) from None
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line: a message that spans several (a library's text inside) is joined."""
+    return " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
 
 
 def _setup_logging(verbose: int) -> None:
@@ -50,6 +75,8 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     for noisy in ("torch", "onnxscript", "onnx_ir", "numba", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom warns about every odd header value before liverrt's reader names the file and the tag once
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 @click.group(cls=LiverrtGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,7 +105,21 @@ _register()
 
 
 def main() -> None:  # console-script entry point
-    cli(prog_name="liverrt")
+    """Run the CLI; SIGTERM is handled like SIGINT (what was being written is removed, finished outputs stay)."""
+    if threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli(prog_name="liverrt")
+    except Terminated:
+        click.echo("Error: stopped by SIGTERM; the output being written was removed, finished outputs are kept.",
+                   err=True)
+        sys.exit(EXIT_SIGTERM)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover

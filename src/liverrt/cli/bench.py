@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import console, existing_path, out_dir
+from liverrt.cli.common import console, existing_path, out_dir, overwrite_option
 
 
 @click.command()
@@ -17,6 +17,7 @@ from liverrt.cli.common import console, existing_path, out_dir
                    "random weights).")
 @click.option("--only", type=click.Choice(["engines", "metrics"]), multiple=True,
               help="Run only these sections (repeatable; default: all).")
+@overwrite_option
 def bench(quick: bool, out: Path, model: Path | None, only: tuple[str, ...]) -> None:
     """Measure the engines of a network (torch vs onnxruntime fp32/fp16/int8, batch 1 and 8) and the
     metric kernels (vs SciPy references); prints a Markdown report and writes report.md and results.json."""

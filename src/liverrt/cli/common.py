@@ -88,6 +88,43 @@ class LogProgress:
             self.last_done, self.last_t = done, now
 
 
+def _set_overwrite(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    from liverrt.atomic import _overwrite, _writer
+
+    # both reset by LiverrtGroup.invoke when the command ends
+    _overwrite.set(bool(value))
+    _writer.set(" ".join(["liverrt", *ctx.command_path.split()[1:]]))  # the writer the outputs' markers record
+    return value
+
+
+def overwrite_option(f=None, *, expose: bool = False, help: str | None = None):  # noqa: A002
+    """``--overwrite``: outputs may replace files and folders liverrt did not write (never an input).
+
+    Without it, an existing output is replaced only if liverrt wrote it (see :mod:`liverrt.atomic`).
+    ``expose``: also pass the flag to the command (export forwards it to the Triton writer).
+    """
+    def decorate(fn):
+        return click.option("--overwrite", is_flag=True, callback=_set_overwrite, expose_value=expose,
+                            help=help or "Replace existing outputs even where liverrt did not write them "
+                                         "(never an input). Without it, only liverrt's own outputs are replaced.")(fn)
+
+    return decorate(f) if f is not None else decorate
+
+
+def fail_if_skipped(skipped: list[dict]) -> None:
+    """End a batch command whose good cases were written: exit 1 if a case failed at run time, else 2.
+
+    ``skipped``: ``{"id", "reason", "kind": "input" | "runtime"}`` per case left out.
+    """
+    from liverrt.errors import InputError, LiverrtError
+
+    if not skipped:
+        return
+    lines = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped)
+    message = f"{len(skipped)} case(s) skipped, the others were written: {lines}"
+    raise (LiverrtError if any(s["kind"] == "runtime" for s in skipped) else InputError)(message)
+
+
 def layout_option(f):
     from liverrt.data.sources import LAYOUTS
 

@@ -10,9 +10,11 @@ from liverrt.cli.common import (
     any_path,
     console,
     existing_path,
+    fail_if_skipped,
     kitti_options,
     layout_option,
     out_dir,
+    overwrite_option,
     progress_bar,
     seed_option,
 )
@@ -30,6 +32,7 @@ def data() -> None:
 @click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Slice size in pixels.")
 @click.option("--slices", type=click.IntRange(1, 2048), default=32, show_default=True, help="Slices per case.")
 @click.option("--no-lesions", is_flag=True, help="Phantoms without liver lesions.")
+@overwrite_option
 def synth(out: Path, cases: int, seed: int, size: int, slices: int, no_lesions: bool) -> None:
     """Synthesise phantom abdominal CT cases (NIfTI + PNG slices).
 
@@ -49,11 +52,12 @@ def synth(out: Path, cases: int, seed: int, size: int, slices: int, no_lesions: 
 @seed_option
 @click.option("--out", "out_file", type=any_path, default=None, help="Write the folds as JSON here (default: stdout).")
 @layout_option
+@overwrite_option
 def split(src: Path, folds: int, seed: int, out_file: Path | None, layout: str | None) -> None:
     """Case-level K-fold split of the cases in SRC (slices of one case never in two folds)."""
     import json
 
-    from liverrt.data.io import refuse_overwriting_inputs, write_text_atomic
+    from liverrt.atomic import refuse_overwriting_inputs, write_text_atomic
     from liverrt.data.sources import find_cases
     from liverrt.data.splits import kfold_split
 
@@ -90,16 +94,14 @@ def inspect(src: Path, as_json: bool, layout: str | None, label: str, unannotate
 @click.option("--to", "to", type=click.Choice(["nifti", "png"]), required=True)
 @layout_option
 @kitti_options
+@overwrite_option
 def convert(src: Path, out: Path, to: str, layout: str | None, label: str, unannotated: str) -> None:
     """Convert every case of SRC (any readable layout) to NIfTI or PNG case folders."""
     from liverrt.data.convert import convert as run_convert
     from liverrt.data.sources import ReadOptions
-    from liverrt.errors import InputError
-
     report = run_convert(src, out, to=to, layout=layout, options=ReadOptions(label=label, unannotated=unannotated),
                          on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for note in report["notes"]:
         console.print(f"[yellow]note[/] {note}")
     console.print(f"{len(report['cases'])} case(s) -> {out}")
-    if report["skipped"]:
-        raise InputError("skipped: " + "; ".join(f"{s['id']}: {s['reason']}" for s in report["skipped"]))
+    fail_if_skipped(report["skipped"])

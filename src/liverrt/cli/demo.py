@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import console, out_dir, progress_bar, seed_option
+from liverrt.cli.common import console, out_dir, overwrite_option, progress_bar, seed_option
 from liverrt.errors import LiverrtError
 
 
@@ -15,6 +15,7 @@ from liverrt.errors import LiverrtError
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the demo's budget).")
 @click.option("--cases", type=click.IntRange(4), default=None, help="Phantom cases to synthesise.")
 @seed_option
+@overwrite_option
 def demo(out: Path, epochs: int | None, cases: int | None, seed: int) -> None:
     """Run the whole pipeline on built-in phantoms: synth -> train -> ONNX -> onnxruntime -> eval -> report."""
     from dataclasses import replace

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, existing_path
+from liverrt.cli.common import any_path, existing_path, overwrite_option
 
 
 def _parse_spacing(ctx, param, value: str | None):
@@ -35,21 +35,23 @@ def _parse_spacing(ctx, param, value: str | None):
               help="A ground-truth case without a prediction: fail, leave it out, or score it as empty.")
 @click.option("--min-region-area", type=click.IntRange(1), default=32, show_default=True,
               help="A true liver region counts for the two-or-more-regions report from this many pixels.")
+@overwrite_option
 def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path | None,
              csv_path: Path | None, missing: str, min_region_area: int) -> None:
     """Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 per
     volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice; the same, separately, on slices
     whose liver has two or more regions. Prints a Markdown table."""
-    from liverrt.data.io import refuse_overwriting_inputs, write_text_atomic
+    from liverrt.atomic import check_outputs, refuse_overwriting_inputs, write_text_atomic
     from liverrt.errors import InputError
     from liverrt.evaluation import evaluate, markdown_table
 
     if spacing is not None and like is not None:
         raise click.UsageError("give --spacing or --like, not both")
     inputs = tuple(p for p in (pred, gt, like) if p is not None)
-    for out in (json_path, csv_path):
-        if out is not None:
-            refuse_overwriting_inputs(out, inputs)
+    outputs = [out for out in (json_path, csv_path) if out is not None]
+    for out in outputs:
+        refuse_overwriting_inputs(out, inputs)
+    check_outputs(outputs)  # before scoring: a file liverrt did not write is not replaced
     result = evaluate(pred, gt, spacing=spacing, like=like, csv_path=csv_path, missing=missing,
                       min_region_area=min_region_area)
     click.echo(markdown_table(result))

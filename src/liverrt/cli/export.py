@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path, layout_option
+from liverrt.cli.common import any_path, console, existing_path, layout_option, overwrite_option
 
 
 @click.command()
@@ -50,7 +50,8 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option
 @click.option("--maskrcnn-graph", type=click.Choice(["split", "single"]), default="split", show_default=True,
               help="Mask R-CNN: three plain graphs + the liverrt runtime (any engine), or torchvision's whole "
                    "model as one graph (onnxruntime only, batch 1 per call).")
-@click.option("--overwrite", is_flag=True, help="Replace existing artifacts (and a Triton model version).")
+@overwrite_option(expose=True, help="Replace existing artifacts (and a Triton model version), even where liverrt "
+                                    "did not write them (never the checkpoint).")
 @layout_option
 @click.pass_context
 def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision: str, calib: Path | None,

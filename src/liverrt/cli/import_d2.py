@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path
+from liverrt.cli.common import any_path, console, existing_path, overwrite_option
 
 
 @click.command("import-detectron2")
@@ -21,6 +21,7 @@ from liverrt.cli.common import any_path, console, existing_path
               help="Square network input size (multiple of 32; the study used 512).")
 @click.option("--window", type=(float, float), default=(50.0, 400.0), show_default=True,
               metavar="CENTER WIDTH", help="HU window that maps CT to the 0..255 grey levels the model was trained on.")
+@overwrite_option
 def import_detectron2(model_path: Path, config_path: Path | None, out: Path, trust_pickle: bool, size: int,
                       window: tuple[float, float]) -> None:
     """Convert a Detectron2 Mask R-CNN (R-50/R-101 FPN) checkpoint into a liverrt checkpoint."""

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path, layout_option, out_dir
-from liverrt.errors import InputError, LiverrtError
+from liverrt.cli.common import (
+    any_path,
+    console,
+    existing_path,
+    fail_if_skipped,
+    layout_option,
+    out_dir,
+    overwrite_option,
+)
 
 
 @click.command()
@@ -37,6 +44,7 @@ from liverrt.errors import InputError, LiverrtError
 @click.option("--denoise", type=existing_path, default=None,
               help="A DnCNN-SR model (.pt or .onnx, scale 1) that cleans every slice before segmentation.")
 @layout_option
+@overwrite_option
 @click.pass_context
 def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
           trt_batch: str, cuda_graph: bool, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
@@ -68,9 +76,4 @@ def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, d
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""
         console.print(f"  {c['id']}: {c['slices_with_liver']} slices with liver, {vol}{warn}")
     console.print(f"{len(report.cases)} cases in {report.seconds:.1f}s -> {out}")
-    if report.skipped:
-        lines = "; ".join(f"{s['id']}: {s['reason']}" for s in report.skipped)
-        message = f"{len(report.skipped)} case(s) skipped, the others were written: {lines}"
-        if any(s["kind"] == "runtime" for s in report.skipped):
-            raise LiverrtError(message)
-        raise InputError(message)
+    fail_if_skipped(report.skipped)

@@ -13,16 +13,21 @@ from pathlib import Path
 
 import click
 
+from liverrt.atomic import check_outputs, overwriting, refuse_output_in_input
 from liverrt.cli.common import (
     console,
     existing_path,
     kitti_options,
     layout_option,
     out_dir,
+    overwrite_option,
     progress_bar,
     seed_option,
 )
 from liverrt.errors import InputError
+
+#: what a run writes into --out
+RUN_FILES = ("best.pt", "last.pt", "train_log.csv", "curves.png")
 
 
 @click.group()
@@ -71,6 +76,8 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
             click.option("--max-minutes", type=float, default=None,
                          help="Stop after the epoch that passes this time budget."),
             click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+            overwrite_option(help="Start a new run in --out even if it holds one (its files are replaced), "
+                                  "or replace files liverrt did not write."),
             click.option("--no-augment", is_flag=True, help="Disable augmentations."),
             click.option("--flip-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                          help="Left-right flip probability (off: volumes are reoriented so the liver is on "
@@ -95,9 +102,12 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
     from liverrt.training.loop import TrainConfig
 
     out: Path = kw["out"]
-    if not kw["resume"] and (out / "last.pt").exists():
-        raise InputError(f"{out} already holds a training run (last.pt); pass --resume to continue it, or "
-                         "choose another --out.")
+    refuse_output_in_input(out, [kw["data_path"]])
+    if not kw["resume"]:
+        if (out / "last.pt").exists() and not overwriting():
+            raise InputError(f"{out} already holds a training run (last.pt); pass --resume to continue it, "
+                             "--overwrite to start it again, or choose another --out.")
+        check_outputs(out / name for name in RUN_FILES)  # before any work: files liverrt did not write stay
     loaded = load_cases(kw["data_path"], require_mask=require_mask, layout=kw["layout"],
                         options=ReadOptions(label=kw["label"], unannotated=kw["unannotated"]))
     if _is_main():

@@ -13,12 +13,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from liverrt.data.io import (
+from liverrt.atomic import (
     atomic_dir,
+    check_outputs,
+    refuse_output_in_input,
     refuse_overwriting_inputs,
-    write_nifti,
-    write_png_slices,
 )
+from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.phantom import window_to_uint8
 from liverrt.data.sources import DEFAULT_OPTIONS, ReadOptions, find_cases, load_case
 from liverrt.data.volume import Volume
@@ -31,7 +32,7 @@ TARGETS = ("nifti", "png")
 def write_volume(volume: Volume, folder: Path, *, to: str, window: tuple[float, float] = (50.0, 400.0)) -> list[str]:
     """Write one volume as a case folder (built in a temporary sibling, renamed into place)."""
     notes: list[str] = []
-    with atomic_dir(Path(folder)) as tmp:
+    with atomic_dir(Path(folder), protect=(Path(volume.source),) if volume.source else ()) as tmp:
         if to == "nifti":
             write_nifti(volume.image, volume.affine, tmp / "image.nii.gz", intensity=volume.intensity)
             if volume.mask is not None:
@@ -56,10 +57,10 @@ def convert(src: Path, out: Path, *, to: str, layout: str | None = None, options
         raise InputError(f"--to {to!r}: expected one of {TARGETS}.")
     refs = find_cases(src, layout=layout)
     out = Path(out)
+    refuse_output_in_input(out, [src])
     for ref in refs:
         refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
-        if (out / ref.case_id).resolve() in Path(ref.image).resolve().parents:
-            raise InputError(f"Output {out / ref.case_id} holds the input {ref.image}; choose another --out.")
+    check_outputs(out / ref.case_id for ref in refs)  # before any work: only liverrt's own conversions are replaced
     report: dict = {"cases": [], "skipped": [], "notes": []}
     for i, ref in enumerate(refs):
         if on_case:
@@ -67,8 +68,11 @@ def convert(src: Path, out: Path, *, to: str, layout: str | None = None, options
         try:
             volume = load_case(ref, with_mask=ref.mask is not None, options=options)
             report["notes"] += write_volume(volume, out / ref.case_id, to=to)
-        except InputError as exc:
-            report["skipped"].append({"id": ref.case_id, "reason": str(exc)})
+        except Exception as exc:  # one case never stops the others; the reason is reported
+            kind = "input" if isinstance(exc, InputError) else "runtime"
+            reason = str(exc) if kind == "input" else f"{type(exc).__name__}: {exc}"
+            log.warning("skipped %s: %s", ref.image, reason)
+            report["skipped"].append({"id": ref.case_id, "reason": reason, "kind": kind})
             continue
         report["cases"].append({"id": ref.case_id, "layout": ref.kind, "shape": list(volume.shape),
                                 "mask": volume.mask is not None, "instances": volume.instances is not None})

@@ -12,11 +12,32 @@ voxel grid: pixel ``(r, c)`` of a slice lies at
 Readers return ``(volume, warnings)``: geometry problems that still leave a
 usable volume (missing slices, duplicates, gantry tilt) become warning
 strings for the caller to log or show; problems that do not (mixed series,
-unequal slice sizes, undecodable pixels) raise :class:`InputError`.
+unequal slice sizes, undecodable pixels, a malformed header element) raise
+:class:`InputError` with a one-line message naming the file and the DICOM tag,
+the value found and what was expected.
+
+Which files of a series folder are read (sub-folders are not looked into):
+
+- Ignored without a word: hidden files (``.DS_Store``, ``._IM1``), ``DICOMDIR``
+  (an index of the media, not a slice), ``Thumbs.db``/``desktop.ini``, and
+  files whose suffix names another format (:data:`SIDECAR_SUFFIXES`: notes
+  such as ``.txt``/``.md``/``.json``/``.xml``, other image and volume formats
+  such as ``.png``/``.nrrd``/``.nii.gz``) unless they carry the ``DICM``
+  marker.
+- A file that looks like DICOM (suffix ``.dcm``/``.dicom``/``.ima``, or
+  ``DICM`` at byte 128) must be readable: a damaged or truncated one is an
+  :class:`InputError` naming it, never a silently missing slice.
+- Any other file (no suffix or an unknown one: DICOM files are often named
+  ``IM0001`` or by UID) is read as DICOM without the preamble; if it does not
+  parse, it is skipped with a warning that names it.
+- DICOM objects without a slice position (a SEG, a report, a multi-frame
+  object) belong to no slice and are skipped; an object with a position but
+  no pixel data, or a CT/MR/PET image object without a position, is an error.
 """
 
 from __future__ import annotations
 
+import warnings as _warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +51,21 @@ from liverrt.errors import InputError
 
 LPS = ("L", "P", "S")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+SIDECAR_SUFFIXES = (
+    ".txt", ".md", ".json", ".xml", ".csv", ".html", ".htm", ".pdf", ".log", ".ini", ".yaml", ".yml",
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff",
+    ".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".zip",
+)
+SIDECAR_NAMES = ("dicomdir", "thumbs.db", "desktop.ini")
+PLANE_IMAGE_CLASSES = {  # SOP classes whose objects must have an ImagePositionPatient
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128": "PET Image Storage",
+}
 GAP_TOLERANCE = 0.1  # a gap differing by more than 10 % from the median is reported
 TILT_TOLERANCE_DEG = 0.1
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_AXIAL_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 def dicom_stem(path: Path) -> str:
@@ -44,54 +77,290 @@ def dicom_stem(path: Path) -> str:
     return name
 
 
+# ----------------------------------------------------------------------------- header elements
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _short(text: object, limit: int = 60) -> str:
+    text = _one_line(str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tag(keyword: str) -> str:
+    """``Rows (0028,0010)``."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return keyword if tag is None else f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return repr(_short(value))
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return _short("[" + ", ".join(str(v) for v in value) + "]")  # type: ignore[union-attr]
+    return _short(value)
+
+
+def _bad(path: Path, keyword: str, found: object, expected: str, *, shown: str | None = None) -> InputError:
+    """The one-line error for a header element: file, tag, value found, what was expected."""
+    return InputError(_one_line(f"{path}: {_tag(keyword)} is {shown or _shown(found)}; expected {expected}."))
+
+
+def _value(ds: object, keyword: str, path: Path) -> object:
+    """The value of ``keyword`` in ``ds``, None when absent or empty; an undecodable element is an InputError."""
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")  # pydicom warns about invalid values; the validators say more
+            value = ds.get(keyword)  # type: ignore[attr-defined]
+    except Exception as exc:  # pydicom raises several types for undecodable values
+        raise InputError(_one_line(f"{path}: {_tag(keyword)} cannot be decoded ({_short(exc)}); "
+                                   "expected a valid DICOM value.")) from exc
+    if value is None or (hasattr(value, "__len__") and len(value) == 0):  # type: ignore[arg-type]
+        return None
+    return value
+
+
+def _numbers(ds: object, keyword: str, path: Path, count: int, expected: str) -> np.ndarray | None:
+    """``count`` finite numbers from ``keyword``, None when absent or empty."""
+    value = _value(ds, keyword, path)
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    try:
+        numbers = np.array([float(v) for v in items], dtype=float)
+    except (TypeError, ValueError):
+        raise _bad(path, keyword, value, expected) from None
+    if numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
+        raise _bad(path, keyword, value, expected)
+    return numbers
+
+
+def _size_of(ds: object, path: Path) -> tuple[int, int]:
+    """``(Rows, Columns)``: positive whole numbers."""
+    size = []
+    for keyword in ("Rows", "Columns"):
+        value = _value(ds, keyword, path)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise _bad(path, keyword, value, "a positive number of pixels")
+        size.append(int(value))
+    return size[0], size[1]
+
+
+def _position_of(ds: object, path: Path) -> np.ndarray:
+    """ImagePositionPatient: 3 finite numbers (LPS mm)."""
+    expected = "3 numbers (x, y, z of the first pixel in mm)"
+    ipp = _numbers(ds, "ImagePositionPatient", path, 3, expected)
+    if ipp is None:
+        raise _bad(path, "ImagePositionPatient", None, expected)
+    return ipp
+
+
+def _orientation(ds: object, path: Path) -> np.ndarray:
+    """ImageOrientationPatient as a (6,) array of two unit vectors; axial when the element is absent."""
+    expected = "6 numbers: two non-zero, perpendicular direction vectors"
+    iop = _numbers(ds, "ImageOrientationPatient", path, 6, expected)
+    if iop is None:
+        return _AXIAL_IOP.copy()
+    row, col = iop[:3], iop[3:]
+    n_row, n_col = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if n_row < 1e-6 or n_col < 1e-6 or abs(float(row @ col)) > 0.01 * n_row * n_col:
+        raise _bad(path, "ImageOrientationPatient", iop, expected)
+    return np.concatenate([row / n_row, col / n_col])
+
+
+def _pixel_spacing_of(ds: object, path: Path) -> tuple[float, float] | None:
+    """PixelSpacing ``(dy, dx)``: two positive numbers; None when absent."""
+    expected = "2 positive numbers (row, column spacing in mm)"
+    spacing = _numbers(ds, "PixelSpacing", path, 2, expected)
+    if spacing is None:
+        return None
+    if np.any(spacing <= 0):
+        raise _bad(path, "PixelSpacing", spacing, expected)
+    return float(spacing[0]), float(spacing[1])
+
+
+def _slice_step_of(ds: object, path: Path) -> float | None:
+    """SpacingBetweenSlices, else SliceThickness (for a single slice); None when neither is positive."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        step = _numbers(ds, keyword, path, 1, "a number of mm")
+        if step is not None and step[0] > 0:
+            return float(step[0])
+    return None
+
+
+def _rescale_of(ds: object, path: Path) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)``; 1 and 0 when absent."""
+    slope = _numbers(ds, "RescaleSlope", path, 1, "one non-zero number")
+    intercept = _numbers(ds, "RescaleIntercept", path, 1, "one number")
+    if slope is not None and slope[0] == 0:
+        raise _bad(path, "RescaleSlope", slope[0], "one non-zero number")
+    return (1.0 if slope is None else float(slope[0])), (0.0 if intercept is None else float(intercept[0]))
+
+
+def _pixel_layout_of(ds: object, path: Path, rows: int, cols: int) -> None:
+    """One grey-scale frame of 8, 16 or 32 bits whose PixelData (when not compressed) has the size it should."""
+    bits = _value(ds, "BitsAllocated", path)
+    if bits not in (8, 16, 32):
+        raise _bad(path, "BitsAllocated", bits, "8, 16 or 32")
+    samples = _value(ds, "SamplesPerPixel", path)
+    if samples not in (None, 1):
+        raise _bad(path, "SamplesPerPixel", samples, "1 (grey-scale)")
+    frames = _numbers(ds, "NumberOfFrames", path, 1, "1 (one slice per file)")
+    if frames is not None and frames[0] != 1:
+        raise _bad(path, "NumberOfFrames", frames[0], "1 (one slice per file)")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_encapsulated:
+        return  # compressed: the decoder checks the size
+    data = _value(ds, "PixelData", path)
+    size = len(data) if isinstance(data, bytes | bytearray) else 0
+    expected = rows * cols * int(bits) // 8  # type: ignore[call-overload]
+    if size not in (expected, expected + expected % 2):
+        want = f"{expected} bytes ({rows}x{cols} pixels of {bits} bits, as Rows, Columns and BitsAllocated say)"
+        raise _bad(path, "PixelData", size, want, shown=f"{size} bytes")
+
+
 # ----------------------------------------------------------------------------- scanning
 
 
-def _dcmread(path: Path, *, with_pixels: bool) -> object | None:
-    """The dataset of ``path``, or None for a non-DICOM (or unreadable) file.
+def _is_sidecar(path: Path) -> bool:
+    """A file the folder scan ignores without a warning unless it carries the DICM marker (module docstring)."""
+    name = path.name.lower()
+    return name.endswith(SIDECAR_SUFFIXES)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A DICOM suffix or the ``DICM`` marker at byte 128 (a file that cannot even be opened counts as DICOM)."""
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return True  # reading it again reports why it cannot be read
+
+
+def _damage(ds: object) -> str | None:
+    """Why a parsed dataset is not a whole DICOM object (pydicom stops quietly at the end of a cut file), or None."""
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import UID
+
+    if len(ds) == 0:  # type: ignore[arg-type]
+        return "no data elements"
+    last = max(ds.keys())  # type: ignore[attr-defined]
+    elem = ds.get_item(last)  # type: ignore[attr-defined]
+    if (isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.length != 0xFFFFFFFF
+            and len(elem.value) < elem.length):
+        name = keyword_for_tag(last) or "element"
+        return (f"the file ends inside {name} ({last.group:04X},{last.element:04X}) "
+                f"after {len(elem.value)} of {elem.length} bytes")
+    if "ImagePositionPatient" in ds:  # type: ignore[operator]
+        return None
+    meta = getattr(ds, "file_meta", {})
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # pydicom warns about an invalid UID
+        try:
+            sop = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")  # type: ignore[attr-defined]
+            valid = UID(sop).is_valid
+        except Exception:  # undecodable UID
+            sop, valid = "", False
+    if not valid:
+        return "no ImagePositionPatient (0020,0032) and no valid SOP Class UID (0008,0016)"
+    if sop in PLANE_IMAGE_CLASSES:
+        return f"a {PLANE_IMAGE_CLASSES[sop]} object without ImagePositionPatient (0020,0032): truncated or incomplete"
+    return None
+
+
+def _dcmread(path: Path, *, with_pixels: bool) -> tuple[object | None, str]:
+    """``(dataset, "")``, or ``(None, why)`` when ``path`` does not parse as a whole DICOM object.
 
     Files without the 128-byte preamble and ``DICM`` prefix (old exports) are
-    retried with ``force=True`` and kept only if they parse as an image.
+    retried with ``force=True``.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not with_pixels)
-    except InvalidDicomError:
-        pass
-    except Exception:  # damaged files raise many types; they are reported as gaps if they were slices
-        return None
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not with_pixels, force=True)
-        return ds if "ImagePositionPatient" in ds and "Rows" in ds else None
-    except Exception:
-        return None
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=not with_pixels)
+            except InvalidDicomError:
+                ds = pydicom.dcmread(path, stop_before_pixels=not with_pixels, force=True)
+    except Exception as exc:  # damaged files raise many types
+        return None, f"{type(exc).__name__}: {_short(exc, 100)}"
+    why = _damage(ds)
+    return (None, why) if why else (ds, "")
 
 
-def _scan_folder(folder: Path, *, with_pixels: bool) -> tuple[list[tuple[Path, object]], int]:
-    """DICOM image objects of ``folder`` in natural file-name order, and how many DICOM objects were not images.
+@dataclass
+class _Scan:
+    images: list[tuple[Path, object]]  # DICOM image objects in natural file-name order
+    others: int  # DICOM objects without a slice position (SEG, report, multi-frame)
+    strays: list[str]  # names of non-DICOM files skipped with a warning
 
-    Non-DICOM files are skipped silently. An image object has
-    ImagePositionPatient and (``with_pixels``) PixelData; a SEG, a report or an
-    enhanced multi-frame object has no top-level position and is not one.
+
+def _scan_folder(folder: Path, *, with_pixels: bool, warnings: list[str]) -> _Scan:
+    """The DICOM image objects of ``folder`` (see the module docstring for which files are read).
+
+    An image object has ImagePositionPatient (and, ``with_pixels``, PixelData).
+    A file that looks like DICOM but does not read, and (``with_pixels``) an
+    image object without pixel data, are :class:`InputError`; other non-DICOM
+    files are skipped with a warning in ``warnings``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"DICOM folder {folder} does not exist; expected a folder with one DICOM series.")
     files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: natural_key(p.name))
-    images: list[tuple[Path, object]] = []
-    others = 0
+    scan = _Scan([], 0, [])
+    no_pixels: list[Path] = []
     for path in files:
-        ds = _dcmread(path, with_pixels=with_pixels)
-        if ds is None:
+        if path.name.startswith(".") or path.name.lower() in SIDECAR_NAMES:
             continue
-        has_pixels = "PixelData" in ds if with_pixels else True
-        if "ImagePositionPatient" in ds and has_pixels:
-            images.append((path, ds))
+        dicom_like = _looks_like_dicom(path)
+        if not dicom_like and _is_sidecar(path):
+            continue
+        ds, why = _dcmread(path, with_pixels=with_pixels)
+        if ds is None:
+            if dicom_like:
+                raise InputError(_one_line(
+                    f"{path} cannot be read as DICOM ({why}); expected every DICOM file of the series folder to be "
+                    "readable: remove or replace it."
+                ))
+            scan.strays.append(path.name)
+            warnings.append(f"{folder}: skipped {path.name}: not DICOM (no DICM marker, no DICOM suffix, does not parse).")
+            continue
+        if "ImagePositionPatient" not in ds:  # type: ignore[operator]
+            scan.others += 1
+        elif with_pixels and "PixelData" not in ds:  # type: ignore[operator]
+            no_pixels.append(path)
         else:
-            others += 1
-    return images, others
+            scan.images.append((path, ds))
+    if no_pixels:
+        raise InputError(_one_line(
+            f"{no_pixels[0]}: PixelData (7FE0,0010) is missing ({len(no_pixels)} of "
+            f"{len(no_pixels) + len(scan.images)} DICOM files with a slice position in {folder.name} have no pixel "
+            "data); expected every slice file to hold its pixels."
+        ))
+    return scan
+
+
+def _no_slices(folder: Path, scan: _Scan, expected: str) -> InputError:
+    notes = []
+    if scan.others:
+        notes.append(f"{scan.others} DICOM objects without a slice position, e.g. SEG or multi-frame, were ignored")
+    if scan.strays:
+        notes.append(f"{len(scan.strays)} non-DICOM files were skipped, e.g. {scan.strays[0]}")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    return InputError(f"No DICOM image slices in {folder}{extra}; expected {expected}.")
 
 
 def _require_one_series(folder: Path, slices: list[tuple[Path, object]]) -> None:
@@ -110,21 +379,26 @@ def _require_one_series(folder: Path, slices: list[tuple[Path, object]]) -> None
     )
 
 
-def _orientation(ds: object, path: Path) -> np.ndarray:
-    """ImageOrientationPatient as a (6,) array of two unit vectors."""
-    iop = np.asarray(ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)  # type: ignore[attr-defined]
-    if iop.shape != (6,) or np.linalg.norm(iop[:3]) < 1e-6 or np.linalg.norm(iop[3:]) < 1e-6:
-        raise InputError(f"{path}: ImageOrientationPatient {list(iop)} is not two direction vectors; expected 6 numbers.")
-    return np.concatenate([iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])])
+def _series_orientation(slices: list[tuple[Path, object]]) -> np.ndarray:
+    """The one ImageOrientationPatient of the series (every slice checked)."""
+    first_path, first = slices[0]
+    iop = _orientation(first, first_path)
+    for path, ds in slices[1:]:
+        if not np.allclose(_orientation(ds, path), iop, atol=1e-3):
+            raise InputError(
+                f"{path}: ImageOrientationPatient differs from {first_path.name}'s; expected one orientation per series."
+            )
+    return iop
 
 
-def _slice_positions(slices: list[tuple[Path, object]]) -> tuple[np.ndarray, np.ndarray]:
-    """Unit slice normal (LPS) and each slice's ImagePositionPatient projected on it."""
-    iop = _orientation(slices[0][1], slices[0][0])
+def _slice_positions(slices: list[tuple[Path, object]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ImageOrientationPatient, unit slice normal (LPS), each slice's ImagePositionPatient projected on it, and
+    the ``(n, 3)`` positions."""
+    iop = _series_orientation(slices)
     normal = np.cross(iop[:3], iop[3:])
     normal /= np.linalg.norm(normal)
-    positions = np.array([float(normal @ np.asarray(ds.ImagePositionPatient, dtype=float)) for _, ds in slices])
-    return normal, positions
+    ipp = np.array([_position_of(ds, path) for path, ds in slices])
+    return iop, normal, ipp @ normal, ipp
 
 
 def series_spacing(folder: Path) -> tuple[float, float, float]:
@@ -132,7 +406,9 @@ def series_spacing(folder: Path) -> tuple[float, float, float]:
 
     Files are taken in sorted file-name order (any names, with or without
     ``.dcm``); non-DICOM files and objects without ImagePositionPatient and
-    PixelSpacing (a DICOM SEG, a report) are ignored. ``dy, dx`` come from
+    PixelSpacing (a DICOM SEG, a report) are ignored (non-DICOM files without a
+    warning: this reads headers only and has no warnings to return; a damaged
+    DICOM file is still an :class:`InputError`). ``dy, dx`` come from
     PixelSpacing (row, column spacing). Slices are ordered by their
     ImagePositionPatient along the slice normal (file names need not follow
     position); ``dz`` is the distance between the first and the last position
@@ -141,19 +417,22 @@ def series_spacing(folder: Path) -> tuple[float, float, float]:
     SliceThickness. Reads headers only.
     """
     folder = Path(folder)
-    found, _ = _scan_folder(folder, with_pixels=False) if folder.is_dir() else ([], 0)
-    slices = [(p, ds) for p, ds in found if "PixelSpacing" in ds]
+    if folder.is_dir():
+        scan = _scan_folder(folder, with_pixels=False, warnings=[])
+    else:
+        scan = _Scan([], 0, [])
+    spacings = [(p, ds, _pixel_spacing_of(ds, p)) for p, ds in scan.images]
+    slices = [(p, ds) for p, ds, s in spacings if s is not None]
     if not slices:
-        raise InputError(f"No DICOM image slices in {folder}; expected files with ImagePositionPatient and PixelSpacing.")
+        raise _no_slices(folder, scan, "files with ImagePositionPatient and PixelSpacing")
     _require_one_series(folder, slices)
-    dy, dx = (float(v) for v in slices[0][1].PixelSpacing)
+    dy, dx = next(s for _, _, s in spacings if s is not None)
     if len(slices) == 1:
-        ds = slices[0][1]
-        dz = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 0)) or 0)
-        if dz <= 0:
+        dz = _slice_step_of(slices[0][1], slices[0][0])
+        if dz is None:
             raise InputError(f"{slices[0][0]}: a single slice without SliceThickness; expected a slice spacing.")
         return dz, dy, dx
-    _, positions = _slice_positions(slices)
+    _, _, positions, _ = _slice_positions(slices)
     positions = np.sort(positions)
     gaps = np.diff(positions)
     dz = float(positions[-1] - positions[0]) / (len(slices) - 1)
@@ -191,23 +470,17 @@ class _Geometry:
 def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> _Geometry:
     names = [p.name for p, _ in slices]
     first_path, first = slices[0]
-    iop = _orientation(first, first_path)
-    for path, ds in slices[1:]:
-        if not np.allclose(_orientation(ds, path), iop, atol=1e-3):
-            raise InputError(
-                f"{path}: ImageOrientationPatient differs from {first_path.name}'s; expected one orientation per series."
-            )
-    if "PixelSpacing" in first:
-        dy, dx = (float(v) for v in first.PixelSpacing)
-    else:
+    iop, normal, positions, ipp = _slice_positions(slices)
+    first_spacing = _pixel_spacing_of(first, first_path)
+    if first_spacing is None:
         dy = dx = 1.0
         warnings.append(f"{folder}: no PixelSpacing in {first_path.name}; assumed 1.0 mm pixels.")
+    else:
+        dy, dx = first_spacing
     for path, ds in slices[1:]:
-        if "PixelSpacing" in ds and not np.allclose([float(v) for v in ds.PixelSpacing], [dy, dx], rtol=1e-3):
-            raise InputError(f"{path}: PixelSpacing {list(ds.PixelSpacing)} differs from {first_path.name}'s {[dy, dx]}; "
-                             "expected one pixel size per series.")
-    normal, positions = _slice_positions(slices)
-    ipp = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for _, ds in slices])
+        spacing = _pixel_spacing_of(ds, path)
+        if spacing is not None and not np.allclose(spacing, [dy, dx], rtol=1e-3):
+            raise _bad(path, "PixelSpacing", spacing, f"{[dy, dx]} like {first_path.name} (one pixel size per series)")
 
     order = np.argsort(positions, kind="stable")  # ties keep file-name order
     keep = [int(order[0])]
@@ -224,10 +497,11 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
     pos = positions[order]
 
     if len(order) == 1:
-        dz = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 0)) or 0)
-        if dz <= 0:
-            dz = 1.0
+        step = _slice_step_of(first, first_path)
+        if step is None:
+            step = 1.0
             warnings.append(f"{folder}: a single slice without SliceThickness; assumed 1.0 mm.")
+        dz = step
         step = normal * dz
     else:
         gaps = np.diff(pos)
@@ -262,7 +536,7 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
     native[:3, 3] = _LPS_TO_RAS @ ipp[order[0]]
     current = nib.orientations.io_orientation(native)
     transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(LPS))
-    rows, cols = int(first.Rows), int(first.Columns)
+    rows, cols = _size_of(first, first_path)
     affine = native @ nib.orientations.inv_ornt_aff(transform, (cols, rows, len(order)))
     native_spacing = (dx, dy, dz)  # per native axis (c, r, k)
     out = [0.0, 0.0, 0.0]
@@ -286,27 +560,27 @@ def _to_lps(stack: np.ndarray, geometry: _Geometry) -> np.ndarray:
 
 def _hu_slice(path: Path, ds: object) -> np.ndarray:
     try:
-        pixels = ds.pixel_array  # type: ignore[attr-defined]
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            pixels = ds.pixel_array  # type: ignore[attr-defined]
     except Exception as exc:  # missing decoder plugins raise several types
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise InputError(
-            f"Cannot decode the pixels of {path} (transfer syntax {syntax}): {exc}. Expected uncompressed DICOM, "
-            "or install a decoder (pip install pylibjpeg pylibjpeg-libjpeg)."
-        ) from exc
+        raise InputError(_one_line(
+            f"{path}: PixelData (7FE0,0010) cannot be decoded (transfer syntax {syntax}: {_short(exc, 100)}); "
+            "expected uncompressed DICOM, or install a decoder (pip install pylibjpeg pylibjpeg-libjpeg)."
+        )) from exc
     if pixels.ndim != 2:
-        raise InputError(f"{path}: pixel data of shape {pixels.shape}; expected one grey-scale 2D slice.")
-    slope = float(ds.get("RescaleSlope", 1) or 1)  # type: ignore[attr-defined]
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)  # type: ignore[attr-defined]
+        raise _bad(path, "PixelData", None, "one grey-scale 2D slice", shown=f"of shape {pixels.shape}")
+    slope, intercept = _rescale_of(ds, path)
     return pixels.astype(np.float64) * slope + intercept
 
 
-def _hu_stack(slices: list[tuple[Path, object]], order: np.ndarray) -> np.ndarray:
+def _hu_stack(slices: list[tuple[Path, object]], order: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """HU slices in ``order`` as one ``(k, r, c)`` array: int16 when every value is an integer in range, else float32.
 
     Filled slice by slice, so memory stays at the size of the result.
     """
-    first = slices[int(order[0])][1]
-    out = np.empty((len(order), int(first.Rows), int(first.Columns)), np.int16)  # type: ignore[attr-defined]
+    out = np.empty((len(order), *shape), np.int16)
     for k, i in enumerate(order):
         hu = _hu_slice(*slices[int(i)])
         if out.dtype == np.int16 and not (
@@ -327,27 +601,27 @@ class _Series:
 
 def _read_series(folder: Path, case_id: str | None, warnings: list[str]) -> _Series:
     folder = Path(folder)
-    slices, others = _scan_folder(folder, with_pixels=True)
+    scan = _scan_folder(folder, with_pixels=True, warnings=warnings)
+    slices = scan.images
     if not slices:
-        extra = f" ({others} DICOM objects without a slice position, e.g. SEG or multi-frame, were ignored)" if others else ""
-        raise InputError(
-            f"No DICOM image slices in {folder}{extra}; expected single-frame DICOM files with ImagePositionPatient "
-            "and PixelData."
-        )
+        raise _no_slices(folder, scan, "single-frame DICOM files with ImagePositionPatient and PixelData")
     _require_one_series(folder, slices)
     first_path, first = slices[0]
-    for path, ds in slices[1:]:
-        if (int(ds.Rows), int(ds.Columns)) != (int(first.Rows), int(first.Columns)):
-            raise InputError(
-                f"{path}: {ds.Rows}x{ds.Columns} pixels, expected {first.Rows}x{first.Columns} like {first_path.name}."
-            )
+    shape = _size_of(first, first_path)
+    for path, ds in slices:
+        size = _size_of(ds, path)
+        if size != shape:
+            raise InputError(f"{path}: Rows x Columns (0028,0010/0011) is {size[0]}x{size[1]}; expected "
+                             f"{shape[0]}x{shape[1]} like {first_path.name}.")
+        _pixel_layout_of(ds, path, *shape)
+        _rescale_of(ds, path)
     modality = str(first.get("Modality", "CT") or "CT")
     if modality != "CT":
         warnings.append(f"{folder}: Modality is {modality}, not CT; values are rescaled as if they were HU.")
     geometry = _series_geometry(folder, slices, warnings)
     if str(first.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         warnings.append(f"{folder}: MONOCHROME1 pixels (white = low); values kept as stored after rescaling.")
-    image = _to_lps(_hu_stack(slices, geometry.order), geometry)
+    image = _to_lps(_hu_stack(slices, geometry.order, shape), geometry)
     stems = [dicom_stem(slices[i][0]) for i in geometry.order]
     if geometry.slice_axis_is_d:
         names = tuple(reversed(stems)) if geometry.slice_flipped else tuple(stems)
@@ -367,15 +641,17 @@ def _read_series(folder: Path, case_id: str | None, warnings: list[str]) -> _Ser
         volume=volume,
         geometry=geometry,
         files=[p for p, _ in slices],
-        slice_shape=(int(first.Rows), int(first.Columns)),
+        slice_shape=shape,
     )
 
 
 def read_dicom_series(folder: Path, *, case_id: str | None = None) -> tuple[Volume, list[str]]:
     """The one DICOM CT series in ``folder`` as a HU volume, and warnings about its geometry.
 
-    Any file names are accepted (with or without ``.dcm``); non-DICOM files
-    and non-image objects (a DICOM SEG, a report) are ignored. Slices are
+    Any file names are accepted (with or without ``.dcm``); non-image objects
+    (a DICOM SEG, a report) are ignored, and so are non-DICOM files (with a
+    warning naming them unless their suffix names another format; see the
+    module docstring). Slices are
     ordered by ImagePositionPatient along the slice normal, not by file name.
     HU = stored value * RescaleSlope + RescaleIntercept, kept as int16 when
     integral, else float32. ``slice_names`` are the file names without a
@@ -383,7 +659,8 @@ def read_dicom_series(folder: Path, *, case_id: str | None = None) -> tuple[Volu
 
     Raises:
         InputError: no image slices, more than one series, slices of
-            different sizes/orientations, or pixels that cannot be decoded.
+            different sizes/orientations, a DICOM file that cannot be read, a
+            malformed header element, or pixels that cannot be decoded.
     """
     warnings: list[str] = []
     series = _read_series(Path(folder), case_id, warnings)
@@ -403,8 +680,9 @@ def read_chaos_case(case_dir: Path) -> tuple[Volume, list[str]]:
     set) is read without a mask, with a warning.
 
     Raises:
-        InputError: the DICOM folder is missing, or the masks do not match the
-            slices in number or size.
+        InputError: the DICOM folder is missing or unreadable (as for
+            :func:`read_dicom_series`), or the masks do not match the slices in
+            number or size.
     """
     case_dir = Path(case_dir)
     dicom_dir = case_dir / "DICOM_anon"

@@ -22,8 +22,8 @@ import nibabel as nib
 import numpy as np
 
 import liverrt
+from liverrt.atomic import atomic_path
 from liverrt.data.dicom import _Geometry, _read_series
-from liverrt.data.io import atomic_path
 from liverrt.errors import BackendUnavailableError, InputError
 
 #: SNOMED CT "Tissue" (segmented property category, CID 7150) and "Liver" (type, CID 7151).

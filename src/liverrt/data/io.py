@@ -1,18 +1,15 @@
 """Reading and writing volumes: NIfTI files and folders of PNG/JPG slices.
 
 Everything is read into a :class:`~liverrt.data.volume.Volume` in liverrt's
-axis convention (see that module). Writers are atomic: they write to a
-temporary file next to the target and rename it, so an interrupted run never
-leaves a half-written output behind, and they refuse to overwrite their input.
+axis convention (see that module). Writers are atomic and replace only
+what liverrt wrote (:mod:`liverrt.atomic`): an interrupted run never leaves a
+half-written output behind, and no input or user file is overwritten.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import logging
 import re
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +17,17 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from liverrt.data.volume import Volume, default_affine
+from liverrt.atomic import atomic_dir, atomic_path
+from liverrt.data.volume import (
+    Volume,
+    check_affine,
+    check_finite_labels,
+    default_affine,
+    finite_image,
+)
 from liverrt.errors import InputError
+
+_log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -74,14 +80,16 @@ def load_nifti(path: Path) -> NiftiData:
     """Read a NIfTI file, reoriented to liverrt's convention (see :mod:`liverrt.data.volume`).
 
     2D images become one slice; 4D images with a single volume are accepted.
-    Any failure to read becomes an :class:`InputError` naming the file.
+    Any failure to read becomes an :class:`InputError` naming the file, and so
+    does an affine that is non-finite or singular (zero voxel size). The voxel
+    values are returned as stored: :func:`read_nifti_volume` handles NaN/Inf.
     """
     path = Path(path)
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for damaged files
-        raise InputError(f"Cannot read NIfTI file {path}: {exc}. Expected a valid .nii/.nii.gz file.") from exc
+        raise InputError(f"Cannot read NIfTI file {path}: {_one_line(exc)}. Expected a valid .nii/.nii.gz file.") from exc
     if data.dtype.kind not in "biuf":
         raise InputError(f"NIfTI file {path}: got voxel type {data.dtype}, expected grey-scale numbers (not RGB).")
     if data.ndim == 4 and data.shape[3] == 1:
@@ -90,15 +98,18 @@ def load_nifti(path: Path) -> NiftiData:
         data = data[:, :, None]
     if data.ndim != 3 or data.size == 0:
         raise InputError(f"NIfTI file {path}: got shape {data.shape}, expected a non-empty 3D volume.")
+    affine = check_affine(img.affine, f"NIfTI file {path}")
     try:
-        affine = img.affine
         current = nib.orientations.io_orientation(affine)
         target = nib.orientations.axcodes2ornt(LPS)
         transform = nib.orientations.ornt_transform(current, target)
         lps = nib.orientations.apply_orientation(data, transform)
         lps_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
     except Exception as exc:
-        raise InputError(f"NIfTI file {path}: unusable orientation in its affine ({exc}).") from exc
+        raise InputError(
+            f"NIfTI file {path}: unusable orientation in its affine ({_one_line(exc)}); expected a valid voxel-to-world "
+            "matrix."
+        ) from exc
     zooms = np.sqrt((lps_affine[:3, :3] ** 2).sum(axis=0))  # column norms = voxel size per (w, h, d)
     spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
     return NiftiData(
@@ -112,9 +123,20 @@ def load_nifti(path: Path) -> NiftiData:
     )
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))`` of a NIfTI file, reoriented to LPS."""
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (nibabel's messages may span several)."""
+    return " ".join(str(exc).split())
+
+
+def read_nifti(path: Path, *, labels: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))`` of a NIfTI file, reoriented to LPS.
+
+    ``labels=True`` reads a label map (a mask): any NaN/Inf value is refused.
+    The values are otherwise returned as stored.
+    """
     d = load_nifti(path)
+    if labels:
+        check_finite_labels(d.array, f"NIfTI mask {path}")
     return d.array, d.affine, d.spacing
 
 
@@ -123,9 +145,10 @@ def nifti_spacing(path: Path) -> tuple[float, float, float]:
     try:
         img = nib.load(str(path))
     except Exception as exc:
-        raise InputError(f"Cannot read NIfTI header of {path}: {exc}. Expected a valid .nii/.nii.gz file.") from exc
-    ornt = nib.orientations.io_orientation(img.affine)
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))  # voxel size along each stored axis
+        raise InputError(f"Cannot read NIfTI header of {path}: {_one_line(exc)}. Expected a valid .nii/.nii.gz file.") from exc
+    affine = check_affine(img.affine, f"NIfTI file {path}")
+    ornt = nib.orientations.io_orientation(affine)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # voxel size along each stored axis
     by_axis = {int(ornt[i, 0]): float(zooms[i]) for i in range(3)}  # world axis (x, y, z) -> size
     return by_axis[2], by_axis[1], by_axis[0]
 
@@ -166,12 +189,18 @@ def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_i
     """A volume from a NIfTI image and an optional NIfTI label map (liver = label > 0).
 
     Images are HU unless liverrt wrote them as 8-bit (``descrip`` marker).
+    Non-finite voxels follow :func:`~liverrt.data.volume.finite_image`: an image
+    with no finite voxel is refused; otherwise NaN and -Inf become the image's
+    finite minimum and +Inf its finite maximum, with a warning naming the file.
+    A mask with any NaN/Inf value is refused. A non-finite or singular affine
+    is refused (see :func:`load_nifti`).
     """
     src = load_nifti(image_path)
-    image, affine, spacing = src.array, src.affine, src.spacing
+    image = finite_image(src.array, f"NIfTI file {image_path}")
+    affine, spacing = src.affine, src.spacing
     mask = None
     if mask_path is not None:
-        labels, mask_affine, _ = read_nifti(mask_path)
+        labels, mask_affine, _ = read_nifti(mask_path, labels=True)
         if labels.shape != image.shape:
             raise InputError(
                 f"Mask {mask_path} has shape {labels.shape} after reorientation, expected the image's "
@@ -197,23 +226,70 @@ def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_i
 
 
 def read_slice_image(path: Path, *, as_mask: bool = False) -> np.ndarray:
-    """One 8/16-bit PNG/JPG slice as a 2D array; RGB with equal channels is accepted.
+    """One 8/16-bit PNG/JPG slice as a 2D array.
+
+    Conversions, by PIL image mode (anything else raises :class:`InputError` naming the file):
+
+    * ``L``, ``I;16``, ``I``: grey, as stored;
+    * ``1`` (1-bit): 0 and 255;
+    * ``P``/``PA`` (palette): converted through the palette to RGB (RGBA if the
+      palette has transparency), never read as palette indices; then the RGB rules;
+    * ``LA``/``RGBA``: the alpha channel is dropped when every pixel is fully
+      opaque; any transparent pixel refuses the file;
+    * ``RGB``: equal channels are grey; unequal channels are refused, except for
+      JPEG images (not masks), which become the channel mean (JPEG compression
+      makes the channels of a grey slice differ slightly);
+    * ``CMYK`` (JPEG): converted to RGB by PIL, then to grey by the RGB rules,
+      with a warning naming the file.
 
     Masks come back as bool (JPEG masks thresholded at 128, PNG masks at > 0).
     """
+    path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            mode = im.mode
+            if mode in ("P", "PA"):
+                im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+            elif mode == "CMYK":
+                im = im.convert("RGB")
+            elif mode == "1":
+                im = im.convert("L")
             arr = np.asarray(im)
     except Exception as exc:
-        raise InputError(f"Cannot read image {path}: {exc}. Expected a PNG or JPG slice.") from exc
-    if arr.ndim == 3:
-        rgb = arr[..., :3]
+        raise InputError(f"Cannot read image {path}: {_one_line(exc)}. Expected a PNG or JPG slice.") from exc
+    if mode == "CMYK":
+        _log.warning("Image %s is CMYK: converted to RGB, then to grey (mean of the channels where they differ).",
+                     path)
+    if arr.ndim == 2 and arr.dtype.kind in "biu":
+        pass
+    elif arr.ndim == 3 and arr.shape[2] in (2, 4) and arr.dtype == np.uint8:  # grey or colour + alpha
+        alpha = arr[..., -1]
+        if not (alpha == 255).all():
+            raise InputError(
+                f"Image {path} ({mode}) has {int((alpha < 255).sum())} transparent pixels; expected an opaque "
+                "slice (no alpha channel, or alpha 255 everywhere)."
+            )
+        arr = arr[..., :-1]
+    elif not (arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8):
+        raise InputError(
+            f"Image {path} has PIL mode {mode!r} (array {arr.shape} {arr.dtype}); expected a grey, RGB(A), "
+            "palette or CMYK slice."
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3:
+        rgb = arr
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
             if not as_mask and path.suffix.lower() in (".jpg", ".jpeg"):
                 rgb = np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)[..., None]
             else:
-                raise InputError(f"Image {path} has different colour channels; expected a grey-scale slice.")
+                what = "palette colours" if mode in ("P", "PA") else "colour channels"
+                raise InputError(
+                    f"{'Mask' if as_mask else 'Image'} {path} ({mode}) has different {what} in "
+                    f"{int((rgb != rgb[..., :1]).any(axis=2).sum())} pixels; expected a grey-scale "
+                    f"{'mask (0 background, > 0 liver)' if as_mask else 'slice'}."
+                )
         arr = rgb[..., 0]
     if as_mask:
         if path.suffix.lower() in (".jpg", ".jpeg"):
@@ -300,89 +376,3 @@ def write_png_slices(
                 sl = sl.astype(np.uint8) * (255 if scale_mask else 1)
             Image.fromarray(np.ascontiguousarray(sl)).save(tmp / f"{name}.png")
     return folder
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def set_default_mode(path: Path) -> None:
-    """mkstemp/mkdtemp create private (0600/0700) entries; give outputs the usual umask-based mode."""
-    base = 0o777 if path.is_dir() else 0o666
-    os.chmod(path, base & ~_umask())
-
-
-def refuse_overwriting_inputs(path: Path, inputs: tuple[Path, ...] | list[Path]) -> None:
-    """Raise :class:`InputError` if ``path`` exists and is, or lies inside, one of ``inputs``."""
-    path = Path(path)
-    if not path.exists():
-        return
-    target = path.resolve()
-    for p in inputs:
-        p = Path(p)
-        if p.exists() and (target == p.resolve() or p.resolve() in target.parents):
-            raise InputError(f"Refusing to overwrite {path}: it belongs to the input {p}; choose another output path.")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path, *, suffix: str = "", protect: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
-
-    ``protect`` lists input files that must never be overwritten: writing onto
-    one of them raises :class:`InputError` before anything is written.
-    """
-    path = Path(path)
-    refuse_overwriting_inputs(path, protect)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp" if not suffix else suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        set_default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(folder: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``folder`` in one rename.
-
-    The folder appears complete or not at all: on any error the temporary
-    folder is removed and an existing ``folder`` is left untouched.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        yield tmp
-        set_default_mode(tmp)
-        if folder.exists():
-            _remove_tree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
-
-
-def write_bytes_atomic(data: bytes, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
-    with atomic_path(path, protect=protect) as tmp:
-        tmp.write_bytes(data)
-    return path
-
-
-def write_text_atomic(text: str, path: Path, *, protect: tuple[Path, ...] = ()) -> Path:
-    return write_bytes_atomic(text.encode("utf-8"), path, protect=protect)

@@ -199,8 +199,12 @@ def _png_by_stem(folder: Path) -> dict[str, Path]:
     }
 
 
-def scan_kitti_case(folder: Path) -> KittiCase:
-    """Find a case's images, masks and labels and pair them by file stem (no pixels read)."""
+def scan_kitti_case(folder: Path, *, labels: bool = True) -> KittiCase:
+    """Find a case's images, masks and labels and pair them by file stem (no pixels read).
+
+    ``labels=False`` (for inference, which reads no labels) neither needs nor
+    reads ``label_colors.txt``: ``label_names`` is then empty.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; expected a KITTI case folder.")
@@ -211,9 +215,11 @@ def scan_kitti_case(folder: Path) -> KittiCase:
             "in the case folder or one of its sub-folders."
         )
     colors = export / LABEL_COLORS
-    if not colors.is_file():
-        raise InputError(f"KITTI export {export} has no {LABEL_COLORS}; expected CVAT's KITTI 1.0 export.")
-    label_names = read_label_names(colors)
+    label_names: list[str] = []
+    if labels:
+        if not colors.is_file():
+            raise InputError(f"KITTI export {export} has no {LABEL_COLORS}; expected CVAT's KITTI 1.0 export.")
+        label_names = read_label_names(colors)
     images = list_slice_images(_image_folder(folder, export))
     images = [p for p in images if not p.name.startswith(".")]
     stems = [p.stem for p in images]
@@ -285,13 +291,16 @@ def _instance_slice(path: Path, mask: np.ndarray, lid: int) -> np.ndarray | None
 
 
 def read_kitti_case(
-    folder: Path, *, label: str = "liver", unannotated: str = "exclude"
+    folder: Path, *, label: str | None = "liver", unannotated: str = "exclude"
 ) -> tuple[Volume, list[str]]:
     """Read one KITTI case into an 8-bit Volume with a liver mask and instance map.
 
     Args:
         folder: the case folder (see the module docstring).
         label: the label name (case-insensitive) in ``label_colors.txt`` that is liver.
+            ``None`` reads the images only (for inference): every image, no mask,
+            no instances, and neither ``label_colors.txt`` nor any mask PNG is
+            needed or read (``unannotated`` is then ignored).
         unannotated: ``"exclude"`` keeps only the images with a mask; ``"negative"``
             keeps all images, the unannotated ones with an empty mask.
 
@@ -304,6 +313,8 @@ def read_kitti_case(
     """
     if unannotated not in UNANNOTATED_MODES:
         raise ValueError(f"read_kitti_case: got unannotated={unannotated!r}, expected one of {UNANNOTATED_MODES}")
+    if label is None:
+        return _read_kitti_images(folder), []
     case = scan_kitti_case(folder)
     lid = label_id(case.label_names, label)
     warnings: list[str] = []
@@ -375,3 +386,20 @@ def read_kitti_case(
         source=str(folder),
     )
     return volume, warnings
+
+
+def _read_kitti_images(folder: Path) -> Volume:
+    """Every CT image of a KITTI case (natural order), without labels: what inference segments."""
+    case = scan_kitti_case(folder, labels=False)
+    if not case.images:
+        raise InputError(f"KITTI case {folder}: no CT slice images found; expected an images/ folder of PNG/JPG slices.")
+    spacing = (1.0, 1.0, 1.0)
+    return Volume(
+        image=stack_slice_images(case.images),
+        spacing=spacing,
+        affine=default_affine(spacing),
+        intensity="8bit",
+        slice_names=tuple(p.stem for p in case.images),
+        case_id=case.case_id,
+        source=str(folder),
+    )

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from liverrt.data.io import write_nifti, write_png_slices, write_text_atomic
+from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic
+from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.volume import Volume, default_affine
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def synth_dataset(
     if cases < 0:
         raise ValueError(f"synth_dataset: got cases={cases}, expected >= 0")
     out_dir = Path(out_dir)
+    check_outputs([*(out_dir / f"phantom_{k:03d}" for k in range(cases)), out_dir / "phantom.json"])
     out_dir.mkdir(parents=True, exist_ok=True)
     folders: list[Path] = []
     entries: list[dict[str, object]] = []
@@ -207,10 +209,11 @@ def synth_dataset(
         cseed = case_seed(seed, k)
         vol = synth_case(cseed, config, case_id=case_id)
         folder = out_dir / case_id
-        write_nifti(vol.image, vol.affine, folder / "image.nii.gz")
-        write_nifti(vol.mask.astype(np.uint8), vol.affine, folder / "mask.nii.gz")
-        write_png_slices(window_to_uint8(vol.image), folder / "images", vol.names)
-        write_png_slices(vol.mask, folder / "masks", vol.names)
+        with atomic_dir(folder) as tmp:  # a case folder appears whole or not at all
+            write_nifti(vol.image, vol.affine, tmp / "image.nii.gz")
+            write_nifti(vol.mask.astype(np.uint8), vol.affine, tmp / "mask.nii.gz")
+            write_png_slices(window_to_uint8(vol.image), tmp / "images", vol.names)
+            write_png_slices(vol.mask, tmp / "masks", vol.names)
         regions = vol.instances.reshape(vol.shape[0], -1).max(axis=1)
         entries.append(
             {

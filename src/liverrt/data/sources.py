@@ -191,16 +191,14 @@ def load_case(ref: CaseRef, *, with_mask: bool = True, options: ReadOptions = DE
     A KITTI case holds only its annotated slices when read with masks (for
     training and evaluation) and every image when read without (for inference).
     """
-    if ref.kind == "kitti":
-        from dataclasses import replace
-
+    if ref.kind == "kitti":  # without masks: the images only, no label_colors.txt or liver label needed
         from liverrt.data.kitti import read_kitti_case
 
-        volume, warnings = read_kitti_case(ref.image, label=options.label,
-                                           unannotated=options.unannotated if with_mask else "negative")
+        volume, warnings = read_kitti_case(ref.image, label=options.label if with_mask else None,
+                                           unannotated=options.unannotated)
         for w in warnings:
             log.warning("%s: %s", ref.case_id, w)
-        return volume if with_mask else replace(volume, mask=None, instances=None)
+        return volume
     if ref.kind in ("dicom", "chaos", "ircad"):
         from liverrt.data.dicom import read_chaos_case, read_dicom_series
 
@@ -223,7 +221,9 @@ def _ircad_mask(ref: CaseRef, volume: Volume) -> np.ndarray:
     """The liver mask series of a 3D-IRCADb case (non-zero = liver), checked against the CT's geometry."""
     from liverrt.data.dicom import read_dicom_series
 
-    masks, _ = read_dicom_series(ref.mask, case_id=ref.case_id)
+    masks, warnings = read_dicom_series(ref.mask, case_id=ref.case_id)
+    for w in warnings:
+        log.warning("%s: liver mask series: %s", ref.case_id, w)
     if masks.shape != volume.shape or not np.allclose(masks.affine, volume.affine, atol=1e-3):
         raise InputError(
             f"{ref.mask}: mask series {masks.shape} does not share the geometry of {ref.image} {volume.shape}; "
@@ -264,7 +264,19 @@ class MaskVolume:
     slice_names: tuple[str, ...] | None = None  # PNG masks: file stems in natural order
 
 
+#: case layouts whose labels are not a plain mask file or folder: read them with :func:`load_case`
+LABELLED_CASE_KINDS = ("kitti", "chaos", "ircad")
+
+
+def _labelled_case_kind(folder: Path) -> str | None:
+    """The layout of ``folder`` when it is a KITTI, CHAOS or 3D-IRCADb case (not a mask folder), else None."""
+    ref = _case_in_folder(folder)
+    return ref.kind if ref is not None and ref.kind in LABELLED_CASE_KINDS else None
+
+
 def _mask_path(folder: Path) -> Path | None:
+    if _labelled_case_kind(folder) is not None:
+        return None
     for name in ("mask.nii.gz", "mask.nii"):
         if (folder / name).is_file():
             return folder / name
@@ -278,10 +290,13 @@ def _mask_path(folder: Path) -> Path | None:
 
 
 def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
-    """A liver mask from a NIfTI label map (label > 0) or a PNG/JPG mask folder."""
+    """A liver mask from a NIfTI label map (label > 0) or a PNG/JPG mask folder.
+
+    A NIfTI mask with any NaN/Inf value is refused (masks are label maps).
+    """
     path = Path(path)
     if path.is_file():
-        labels, affine, spacing = read_nifti(path)
+        labels, affine, spacing = read_nifti(path, labels=True)
         return MaskVolume(case_id or strip_nifti_suffix(path.name), labels > 0, spacing, path, affine=affine)
     files = list_slice_images(path)
     if not files:
@@ -294,15 +309,25 @@ def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
 
 
 def single_mask(src: Path) -> Path | None:
-    """``src`` itself as one mask volume (a NIfTI file or a mask slice folder), else None."""
+    """``src`` itself as one mask volume (a NIfTI file or a mask slice folder), else None.
+
+    A KITTI, CHAOS or 3D-IRCADb case folder is never one (its labels are read with the case).
+    """
     src = Path(src)
     if src.is_file():
         return src if is_nifti(src) else None
+    if not src.is_dir() or _labelled_case_kind(src) is not None:
+        return None
     return src if list_slice_images(src) else None
 
 
 def find_masks(src: Path) -> dict[str, Path]:
-    """Map case id -> mask path for a mask file, a case folder or a root of cases."""
+    """Map case id -> mask path for a mask file, a case folder or a root of cases.
+
+    KITTI, CHAOS and 3D-IRCADb case folders hold images with labels of their own
+    format, not masks: ``src`` being one raises :class:`InputError`, and such
+    sub-folders of a root are left out (read them with :func:`find_cases`/:func:`load_case`).
+    """
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src} does not exist; expected a NIfTI mask, a PNG mask folder or a folder of cases.")
@@ -310,6 +335,12 @@ def find_masks(src: Path) -> dict[str, Path]:
         if not is_nifti(src):
             raise InputError(f"{src} is not a NIfTI file; expected a .nii/.nii.gz mask.")
         return {strip_nifti_suffix(src.name): src}
+    kind = _labelled_case_kind(src)
+    if kind is not None:
+        raise InputError(
+            f"{src} is a {kind} case folder (images with their labels), not a mask file or folder; expected "
+            "NIfTI masks, mask.nii.gz case folders or PNG mask folders."
+        )
     own = _mask_path(src)
     if own is not None:
         return {src.parent.name if own is src and src.name in ("masks", "mask") else src.name: own}

@@ -14,10 +14,15 @@ Axis convention (used everywhere in liverrt):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+
+from liverrt.errors import InputError
+
+log = logging.getLogger(__name__)
 
 Intensity = Literal["hu", "8bit"]
 
@@ -30,6 +35,87 @@ def default_affine(spacing: tuple[float, float, float]) -> np.ndarray:
     """
     dz, dy, dx = (float(s) for s in spacing)
     return np.diag([-dx, -dy, dz, 1.0])
+
+
+def finite_image(image: np.ndarray, source: str) -> np.ndarray:
+    """``image`` with its non-finite voxels replaced, or an :class:`InputError` when none is finite.
+
+    Rules (integer images are returned unchanged; they cannot hold NaN or Inf):
+
+    * every voxel finite: the image itself, not copied;
+    * no voxel finite (all NaN/Inf): refused, naming ``source``;
+    * some voxels non-finite: a copy in which NaN and -Inf become the image's
+      finite minimum and +Inf its finite maximum, with one warning naming
+      ``source`` and the counts. (Air is the minimum of a CT, so unknown voxels
+      read as background, never as liver.)
+
+    ``source`` names where the image came from in messages (e.g. ``"NIfTI file ct.nii.gz"``).
+    """
+    image = np.asarray(image)
+    if image.dtype.kind != "f":
+        return image
+    finite = np.isfinite(image)
+    if finite.all():
+        return image
+    if not finite.any():
+        raise InputError(f"{source}: all {image.size} voxels are NaN or infinite; expected finite intensities.")
+    lo, hi = image[finite].min(), image[finite].max()
+    nan = np.isnan(image)
+    pos = np.isposinf(image)
+    neg = np.isneginf(image)
+    out = image.copy()
+    out[nan | neg] = lo
+    out[pos] = hi
+    log.warning(
+        "%s: %d of %d voxels are not finite (NaN %d, +Inf %d, -Inf %d); NaN and -Inf set to the finite "
+        "minimum %g, +Inf to the finite maximum %g.",
+        source, int(image.size - finite.sum()), image.size, int(nan.sum()), int(pos.sum()), int(neg.sum()),
+        float(lo), float(hi),
+    )
+    return out
+
+
+def check_finite_labels(labels: np.ndarray, source: str) -> np.ndarray:
+    """``labels`` unchanged, or an :class:`InputError` if any value is NaN or infinite.
+
+    Masks are label maps: a NaN there is no label at all, so it is refused rather
+    than read as background.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        bad = int(labels.size - np.isfinite(labels).sum())
+        if bad:
+            raise InputError(
+                f"{source}: {bad} of {labels.size} values are NaN or infinite; expected a label map of finite "
+                "numbers (0 background, > 0 liver)."
+            )
+    return labels
+
+
+def check_affine(affine: np.ndarray, source: str) -> np.ndarray:
+    """``affine`` as a float 4x4 array, or an :class:`InputError` when it is non-finite or singular.
+
+    Singular means a zero voxel size or voxel axes that do not span 3D space
+    (|det| of the 3x3 part at most 1e-6 of the product of the voxel sizes):
+    such a volume has no volume in mL and no valid orientation.
+    """
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4):
+        raise InputError(f"{source}: affine of shape {a.shape}; expected a 4x4 voxel-to-world matrix.")
+    if not np.isfinite(a).all():
+        raise InputError(
+            f"{source}: the affine is non-finite (NaN or infinite entries in {a[:3].tolist()}); "
+            "expected a finite voxel-to-world matrix."
+        )
+    sizes = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+    det = abs(float(np.linalg.det(a[:3, :3])))
+    if not (sizes > 0).all() or det <= 1e-6 * float(np.prod(sizes)):
+        shown = tuple(round(float(s), 6) for s in sizes)
+        raise InputError(
+            f"{source}: the affine is singular (voxel sizes {shown} mm, |det| {det:.3g}); "
+            "expected a non-singular affine with positive voxel sizes."
+        )
+    return a
 
 
 @dataclass(frozen=True, eq=False)

@@ -122,7 +122,7 @@ class VerifyReport:
 
     def write(self, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:
         """``verify.json``/``verify.md`` in ``out_dir``, or ``<stem>.verify.json``/``.md`` next to an artifact."""
-        from liverrt.data.io import write_text_atomic
+        from liverrt.atomic import write_text_atomic
 
         out_dir = Path(out_dir)
         prefix = f"{stem}." if stem else ""

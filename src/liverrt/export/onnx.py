@@ -16,10 +16,11 @@ import torch
 
 import liverrt
 from liverrt.artifact import ONNX_FORMAT, sha256_file
-from liverrt.data.io import atomic_path
+from liverrt.atomic import atomic_path
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
 from liverrt.export.verify import ParityReport, parity_check, sample_inputs
+from liverrt.models.maskrcnn import LiverMaskRCNN
 from liverrt.training.checkpoint import load_model
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class _SingleImage(torch.nn.Module):
         return det["boxes"], det["scores"], det["labels"], det["masks"]
 
 
-SINGLE_OUTPUTS = ("boxes", "scores", "labels", "masks")
+SINGLE_OUTPUTS = LiverMaskRCNN.graph_output_names
 
 
 def _export_maskrcnn_single(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int,

@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liverrt.atomic import check_outputs, overwrite_allowed
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
+from liverrt.metadata import PRECISIONS
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "tensorrt", "triton")
-PRECISIONS = ("fp32", "fp16", "int8")
+
 
 
 @dataclass
@@ -57,7 +60,17 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in parts.values() if p.is_file())
 
 
-def run_export(
+def run_export(checkpoint: Path, out: Path, *, overwrite: bool = False, **options) -> ExportResult:
+    """Export ``checkpoint`` to ``out`` (see :func:`_run_export` for the options).
+
+    Existing artifacts are refused unless ``overwrite``, which also lets the export replace files
+    liverrt did not write (:func:`liverrt.atomic.overwrite_allowed`); the checkpoint never.
+    """
+    with overwrite_allowed(True) if overwrite else nullcontext():
+        return _run_export(checkpoint, out, overwrite=overwrite, **options)
+
+
+def _run_export(
     checkpoint: Path,
     out: Path,
     *,
@@ -125,6 +138,7 @@ def run_export(
     if existing and not overwrite:
         raise InputError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
                          "another --out.")
+    check_outputs(t.parent / f"{t.name}.verify.{ext}" for t in targets for ext in ("json", "md"))
     work.mkdir(parents=True, exist_ok=True)
     result = ExportResult()
 
@@ -207,7 +221,7 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
 
 def _maskrcnn_parts(fp32_path: Path, target: Path) -> tuple[Path, Path]:
     """Copy the fp32 RoI-head graphs beside ``target``; returns (fp32 rpn graph, target rpn graph)."""
-    from liverrt.data.io import atomic_path
+    from liverrt.atomic import atomic_path
     from liverrt.export.onnx import split_paths
 
     src, dst = split_paths(fp32_path), split_paths(target)
@@ -224,7 +238,7 @@ def _relink_split(rpn: Path) -> None:
     import onnx
 
     from liverrt.artifact import sha256_file
-    from liverrt.data.io import atomic_path
+    from liverrt.atomic import atomic_path
     from liverrt.export.onnx import split_paths
 
     paths = split_paths(rpn)

@@ -44,7 +44,7 @@ from onnx import TensorProto, helper
 
 import liverrt
 from liverrt.artifact import ArtifactInfo, artifact_info, sha256_file
-from liverrt.data.io import atomic_path
+from liverrt.atomic import atomic_path
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import liverrt
 from liverrt.artifact import ArtifactInfo, artifact_info, sha256_file
-from liverrt.data.io import atomic_path
-from liverrt.data.preprocess import PreprocessSpec
+from liverrt.atomic import atomic_path, overwrite_allowed
 from liverrt.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
+from liverrt.metadata import PRECISIONS, from_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ SIDECAR_FORMAT = "liverrt.trt/1"
 INSTALL_HINT = "pip install liverrt[trt] on a machine with an NVIDIA GPU and driver"
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_MB = 4096
-PRECISIONS = ("fp32", "fp16", "int8")
+
 #: what a plan records about the machine that built it
 MACHINE_FIELDS = ("tensorrt_version", "compute_capability", "gpu_name")
 #: the fields TensorRT cannot deserialise a plan across
@@ -298,16 +298,7 @@ def check_plan(plan: Path, machine: Machine) -> tuple[EngineKey, dict]:
 def plan_info(plan: Path) -> ArtifactInfo:
     """ArtifactInfo of a ``.plan`` from its sidecar (no TensorRT needed)."""
     data = read_sidecar(plan)
-    try:
-        model = data["model"]
-        return ArtifactInfo(
-            path=Path(plan), format="tensorrt", kind=model["kind"], model_name=model.get("name", model["kind"]),
-            model_config=model.get("config", {}), spec=PreprocessSpec.from_dict(data["preprocess"]),
-            threshold=float(data.get("threshold", 0.5)), precision=str(data.get("precision", "fp32")),
-            metrics=data.get("metrics", {}),
-        )
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{sidecar_path(plan)}: damaged sidecar ({exc!r}); rebuild the plan.") from None
+    return ArtifactInfo.from_metadata(plan, "tensorrt", from_sidecar(data, source=str(sidecar_path(plan))))
 
 
 # -- building ------------------------------------------------------------------
@@ -456,8 +447,9 @@ class EngineCache:
                 raise ArtifactError(f"{message}. Expected a plan built on this machine; allow a rebuild "
                                     "(rebuild=True) or point the cache elsewhere.")
             log.warning("%s; rebuilding it here.", message)
-        build = build_engine(onnx_path, self.root, batch=batch, workspace_mb=workspace_mb,
-                             timing_cache=self.timing_cache(key), machine=key.machine(), compiler=self.compiler)
+        with overwrite_allowed():  # the cache is liverrt's own folder: a damaged entry is rebuilt in place
+            build = build_engine(onnx_path, self.root, batch=batch, workspace_mb=workspace_mb,
+                                 timing_cache=self.timing_cache(key), machine=key.machine(), compiler=self.compiler)
         for plan, old in stale:  # same GPU, older TensorRT: nothing will load these again
             if (old.gpu_name, old.compute_capability) == (key.gpu_name, key.compute_capability):
                 log.info("removing outdated plan %s", plan.name)

@@ -35,7 +35,7 @@ from typing import Literal
 
 import liverrt
 from liverrt.artifact import artifact_info, onnx_metadata, sha256_file
-from liverrt.data.io import set_default_mode
+from liverrt.atomic import set_default_mode
 from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
 
 log = logging.getLogger(__name__)

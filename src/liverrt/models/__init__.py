@@ -32,6 +32,25 @@ def kinds() -> list[str]:
     return sorted(_KINDS)
 
 
+#: what each task's artifacts are for (the commands that take them)
+TASKS = {"segmentation": "a liver segmentation model (U-Net or Mask R-CNN)",
+         "denoising": "a DnCNN-SR denoising model"}
+
+
+def task_of(kind: str) -> str:
+    """``segmentation`` or ``denoising``: what a model of ``kind`` is used for (its class says so)."""
+    try:
+        return _KINDS[kind].task
+    except KeyError:
+        raise ArtifactError(f"Model kind {kind!r} is unknown; expected one of {kinds()}.") from None
+
+
+def graph_outputs(kind: str) -> tuple[str, ...]:
+    """Output names of a one-graph ONNX export of a ``kind`` model (what its class declares)."""
+    cls = _KINDS[kind]
+    return tuple(getattr(cls, "graph_output_names", getattr(cls, "output_names", ())))
+
+
 def build(name: str, **kwargs) -> nn.Module:
     """Build a registered model; ``None`` arguments keep the builder's defaults."""
     try:
@@ -47,10 +66,14 @@ def from_config(kind: str, config: dict) -> nn.Module:
         cls = _KINDS[kind]
     except KeyError:
         raise ArtifactError(f"Checkpoint holds a model of kind {kind!r}; expected one of {kinds()}.") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"Checkpoint config for {kind!r}: got {type(config).__name__}, expected a dict of "
+                            "builder arguments.")
     try:
         return cls(**config)
-    except TypeError as exc:
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a config edited by hand
         raise ArtifactError(f"Checkpoint config for {kind!r} does not fit the model: {exc}.") from exc
 
 
-__all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "kinds", "names", "unet_paper"]
+__all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "graph_outputs", "kinds", "names", "task_of", "TASKS",
+           "unet_paper"]

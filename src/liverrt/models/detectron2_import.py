@@ -773,7 +773,7 @@ def import_detectron2(
     ``"detectron2"`` entry records the source file, its sha256, the config
     values used and the notes. Nothing is written if anything fails.
     """
-    from liverrt.data.io import refuse_overwriting_inputs
+    from liverrt.atomic import check_replaceable, refuse_overwriting_inputs
     from liverrt.data.preprocess import PreprocessSpec
     from liverrt.models.maskrcnn import LiverMaskRCNN
     from liverrt.training.checkpoint import save_checkpoint
@@ -781,6 +781,7 @@ def import_detectron2(
     model_path, out = Path(model_path), Path(out)
     inputs = tuple(p for p in (model_path, config_path) if p is not None)
     refuse_overwriting_inputs(out, inputs)
+    check_replaceable(out)  # before converting: a file liverrt did not write is not replaced
     spec = spec or PreprocessSpec(size=size, input_domain="8bit", quantize_8bit=True)
     if spec.size != size:
         raise InputError(f"PreprocessSpec.size {spec.size} differs from size {size}; expected the same input size.")

@@ -82,6 +82,7 @@ class DnCNNSR(nn.Module):
     """
 
     kind = "dncnn_sr"
+    task = "denoising"  # what its artifacts can be used for (see liverrt.models.task_of)
     onnx_exportable = True
     output_names = ("restored",)
 

@@ -140,6 +140,9 @@ class LiverMaskRCNN(nn.Module):
     """
 
     kind = "maskrcnn"
+    task = "segmentation"  # what its artifacts can be used for (see liverrt.models.task_of)
+    #: outputs of its one-graph ONNX export (torchvision's detections; the split export is three graphs)
+    graph_output_names = ("boxes", "scores", "labels", "masks")
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ class UNet(nn.Module):
     """
 
     kind = "unet"
+    task = "segmentation"  # what its artifacts can be used for (see liverrt.models.task_of)
     onnx_exportable = True
     output_names = ("prob",)
 

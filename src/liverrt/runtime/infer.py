@@ -10,7 +10,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liverrt.data.io import write_text_atomic
+from liverrt.artifact import require_task
+from liverrt.atomic import (
+    check_outputs,
+    refuse_output_in_input,
+    refuse_overwriting_inputs,
+    write_text_atomic,
+)
 from liverrt.data.sources import find_cases, load_case
 from liverrt.errors import InputError
 from liverrt.runtime import open_engine
@@ -37,7 +43,8 @@ def _load_for_inference(ref):
     """The case with its mask (drawn on overlays) when readable, else without it.
 
     A KITTI case read with masks holds only its annotated slices, so inference
-    reads it without them: every image is segmented.
+    reads its images only: every image is segmented, and neither
+    ``label_colors.txt`` nor a liver label is needed.
     """
     if ref.kind == "kitti":
         return load_case(ref, with_mask=False)
@@ -48,6 +55,18 @@ def _load_for_inference(ref):
             raise
         log.warning("%s: ignoring its ground-truth mask (%s)", ref.case_id, exc)
         return load_case(ref, with_mask=False)
+
+
+def check_infer_outputs(src: Path, out: Path, refs) -> None:
+    """Before any work: ``out`` outside the input, and every case folder it will write replaceable.
+
+    A case folder may replace only one liverrt wrote (a dataset's own case of the same name is
+    refused: :mod:`liverrt.atomic`), and never one that holds its input.
+    """
+    refuse_output_in_input(out, [src, *(ref.image for ref in refs)])
+    for ref in refs:
+        refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
+    check_outputs([*(out / ref.case_id for ref in refs), out / "summary.json"])
 
 
 def run_inference(
@@ -80,13 +99,10 @@ def run_inference(
         raise InputError(f"Output formats {bad}: expected a subset of {FORMATS}.")
     out = Path(out)
     refs = find_cases(src, layout=layout)
-    for ref in refs:  # never write a case folder over its own input
-        target = (out / ref.case_id).resolve()
-        if target == ref.image.resolve() or target in ref.image.resolve().parents:
-            raise InputError(f"Output folder {out / ref.case_id} would replace the input {ref.image}; "
-                             "choose another --out.")
+    check_infer_outputs(src, out, refs)
     eng = open_engine(engine, model, **(engine_options or {}))
-    eng.info  # fail early, before any output, if the model is not a liverrt artifact  # noqa: B018
+    # fail early, before any output: a damaged artifact or a model that does not segment (a DnCNN-SR)
+    require_task(eng.info, "segmentation", role="--model")
     den = None
     if denoise is not None:  # on the segmentation engine's device: torch for .pt, onnxruntime for .onnx
         opts = engine_options or {}

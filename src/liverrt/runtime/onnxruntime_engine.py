@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from liverrt.errors import ArtifactError, BackendUnavailableError
+from liverrt.models import graph_outputs
 from liverrt.runtime.base import Engine
 
 
@@ -65,6 +66,10 @@ class OnnxRuntimeEngine(Engine):
         self._single = self.info.kind == "maskrcnn"  # the one-graph Mask R-CNN export: batch 1, NMS inside
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
+        expected = graph_outputs(self.info.kind)
+        if set(expected) - set(self._outputs):  # metadata copied onto another graph, or edited
+            raise ArtifactError(f"{self.path}: its metadata says a {self.info.kind!r} model but the graph's outputs are "
+                                f"{self._outputs}; expected {list(expected)}: re-export the model.")
         self._cuda = "CUDAExecutionProvider" in self._session.get_providers()
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

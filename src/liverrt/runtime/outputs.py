@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from liverrt.data.io import atomic_dir, write_nifti, write_png_slices
+from liverrt.atomic import atomic_dir
+from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.preprocess import normalize
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
@@ -31,22 +32,13 @@ def case_summary(volume: Volume, seg: Segmentation) -> dict:
     }
 
 
-def _refuse_input_overlap(final: Path, volume: Volume) -> None:
-    """Never replace a folder that holds (or is) the input."""
-    if not volume.source or not final.exists():
-        return
-    src, dst = Path(volume.source).resolve(), final.resolve()
-    if src == dst or dst in src.parents:
-        raise InputError(f"Output folder {final} contains the input {volume.source}; choose another --out.")
-
-
 def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tuple[str, ...] = ("nifti",),
                overlays: int = 4, window: tuple[float, float] = (50.0, 400.0)) -> Path:
     """Write ``out_dir/<case>/``: ``mask.nii.gz`` (source affine), ``masks/*.png`` (source stems),
-    ``overlays/*.png``. The case folder is built in a temporary sibling and renamed into place."""
+    ``overlays/*.png``. The case folder is built in a temporary sibling and renamed into place; an
+    existing one is replaced only if liverrt wrote it (:mod:`liverrt.atomic`), never if it holds the input."""
     final = Path(out_dir) / volume.case_id
-    _refuse_input_overlap(final, volume)
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, protect=(Path(volume.source),) if volume.source else ()) as tmp:
         if "nifti" in formats:
             if volume.to_source is not None:  # NIfTI source: same voxel order and affine as the file
                 write_nifti(seg.mask, volume.source_affine, tmp / "mask.nii.gz", to_source=volume.to_source)

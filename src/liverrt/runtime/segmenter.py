@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from liverrt.artifact import require_task
 from liverrt.data.preprocess import restore, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError, LiverrtError
@@ -59,6 +60,12 @@ class Segmenter:
         self.denoiser = denoiser
 
     def segment(self, volume: Volume, on_batch: Callable[[int, int], None] | None = None) -> Segmentation:
+        """Segment ``volume``; a float image with any NaN/Inf voxel raises :class:`InputError`.
+
+        The readers convert or refuse non-finite voxels (:func:`liverrt.data.volume.finite_image`);
+        a Volume built in Python must be finite too, so it is never segmented as it is.
+        """
+        check_finite_volume(volume)
         if not self.engine.is_active or (self.denoiser is not None and not self.denoiser.is_active):
             raise LiverrtError("Segmenter needs active engines; use `with engine:` around segmentation.")
         spec = self.engine.info.spec
@@ -101,6 +108,18 @@ class Segmenter:
         return mask
 
 
+def check_finite_volume(volume: Volume) -> None:
+    """Raise :class:`InputError` if ``volume.image`` holds NaN or infinite voxels."""
+    image = np.asarray(volume.image)
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        where = f" ({volume.source})" if volume.source else ""
+        raise InputError(
+            f"Volume {volume.case_id!r}{where}: {bad} of {image.size} image voxels are NaN or infinite; expected "
+            "finite intensities (liverrt.data.volume.finite_image replaces them as the NIfTI reader does)."
+        )
+
+
 def check_denoiser(denoiser: Engine, engine: Engine) -> None:
     """A DnCNN-SR artifact that can clean the segmentation model's input in place.
 
@@ -109,9 +128,7 @@ def check_denoiser(denoiser: Engine, engine: Engine) -> None:
     means what the segmentation model was trained on.
     """
     d, s = denoiser.info, engine.info
-    if d.kind != "dncnn_sr":
-        raise InputError(f"--denoise {denoiser.path}: holds a {d.kind!r} model; expected a DnCNN-SR checkpoint "
-                         "from `liverrt train dncnn-sr`.")
+    require_task(d, "denoising", role="--denoise")
     if int(d.model_config.get("scale", 1)) != 1:
         raise InputError(f"--denoise {denoiser.path}: a scale-{d.model_config.get('scale')} (super-resolution) "
                          "model changes the slice size; expected a scale-1 denoiser before segmentation.")

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 import liverrt
+from liverrt.errors import ArtifactError
+from liverrt.metadata import from_props
 from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 
 INPUT = "image"
@@ -62,9 +64,13 @@ class MaskRCNNBLS:
         self.pb = pb
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        try:  # the same schema as every artifact (liverrt.metadata): kind, config, PreprocessSpec, threshold
+            meta = from_props(params, source=f"Triton model {config.get('name')!r} (config.pbtxt)", fmt="triton")
+        except ArtifactError as exc:
+            raise pb.TritonModelException(str(exc)) from None
         try:
             self.parts: dict[str, dict] = json.loads(params[PARTS_PARAMETER])
-            model = json.loads(params["liverrt.model"])
+            model = {"config": meta.config}
             self.size = int(model["config"]["image_size"])
         except (KeyError, TypeError, ValueError) as exc:
             raise pb.TritonModelException(

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import liverrt
-from liverrt.data.io import atomic_path
+from liverrt import metadata
+from liverrt.atomic import atomic_path
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
 from liverrt.models import from_config
@@ -72,12 +73,20 @@ def read_checkpoint(path: Path, *, expect_kind: str | None = None) -> dict:
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a liverrt checkpoint (no '{FORMAT}' marker); expected a file from `liverrt train`.")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+    version = ckpt.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"{path}: damaged liverrt metadata, field format_version: got {version!r}, expected an "
+                            f"integer; expected a checkpoint written by `liverrt train`.")
+    if version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{path} has checkpoint format {ckpt['format_version']}, newer than this liverrt reads ({FORMAT_VERSION}); upgrade liverrt."
+            f"{path} has checkpoint format {version}, newer than this liverrt reads ({FORMAT_VERSION}); upgrade liverrt."
         )
-    if expect_kind is not None and ckpt.get("kind") != expect_kind:
-        raise ArtifactError(f"{path} holds a {ckpt.get('kind')!r} model; expected a {expect_kind!r} checkpoint.")
+    meta = metadata.from_checkpoint(ckpt, source=str(path))  # kind, config, PreprocessSpec, threshold: one schema
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ArtifactError(f"{path}: damaged checkpoint, field state_dict: got {type(ckpt.get('state_dict')).__name__}, "
+                            "expected the model's weights; expected a checkpoint written by `liverrt train`.")
+    if expect_kind is not None and meta.kind != expect_kind:
+        raise ArtifactError(f"{path} holds a {meta.kind!r} model; expected a {expect_kind!r} checkpoint.")
     return ckpt
 
 

@@ -541,7 +541,7 @@ def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, sca
 
 
 def _write_log(history: list[dict], path: Path) -> None:
-    from liverrt.data.io import atomic_path
+    from liverrt.atomic import atomic_path
 
     fields: list[str] = []
     for row in history:

@@ -1,0 +1,409 @@
+"""Atomic writes that never lose a user's data.
+
+Every file liverrt writes goes through :func:`atomic_path` (a temporary file
+next to the target, renamed onto it when complete) and every folder through
+:func:`atomic_dir` (a temporary sibling folder, swapped in with one rename), so
+an interrupted run leaves either the old output or the new one, never half of
+one.
+
+Replacing something that already exists is allowed only when liverrt wrote it:
+
+* each folder liverrt writes into holds a hidden ``.liverrt-output.json`` that
+  lists the files liverrt put there (relative path, size, modification time,
+  and the command that wrote it, e.g. ``liverrt infer``);
+* a file may be replaced only by the command that wrote it, and only if the
+  list names it with the same size and time (the user has not replaced or
+  edited it since): ``liverrt infer`` never replaces a case folder that
+  ``liverrt data synth`` wrote, which is a dataset;
+* a folder may be replaced only if every file under it is listed so (by its
+  own folder's list or one above it); an empty folder loses nothing.
+
+Anything else is refused with an :class:`~liverrt.errors.InputError` naming the
+path and ``--overwrite`` (exit code 2), unless the caller runs inside
+:func:`overwrite_allowed` (what the CLI's ``--overwrite`` does). Inputs are
+never replaced, with or without it (``protect``).
+
+OS errors while writing are reported with the target's name, not the
+temporary one's: exit code 2 when the location cannot be written (permissions,
+a read-only file system), 1 when the write itself fails (a full disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+
+from liverrt.errors import InputError, LiverrtError
+
+#: the hidden list of what liverrt wrote in a folder
+MARKER = ".liverrt-output.json"
+_MARKER_VERSION = 1
+
+_overwrite: ContextVar[bool] = ContextVar("liverrt_overwrite", default=False)
+#: who is writing: the CLI sets the command (``liverrt infer``); library calls write as "liverrt (Python)"
+_writer: ContextVar[str] = ContextVar("liverrt_writer", default="liverrt (Python)")
+
+#: temporary folders of atomic_dir blocks still open: what is written inside them is listed once, by their seal
+_pending: list[Path] = []
+
+#: errnos that mean "this location cannot be written" (bad input) rather than "the write failed"
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+               errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
+
+
+@contextlib.contextmanager
+def overwrite_allowed(allow: bool = True) -> Iterator[None]:
+    """Within this block, outputs may replace files and folders liverrt did not write (never inputs)."""
+    token = _overwrite.set(allow)
+    try:
+        yield
+    finally:
+        _overwrite.reset(token)
+
+
+@contextlib.contextmanager
+def writing_as(name: str) -> Iterator[None]:
+    """Within this block, outputs are recorded as written by ``name`` (a command, e.g. ``liverrt infer``)."""
+    token = _writer.set(name)
+    try:
+        yield
+    finally:
+        _writer.reset(token)
+
+
+def overwriting() -> bool:
+    """Whether the current block allows replacing what liverrt did not write."""
+    return _overwrite.get()
+
+
+def os_error(exc: OSError, target: Path, doing: str = "write") -> LiverrtError:
+    """A one-line :class:`LiverrtError` for ``exc`` raised while writing ``target``.
+
+    Unwritable locations are bad input (exit 2); a failed write (full disk, I/O error) is a runtime failure.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in _UNWRITABLE:
+        return InputError(f"Cannot {doing} {target}: {reason}; expected a writable output location.")
+    return LiverrtError(f"Cannot {doing} {target}: {reason}; nothing was written there.")
+
+
+# ----------------------------------------------------------------------------- what liverrt wrote
+
+
+def _read_marker(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"size", "mtime_ns"}}`` from ``folder``'s marker; empty if none or unreadable."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        files = data.get("files", {}) if data.get("written_by") == "liverrt" else {}
+        return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "by": _writer.get()}
+
+
+def _mismatch(entry: dict, path: Path, name: str) -> str | None:
+    """Why the listed ``entry`` does not allow replacing ``path`` now (None if it does)."""
+    now = _stamp(path)
+    if (entry.get("size"), entry.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
+        return f"{name} changed after liverrt wrote it"
+    if entry.get("by") != now["by"]:
+        return f"{name} was written by `{entry.get('by')}`, not by this command (`{now['by']}`)"
+    return None
+
+
+def _write_marker(folder: Path, files: dict[str, dict]) -> None:
+    from liverrt import __version__
+
+    payload = {"written_by": "liverrt", "marker_version": _MARKER_VERSION, "liverrt_version": __version__,
+               "note": "files liverrt wrote here; it replaces only these (see `--overwrite`)",
+               "files": dict(sorted(files.items()))}
+    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+        _set_default_mode(Path(tmp))
+        os.replace(tmp, folder / MARKER)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (flock on the directory itself): concurrent writers update its marker in turn."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _in_pending(folder: Path) -> bool:
+    return any(folder == t or t in folder.parents for t in _pending)
+
+
+def _commit_file(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path`` and list it in its folder's marker, under the folder's lock.
+
+    The check, the rename and the list change as one step, so a concurrent writer never sees a
+    file liverrt wrote without its entry. Inside an open atomic_dir, its seal lists the file.
+    """
+    folder = path.parent
+    if _in_pending(folder):
+        os.replace(tmp, path)
+        return
+    with _locked(folder):
+        check_replaceable(path)  # again: another process may have put something there meanwhile
+        os.replace(tmp, path)
+        files = _read_marker(folder)
+        files[path.name] = _stamp(path)
+        _write_marker(folder, files)
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            if name != MARKER:
+                yield Path(root) / name
+
+
+def _seal(folder: Path) -> None:
+    """Write ``folder``'s marker listing every file under it (a finished output folder)."""
+    _write_marker(folder, {p.relative_to(folder).as_posix(): _stamp(p) for p in _files_under(folder)})
+
+
+def _first_foreign(root: Path) -> str | None:
+    """Why some file under the folder ``root`` is not liverrt's (None if every one is).
+
+    A file is liverrt's when the marker of its folder, or of a folder above it up to
+    ``root``, lists it with its current size and modification time.
+    """
+    markers: dict[Path, dict[str, dict]] = {}
+    for p in _files_under(root):
+        d, verdict = p.parent, f"it holds {p.relative_to(root).as_posix()}, which liverrt did not write"
+        while True:
+            listed = markers.setdefault(d, _read_marker(d))
+            rel = p.relative_to(d).as_posix()
+            if rel in listed:
+                verdict = _mismatch(listed[rel], p, f"{p.relative_to(root).as_posix()} in it")
+                break
+            if d == root:
+                break
+            d = d.parent
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def _not_ours(path: Path) -> str | None:
+    """Why ``path`` (which exists) is not something liverrt wrote, or None if it is."""
+    if path.is_symlink():
+        return "it is a symbolic link liverrt did not create"
+    if path.is_dir():
+        return _first_foreign(path)
+    entry = _read_marker(path.parent).get(path.name)
+    if entry is None:
+        return "liverrt did not write it"
+    return _mismatch(entry, path, "it")
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise :class:`InputError` if ``path`` exists and may not be replaced (see the module docstring)."""
+    path = Path(path)
+    if not os.path.lexists(path) or overwriting():
+        return
+    why = _not_ours(path)
+    if why is not None:
+        raise InputError(f"Refusing to replace {path}: {why}; pass --overwrite to replace it, "
+                         "or choose another output path.")
+
+
+def check_outputs(paths: Iterable[Path]) -> None:
+    """:func:`check_replaceable` for every path, before any work starts (fail fast)."""
+    for p in paths:
+        check_replaceable(p)
+
+
+def refuse_overwriting_inputs(path: Path, inputs: Iterable[Path]) -> None:
+    """Raise :class:`InputError` if ``path`` is, lies inside, or holds one of ``inputs`` (even with --overwrite)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    target = path.resolve()
+    for p in inputs:
+        p = Path(p)
+        if not os.path.lexists(p):
+            continue
+        src = p.resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise InputError(f"Refusing to overwrite {path}: it would replace the input {p}; choose another output path.")
+
+
+def refuse_output_in_input(out: Path, inputs: Iterable[Path]) -> None:
+    """Raise :class:`InputError` if the output folder ``out`` is an input folder or lies inside one.
+
+    liverrt never writes into its input: results inside a dataset folder would
+    change what the next run reads from it.
+    """
+    target = Path(out).resolve()
+    for p in inputs:
+        src = Path(p).resolve()
+        if not src.is_dir():
+            continue
+        if target == src or src in target.parents:
+            raise InputError(f"Output folder {out} {'is' if target == src else 'lies inside'} the input folder "
+                             f"{p}; liverrt never writes into its input: choose an --out outside it.")
+
+
+# ----------------------------------------------------------------------------- atomic writers
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _set_default_mode(path: Path) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give outputs the usual umask-based mode."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+set_default_mode = _set_default_mode
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where the folder should be
+        raise InputError(f"Cannot create output folder {folder}: a file of that name exists; "
+                         "expected a folder path.") from exc
+    except OSError as exc:
+        raise os_error(exc, folder, "create output folder") from exc
+
+
+def _inside(exc: OSError, tmp: Path) -> bool:
+    """Whether ``exc`` is about the temporary output (not an input read while writing it)."""
+    names = [n for n in (exc.filename, getattr(exc, "filename2", None)) if n]
+    return not names or any(str(n).startswith(str(tmp)) for n in names)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, suffix: str = "", protect: Iterable[Path] = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    Refuses (before anything is written) to replace one of ``protect`` (inputs)
+    or a file liverrt did not write (see :func:`check_replaceable`). On any
+    error, and on SIGINT/SIGTERM, the temporary file is removed.
+    """
+    path = Path(path)
+    refuse_overwriting_inputs(path, protect)
+    check_replaceable(path)
+    _mkdir(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            yield tmp
+            _set_default_mode(tmp)
+            _commit_file(tmp, path)
+        except OSError as exc:
+            if not _inside(exc, tmp):
+                raise
+            raise os_error(exc, path) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``folder`` in one rename.
+
+    The folder appears complete or not at all: on any error (and on SIGINT or
+    SIGTERM) the temporary folder is removed and an existing ``folder`` is left
+    untouched. An existing ``folder`` is replaced only if liverrt wrote it (see
+    :func:`check_replaceable`) and it holds none of ``protect``.
+    """
+    folder = Path(folder)
+    refuse_overwriting_inputs(folder, protect)
+    check_replaceable(folder)
+    _mkdir(folder.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as exc:
+        raise os_error(exc, folder) from exc
+    old: Path | None = None
+    nested = _in_pending(folder.parent)  # inside an outer atomic_dir: its seal lists these files
+    _pending.append(tmp)
+    try:
+        try:
+            try:
+                yield tmp
+            finally:
+                _pending.remove(tmp)
+            if not nested:
+                _seal(tmp)
+            _set_default_mode(tmp)
+            with _locked(folder.parent):
+                if os.path.lexists(folder):
+                    check_replaceable(folder)
+                    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+                    os.replace(folder, old / "x")
+                os.replace(tmp, folder)
+        except OSError as exc:
+            if not _inside(exc, tmp):
+                raise
+            raise os_error(exc, folder) from exc
+    except BaseException:
+        _remove_tree(tmp)
+        if old is not None and (old / "x").exists() and not os.path.lexists(folder):
+            os.replace(old / "x", folder)  # put the previous output back
+        raise
+    finally:
+        if old is not None:
+            _remove_tree(old)
+
+
+def remove_output(path: Path) -> None:
+    """Delete ``path`` if it exists and liverrt wrote it (else refuse, as for replacing it)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    check_replaceable(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def write_bytes_atomic(data: bytes, path: Path, *, protect: Iterable[Path] = ()) -> Path:
+    with atomic_path(path, protect=protect) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(text: str, path: Path, *, protect: Iterable[Path] = ()) -> Path:
+    return write_bytes_atomic(text.encode("utf-8"), path, protect=protect)
