@@ -121,7 +121,10 @@ def test_inputs_are_refused_even_with_overwrite(tmp_path):
         with atomic_dir(tmp_path / "case", protect=(tmp_path / "case" / "image.nii.gz",)):
             pass
     with pytest.raises(InputError, match="would replace the input"):
-        refuse_overwriting_inputs(tmp_path / "case" / "image.nii.gz", [tmp_path / "case"])
+        refuse_overwriting_inputs(tmp_path / "case" / "image.nii.gz", [tmp_path / "case" / "image.nii.gz"])
+    for name in ("image.nii.gz", "scores.json"):  # a file inside an input folder: refused, existing or not
+        with pytest.raises(InputError, match="lies inside the input folder"):
+            refuse_overwriting_inputs(tmp_path / "case" / name, [tmp_path / "case"])
     with pytest.raises(InputError, match="is the input folder"):
         refuse_output_in_input(tmp_path / "case", [tmp_path / "case"])
     with pytest.raises(InputError, match="lies inside the input folder"):
@@ -153,6 +156,24 @@ def test_os_errors_name_the_target_not_the_temp_file(tmp_path, code, exit_code, 
     assert isinstance(err, LiverrtError) and err.exit_code == exit_code
     assert str(err).startswith(f"Cannot write {tmp_path / 'r.json'}: ") and words in str(err)
     assert ".tmp" not in str(err)
+
+
+def test_the_list_is_written_before_the_rename_and_a_failed_list_replaces_nothing(tmp_path, monkeypatch):
+    import liverrt.atomic as atomic
+
+    write_text_atomic("one", tmp_path / "r.json")
+
+    def no_space(folder, files):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / ".liverrt-output.json.x.tmp"))
+
+    monkeypatch.setattr(atomic, "_write_marker", no_space)
+    with pytest.raises(LiverrtError, match=r"Cannot write .*r\.json: No space left on device; nothing was written") as err:
+        write_text_atomic("two", tmp_path / "r.json")
+    assert ".tmp" not in str(err.value) and err.value.exit_code == 1
+    monkeypatch.undo()
+    assert (tmp_path / "r.json").read_text() == "one"
+    write_text_atomic("three", tmp_path / "r.json")  # still liverrt's: its entry was never changed
+    assert (tmp_path / "r.json").read_text() == "three"
 
 
 def test_a_full_disk_is_one_error_naming_the_target_and_leaves_nothing(tmp_path):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -48,8 +49,10 @@ MARKER = ".liverrt-output.json"
 _MARKER_VERSION = 1
 
 _overwrite: ContextVar[bool] = ContextVar("liverrt_overwrite", default=False)
-#: who is writing: the CLI sets the command (``liverrt infer``); library calls write as "liverrt (Python)"
+#: who is writing: the command (``liverrt infer``), set by the CLI and by the library function behind it
 _writer: ContextVar[str] = ContextVar("liverrt_writer", default="liverrt (Python)")
+#: set inside a :func:`writes_outputs` function: the functions it calls write under its name
+_writer_fixed: ContextVar[bool] = ContextVar("liverrt_writer_fixed", default=False)
 
 #: temporary folders of atomic_dir blocks still open: what is written inside them is listed once, by their seal
 _pending: list[Path] = []
@@ -79,6 +82,31 @@ def writing_as(name: str) -> Iterator[None]:
         _writer.reset(token)
 
 
+def writes_outputs(command: str):
+    """Decorate a library function that writes outputs like the CLI command ``command`` does.
+
+    Its outputs are recorded as written by ``command`` (so ``run_inference`` never replaces a case
+    folder ``synth_dataset`` wrote, from Python as from the CLI), unless an enclosing decorated
+    function already named the writer (the demo's phantoms stay the demo's). A true ``overwrite``
+    keyword argument lets it replace what liverrt did not write (never an input).
+    """
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with contextlib.ExitStack() as stack:
+                if not _writer_fixed.get():
+                    stack.enter_context(writing_as(command))
+                    token = _writer_fixed.set(True)
+                    stack.callback(_writer_fixed.reset, token)
+                if kwargs.get("overwrite"):
+                    stack.enter_context(overwrite_allowed(True))
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def overwriting() -> bool:
     """Whether the current block allows replacing what liverrt did not write."""
     return _overwrite.get()
@@ -90,6 +118,9 @@ def os_error(exc: OSError, target: Path, doing: str = "write") -> LiverrtError:
     Unwritable locations are bad input (exit 2); a failed write (full disk, I/O error) is a runtime failure.
     """
     reason = exc.strerror or str(exc) or type(exc).__name__
+    if doing != "write" and not doing.startswith("create"):  # not known to be an output (the CLI's last resort)
+        expected = "expected readable inputs and writable outputs"
+        return (InputError if exc.errno in _UNWRITABLE else LiverrtError)(f"Cannot {doing} {target}: {reason}; {expected}.")
     if exc.errno in _UNWRITABLE:
         return InputError(f"Cannot {doing} {target}: {reason}; expected a writable output location.")
     return LiverrtError(f"Cannot {doing} {target}: {reason}; nothing was written there.")
@@ -145,7 +176,10 @@ def _locked(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``folder`` (flock on the directory itself): concurrent writers update its marker in turn."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock on folders (some network mounts): unlocked
+            pass
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -167,14 +201,37 @@ def _commit_file(tmp: Path, path: Path) -> None:
         return
     with _locked(folder):
         check_replaceable(path)  # again: another process may have put something there meanwhile
-        os.replace(tmp, path)
         files = _read_marker(folder)
+        before = dict(files)
+        files[path.name] = _stamp(tmp)  # a rename keeps size and modification time
+        try:
+            _write_marker(folder, files)
+        except OSError as exc:  # the list could not be written: nothing was replaced
+            raise os_error(exc, path) from exc
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _write_marker(folder, before)  # the old file keeps its entry
+            raise
+
+
+def record_written(path: Path) -> None:
+    """List ``path``, just put in place by a writer with its own staging (the Triton repository), as liverrt's."""
+    path = Path(path)
+    with _locked(path.parent):
+        files = _read_marker(path.parent)
         files[path.name] = _stamp(path)
-        _write_marker(folder, files)
+        _write_marker(path.parent, files)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _files_under(folder: Path) -> Iterator[Path]:
-    for root, _dirs, names in os.walk(folder):
+    """Every file under ``folder`` but the markers; an unreadable sub-folder raises (it is not liverrt's to judge)."""
+    for root, _dirs, names in os.walk(folder, onerror=_raise):
         for name in names:
             if name != MARKER:
                 yield Path(root) / name
@@ -213,7 +270,10 @@ def _not_ours(path: Path) -> str | None:
     if path.is_symlink():
         return "it is a symbolic link liverrt did not create"
     if path.is_dir():
-        return _first_foreign(path)
+        try:
+            return _first_foreign(path)
+        except OSError as exc:
+            return f"it holds {exc.filename}, which liverrt cannot read ({exc.strerror})"
     entry = _read_marker(path.parent).get(path.name)
     if entry is None:
         return "liverrt did not write it"
@@ -227,8 +287,8 @@ def check_replaceable(path: Path) -> None:
         return
     why = _not_ours(path)
     if why is not None:
-        raise InputError(f"Refusing to replace {path}: {why}; pass --overwrite to replace it, "
-                         "or choose another output path.")
+        raise InputError(f"Refusing to replace {path}: {why}; pass --overwrite (overwrite=True in Python) to "
+                         "replace it, or choose another output path.")
 
 
 def check_outputs(paths: Iterable[Path]) -> None:
@@ -238,18 +298,23 @@ def check_outputs(paths: Iterable[Path]) -> None:
 
 
 def refuse_overwriting_inputs(path: Path, inputs: Iterable[Path]) -> None:
-    """Raise :class:`InputError` if ``path`` is, lies inside, or holds one of ``inputs`` (even with --overwrite)."""
+    """Raise :class:`InputError` if ``path`` is, holds, or lies inside one of ``inputs`` (even with --overwrite).
+
+    The same rule whether ``path`` exists yet or not: liverrt never writes into its input.
+    """
     path = Path(path)
-    if not os.path.lexists(path):
-        return
     target = path.resolve()
     for p in inputs:
         p = Path(p)
         if not os.path.lexists(p):
             continue
         src = p.resolve()
-        if target == src or src in target.parents or target in src.parents:
+        if target == src or (os.path.lexists(path) and target in src.parents):
             raise InputError(f"Refusing to overwrite {path}: it would replace the input {p}; choose another output path.")
+        if src in target.parents and src.is_dir():
+            verb = "overwrite" if os.path.lexists(path) else "write"
+            raise InputError(f"Refusing to {verb} {path}: it lies inside the input folder {p}; liverrt never writes "
+                             "into its input: choose a path outside it.")
 
 
 def refuse_output_in_input(out: Path, inputs: Iterable[Path]) -> None:

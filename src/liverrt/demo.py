@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic
+from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic, writes_outputs
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import InputError
 from liverrt.machine import machine_info
@@ -51,7 +51,10 @@ class DemoResult:
 Step = Callable[[str, int, int, str], None]  # (stage, done, total, info)
 
 
-def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | None = None) -> DemoResult:
+@writes_outputs("liverrt demo")
+def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | None = None,
+             overwrite: bool = False) -> DemoResult:
+    """The whole pipeline on phantoms into ``out`` (replacing only an earlier demo's outputs unless ``overwrite``)."""
     from liverrt.data.phantom import PhantomConfig, synth_dataset
     from liverrt.data.sources import load_cases
     from liverrt.evaluation import evaluate

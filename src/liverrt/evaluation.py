@@ -41,6 +41,7 @@ import numpy as np
 
 from liverrt.atomic import atomic_path
 from liverrt.data.io import is_nifti, natural_key, nifti_spacing
+from liverrt.data.layouts import layout_of
 from liverrt.data.sources import (
     LABELLED_CASE_KINDS,
     CaseRef,
@@ -83,7 +84,8 @@ MISSING_POLICIES = ("error", "skip", "empty")
 
 def _labelled_cases(gt: Path) -> dict[str, Path | CaseRef]:
     """The labelled cases of ``gt`` by id: NIfTI cases as their mask file, other layouts as CaseRefs."""
-    return {ref.case_id: ref.mask if ref.kind == "nifti" else ref for ref in find_cases(gt) if ref.mask is not None}
+    return {ref.case_id: ref.mask if layout_of(ref).mask_is_label_map else ref
+            for ref in find_cases(gt) if ref.mask is not None}
 
 
 def _ground_truth(gt: Path) -> dict[str, Path | CaseRef]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from liverrt_test_helpers import make_volume
 
 from liverrt.cli import cli
-from liverrt.data.io import write_nifti, write_png_slices
+from liverrt.data.io import read_nifti, write_nifti, write_png_slices
 
 
 def run(*args):
@@ -50,7 +50,15 @@ def test_infer_then_eval_end_to_end(tiny_onnx, tmp_path):
     assert (tmp_path / "pred" / "c1" / "mask.nii.gz").is_file()
     assert len(list((tmp_path / "pred" / "c1" / "overlays").glob("*.png"))) >= 1
     r = run("eval", "--pred", tmp_path / "pred", "--gt", tmp_path / "data")
-    assert r.exit_code == 0, r.output and "c1" in r.output
+    assert r.exit_code == 0, r.output
+    # the table has one row for c1, and its Dice is that of the two mask files, computed here
+    pred = read_nifti(tmp_path / "pred" / "c1" / "mask.nii.gz", labels=True)[0] > 0
+    gt = read_nifti(tmp_path / "data" / "c1" / "mask.nii.gz", labels=True)[0] > 0
+    dice = 2 * np.count_nonzero(pred & gt) / (np.count_nonzero(pred) + np.count_nonzero(gt))
+    assert 0 < dice < 1  # an untrained net: some overlap, no copy of the truth (measured 0.1086)
+    rows = [line.split("|")[1:-1] for line in r.output.splitlines() if line.startswith("| c1 |")]
+    assert len(rows) == 1, r.output
+    assert float(rows[0][1]) == pytest.approx(dice, abs=5e-5), r.output  # the Dice column, 4 decimals
 
 
 def test_png_slice_folder_inference_writes_png_masks(tiny_onnx, tmp_path):

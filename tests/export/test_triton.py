@@ -19,6 +19,7 @@ from liverrt_test_helpers import make_volume
 from tritonclient.grpc import model_config_pb2
 
 from liverrt.artifact import sha256_file
+from liverrt.atomic import MARKER
 from liverrt.data.preprocess import PreprocessSpec, restore, to_input
 from liverrt.errors import InputError
 from liverrt.export import triton
@@ -53,14 +54,14 @@ def config_io(tensors):
 
 def leftovers(repo):
     """Everything in repo (including hidden staging folders)."""
-    return sorted(p.name for p in repo.iterdir()) if repo.exists() else []
+    return sorted(p.name for p in repo.iterdir() if p.name != MARKER) if repo.exists() else []
 
 
 def test_repo_config_matches_the_onnx_graph(tiny_onnx, tiny_spec, tmp_path):
     repo = tmp_path / "repo"
     result = write_triton_repo(tiny_onnx, repo)
     assert result.name == "tiny" and result.model_dir == repo / "tiny"
-    assert sorted(p.name for p in result.model_dir.iterdir()) == ["1", "client_example.py", "config.pbtxt"]
+    assert sorted(p.name for p in result.model_dir.iterdir() if p.name != MARKER) == ["1", "client_example.py", "config.pbtxt"]
     config = parse(result.config)
     assert config.name == "tiny"
     assert config.backend == "onnxruntime" and config.platform == "onnxruntime_onnx"
@@ -119,7 +120,7 @@ def test_new_versions_join_and_overwrite_replaces_only_its_version(tiny_onnx, tm
     assert parse(repo / "tiny" / "config.pbtxt").max_batch_size == 16
     write_triton_repo(tiny_onnx, repo, overwrite=True)
     assert not marker.exists() and (repo / "tiny" / "1" / "model.onnx").is_file()
-    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "2", "client_example.py", "config.pbtxt"]
+    assert sorted(p.name for p in (repo / "tiny").iterdir() if p.name != MARKER) == ["1", "2", "client_example.py", "config.pbtxt"]
     assert leftovers(repo) == ["tiny"]
 
 
@@ -216,7 +217,7 @@ def test_a_failure_while_writing_leaves_no_partial_folder(tiny_onnx, tmp_path, m
     monkeypatch.setattr(triton.shutil, "copyfile", broken)
     with pytest.raises(OSError, match="disk full"):
         write_triton_repo(tiny_onnx, repo, overwrite=True)
-    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "client_example.py", "config.pbtxt"]
+    assert sorted(p.name for p in (repo / "tiny").iterdir() if p.name != MARKER) == ["1", "client_example.py", "config.pbtxt"]
     assert (repo / "tiny" / "1" / "model.onnx").is_file()
 
 

@@ -16,15 +16,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from liverrt.atomic import check_outputs, write_text_atomic
+from liverrt.atomic import check_outputs, write_text_atomic, writes_outputs
 from liverrt.errors import InputError
 
 SECTIONS = ("engines", "metrics")
 
 
+@writes_outputs("liverrt bench")
 def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None = None,
               sections: tuple[str, ...] = SECTIONS, batch_sizes: tuple[int, ...] = (1, 8),
-              on_step: Callable[[str], None] | None = None) -> dict:
+              on_step: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
+    """Run ``sections``; with ``out``, write ``report.md`` and ``results.json`` there (replacing only
+    liverrt's own unless ``overwrite``)."""
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise InputError(f"Unknown bench sections {unknown}; expected a subset of {SECTIONS}.")

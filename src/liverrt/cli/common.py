@@ -111,17 +111,20 @@ def overwrite_option(f=None, *, expose: bool = False, help: str | None = None): 
     return decorate(f) if f is not None else decorate
 
 
-def fail_if_skipped(skipped: list[dict]) -> None:
-    """End a batch command whose good cases were written: exit 1 if a case failed at run time, else 2.
+def fail_if_skipped(skipped: list[dict], written: int, *, shown: int = 3) -> None:
+    """End a batch command after its good cases: exit 1 if a case failed at run time, else 2.
 
-    ``skipped``: ``{"id", "reason", "kind": "input" | "runtime"}`` per case left out.
+    ``skipped``: ``{"id", "reason", "kind": "input" | "runtime"}`` per case left out (each was
+    also logged as a warning); the error line names the first ``shown`` of them.
     """
     from liverrt.errors import InputError, LiverrtError
 
     if not skipped:
         return
-    lines = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped)
-    message = f"{len(skipped)} case(s) skipped, the others were written: {lines}"
+    lines = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more (see the warnings above)" if len(skipped) > shown else ""
+    others = f"the other {written} were written" if written else "no case was written"
+    message = f"{len(skipped)} case(s) skipped, {others}: {lines}{more}"
     raise (LiverrtError if any(s["kind"] == "runtime" for s in skipped) else InputError)(message)
 
 

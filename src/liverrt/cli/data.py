@@ -57,18 +57,20 @@ def split(src: Path, folds: int, seed: int, out_file: Path | None, layout: str |
     """Case-level K-fold split of the cases in SRC (slices of one case never in two folds)."""
     import json
 
-    from liverrt.atomic import refuse_overwriting_inputs, write_text_atomic
+    from liverrt.atomic import check_replaceable, refuse_overwriting_inputs, write_text_atomic
     from liverrt.data.sources import find_cases
     from liverrt.data.splits import kfold_split
 
+    if out_file is not None:  # before any work
+        refuse_overwriting_inputs(out_file, (src,))
+        check_replaceable(out_file)
     ids = [c.case_id for c in find_cases(src, layout=layout)]
     payload = json.dumps({"source": str(src), "seed": seed, "folds": kfold_split(ids, folds=folds, seed=seed)},
                          indent=2)
     if out_file is None:
         click.echo(payload)
     else:
-        refuse_overwriting_inputs(out_file, (src,))
-        write_text_atomic(payload, out_file)
+        write_text_atomic(payload, out_file, protect=(src,))
         console.print(f"{folds} folds of {len(ids)} cases -> {out_file}")
 
 
@@ -104,4 +106,4 @@ def convert(src: Path, out: Path, to: str, layout: str | None, label: str, unann
     for note in report["notes"]:
         console.print(f"[yellow]note[/] {note}")
     console.print(f"{len(report['cases'])} case(s) -> {out}")
-    fail_if_skipped(report["skipped"])
+    fail_if_skipped(report["skipped"], len(report["cases"]))

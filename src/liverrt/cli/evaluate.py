@@ -47,6 +47,8 @@ def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path |
 
     if spacing is not None and like is not None:
         raise click.UsageError("give --spacing or --like, not both")
+    if json_path is not None and csv_path is not None and json_path.resolve() == csv_path.resolve():
+        raise click.UsageError("--json and --csv name the same file; expected two files")
     inputs = tuple(p for p in (pred, gt, like) if p is not None)
     outputs = [out for out in (json_path, csv_path) if out is not None]
     for out in outputs:

@@ -76,4 +76,4 @@ def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, d
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""
         console.print(f"  {c['id']}: {c['slices_with_liver']} slices with liver, {vol}{warn}")
     console.print(f"{len(report.cases)} cases in {report.seconds:.1f}s -> {out}")
-    fail_if_skipped(report.skipped)
+    fail_if_skipped(report.skipped, len(report.cases))

@@ -103,11 +103,12 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
 
     out: Path = kw["out"]
     refuse_output_in_input(out, [kw["data_path"]])
-    if not kw["resume"]:
-        if (out / "last.pt").exists() and not overwriting():
-            raise InputError(f"{out} already holds a training run (last.pt); pass --resume to continue it, "
-                             "--overwrite to start it again, or choose another --out.")
-        check_outputs(out / name for name in RUN_FILES)  # before any work: files liverrt did not write stay
+    if not kw["resume"] and (out / "last.pt").exists() and not overwriting():
+        raise InputError(f"{out} already holds a training run (last.pt); pass --resume to continue it, "
+                         "--overwrite to start it again, or choose another --out.")
+    # before any work (a resumed run too): the run's files are replaced only if this command wrote them
+    # (a run copied with new file times, or made before liverrt kept its list: --resume --overwrite)
+    check_outputs(out / name for name in RUN_FILES)
     loaded = load_cases(kw["data_path"], require_mask=require_mask, layout=kw["layout"],
                         options=ReadOptions(label=kw["label"], unannotated=kw["unannotated"]))
     if _is_main():

@@ -18,6 +18,7 @@ from liverrt.atomic import (
     check_outputs,
     refuse_output_in_input,
     refuse_overwriting_inputs,
+    writes_outputs,
 )
 from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.phantom import window_to_uint8
@@ -50,9 +51,13 @@ def write_volume(volume: Volume, folder: Path, *, to: str, window: tuple[float, 
     return notes
 
 
+@writes_outputs("liverrt data convert")
 def convert(src: Path, out: Path, *, to: str, layout: str | None = None, options: ReadOptions = DEFAULT_OPTIONS,
-            on_case: Callable[[str, int, int], None] | None = None) -> dict:
-    """Convert every case under ``src``; returns ``{"cases": [...], "skipped": [...], "notes": [...]}``."""
+            on_case: Callable[[str, int, int], None] | None = None, overwrite: bool = False) -> dict:
+    """Convert every case under ``src``; returns ``{"cases": [...], "skipped": [...], "notes": [...]}``.
+
+    ``overwrite``: replace case folders liverrt did not write (never an input); see :mod:`liverrt.atomic`.
+    """
     if to not in TARGETS:
         raise InputError(f"--to {to!r}: expected one of {TARGETS}.")
     refs = find_cases(src, layout=layout)

@@ -247,6 +247,25 @@ def _looks_like_dicom(path: Path) -> bool:
         return True  # reading it again reports why it cannot be read
 
 
+def holds_dicom(folder: Path, probe: int = 16) -> bool:
+    """True when one of the first ``probe`` visible files of ``folder`` is DICOM (by suffix or the DICM marker).
+
+    A quick test for finding series folders; unlike the scan, a file that cannot be opened does not count.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))[:probe]
+    for path in files:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            return True
+        try:
+            with path.open("rb") as f:
+                head = f.read(132)
+        except OSError:
+            continue
+        if head[128:132] == b"DICM":
+            return True
+    return False
+
+
 def _damage(ds: object) -> str | None:
     """Why a parsed dataset is not a whole DICOM object (pydicom stops quietly at the end of a cut file), or None."""
     from pydicom.datadict import keyword_for_tag

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverrt.data.layouts import layout_named, layout_of
 from liverrt.data.sources import DEFAULT_OPTIONS, CaseRef, ReadOptions, find_cases, load_case
 from liverrt.errors import InputError
 
@@ -37,32 +38,22 @@ def two_region_slices(mask: np.ndarray) -> list[int]:
 def _summary(ref: CaseRef, options: ReadOptions) -> dict:
     volume = load_case(ref, with_mask=ref.mask is not None, options=options)
     names = volume.names
+    notes = layout_of(ref).annotations(ref, volume)
     info = {
         "id": ref.case_id,
         "layout": ref.kind,
         "source": str(ref.image),
-        "n_images": volume.shape[0],
-        "n_annotated": 0,
-        "first_annotated": None,
-        "last_annotated": None,
+        "n_images": notes.n_images,
+        "n_annotated": len(notes.annotated),
+        "first_annotated": notes.annotated[0] if notes.annotated else None,
+        "last_annotated": notes.annotated[-1] if notes.annotated else None,
         "shape": list(volume.shape),
         "spacing": list(volume.spacing) if volume.intensity == "hu" else None,
         "intensity": volume.intensity,
-        "orphan_masks": [],
-        "unannotated": [],
+        "orphan_masks": notes.orphan_masks,
+        "unannotated": notes.unannotated,
         "two_region_slices": [],
     }
-    if ref.kind == "kitti":
-        from liverrt.data.kitti import scan_kitti_case
-
-        scan = scan_kitti_case(ref.image)
-        annotated = scan.annotated
-        info.update(n_images=len(scan.images), n_annotated=len(annotated), orphan_masks=scan.orphan_masks,
-                    unannotated=scan.unannotated)
-        if annotated:
-            info.update(first_annotated=annotated[0], last_annotated=annotated[-1])
-    elif volume.mask is not None:  # a label map or a mask per slice covers every slice
-        info.update(n_annotated=len(names), first_annotated=names[0], last_annotated=names[-1])
     if volume.mask is not None:
         info["liver_slices"] = int(volume.mask.reshape(volume.shape[0], -1).any(axis=1).sum())
         info["two_region_slices"] = [names[i] for i in two_region_slices(volume.mask)]
@@ -103,5 +94,7 @@ def text_report(report: dict) -> str:
             + (f"; {len(c['unannotated'])} unannotated" if c["unannotated"] else "")
             + (f"; {len(c['orphan_masks'])} orphan masks" if c["orphan_masks"] else "")
         )
+    seen = dict.fromkeys(c["layout"] for c in report["cases"])
+    lines += [f"[{name}] {layout_named(name).description}" for name in seen]
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)

@@ -149,12 +149,18 @@ def find_msd(root: Path) -> list[NiftiPair]:
     return pairs
 
 
+def is_msd_root(root: Path) -> bool:
+    """True when ``root`` is a folder holding ``imagesTr``/``imagesTs`` itself or in one sub-folder."""
+    root = Path(root)
+    return root.is_dir() and _msd_task(root) is not None
+
+
 def detect_nifti_set(root: Path) -> str | None:
     """``"msd"``, ``"lits"`` or ``None`` for a folder (``None`` also for a file or a missing path)."""
     root = Path(root)
     if not root.is_dir():
         return None
-    if _msd_task(root) is not None:
+    if is_msd_root(root):
         return "msd"
     if any(_LITS_VOLUME.match(p.name) for p in _nifti_files(root)):
         return "lits"

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic
+from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic, writes_outputs
 from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.volume import Volume, default_affine
 
@@ -174,6 +174,7 @@ def window_to_uint8(hu: np.ndarray, center: float = 50.0, width: float = 400.0) 
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+@writes_outputs("liverrt data synth")
 def synth_dataset(
     out_dir: Path,
     cases: int,
@@ -181,6 +182,7 @@ def synth_dataset(
     seed: int = 0,
     config: PhantomConfig = PhantomConfig(),
     on_case: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``cases`` phantom cases under ``out_dir`` and a ``phantom.json`` manifest.
 
@@ -193,6 +195,7 @@ def synth_dataset(
     Args:
         on_case: called as ``on_case(k, cases)`` after case ``k`` (0-based) is
             written, e.g. ``lambda k, n: bar.update(k + 1, n)``.
+        overwrite: replace case folders liverrt did not write (see :mod:`liverrt.atomic`).
 
     Returns:
         The case folders, in order.

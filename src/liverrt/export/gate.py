@@ -102,7 +102,7 @@ class VerifyReport:
         else:
             lines += ["| metric | mean | worst slice | limit |", "|---|---|---|---|",
                       f"| ΔDice | {self.mean['delta_dice']:.2e} | {self.worst['delta_dice']:.2e} | "
-                      f"mean ≤ {self.limits['mean_delta_dice']:.0e}, worst ≤ {self.limits['worst_delta_dice']:.0e} |",
+                      f"mean ≤ {self.limits['mean_delta_dice']:.2g}, worst ≤ {self.limits['worst_delta_dice']:.2g} |",
                       f"| ΔMask IoU | {self.mean['delta_iou']:.2e} | {self.worst['delta_iou']:.2e} | |",
                       f"| ΔBoundary IoU | {self.mean['delta_boundary_iou']:.2e} | "
                       f"{self.worst['delta_boundary_iou']:.2e} | |", "",
@@ -211,10 +211,10 @@ def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_
         report.failures.append(f"the artifact finds no liver in any of {report.slices} slices, the reference in "
                                f"{report.reference_liver_slices} (an all-empty output, e.g. a broken fp16 engine)")
     if report.mean["delta_dice"] > lim["mean_delta_dice"]:
-        report.failures.append(f"mean ΔDice {report.mean['delta_dice']:.2e} > {lim['mean_delta_dice']:.0e}")
+        report.failures.append(f"mean ΔDice {report.mean['delta_dice']:.2e} > {lim['mean_delta_dice']:.2g}")
     if report.worst["delta_dice"] > lim["worst_delta_dice"]:
         w = report.worst_slices[0]
-        report.failures.append(f"worst slice ΔDice {report.worst['delta_dice']:.2e} > {lim['worst_delta_dice']:.0e} "
+        report.failures.append(f"worst slice ΔDice {report.worst['delta_dice']:.2e} > {lim['worst_delta_dice']:.2g} "
                                f"({w['case_id']} slice {w['slice']})")
 
 

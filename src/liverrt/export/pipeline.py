@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liverrt.atomic import check_outputs, overwrite_allowed
+from liverrt.atomic import check_outputs, writes_outputs
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
 from liverrt.metadata import PRECISIONS
@@ -60,14 +59,14 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in parts.values() if p.is_file())
 
 
+@writes_outputs("liverrt export")
 def run_export(checkpoint: Path, out: Path, *, overwrite: bool = False, **options) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (see :func:`_run_export` for the options).
 
     Existing artifacts are refused unless ``overwrite``, which also lets the export replace files
     liverrt did not write (:func:`liverrt.atomic.overwrite_allowed`); the checkpoint never.
     """
-    with overwrite_allowed(True) if overwrite else nullcontext():
-        return _run_export(checkpoint, out, overwrite=overwrite, **options)
+    return _run_export(checkpoint, out, overwrite=overwrite, **options)
 
 
 def _run_export(

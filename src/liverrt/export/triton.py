@@ -35,7 +35,7 @@ from typing import Literal
 
 import liverrt
 from liverrt.artifact import artifact_info, onnx_metadata, sha256_file
-from liverrt.atomic import set_default_mode
+from liverrt.atomic import check_outputs, record_written, set_default_mode, writes_outputs
 from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,18 @@ def _check_targets(repo: Path, models: list[_Model], version: int, overwrite: bo
         if version_dir.exists() and not overwrite:
             raise InputError(f"{version_dir} already exists; expected a new version (pass overwrite=True / "
                              "--overwrite to replace it).")
+        if not overwrite:  # a new version rewrites the model's config: only one liverrt wrote, never a user's edit
+            check_outputs(model_dir / name for name in ("config.pbtxt", "client_example.py"))
         if model_dir.exists() and not model_dir.is_dir():
             raise InputError(f"{model_dir} exists and is not a folder; expected a Triton model folder or nothing.")
+
+
+def _record(repo: Path, models: list[_Model]) -> None:
+    """List the files liverrt just wrote beside each model's versions, so a later version may replace them."""
+    for m in models:
+        for name in ("config.pbtxt", "client_example.py"):
+            if (repo / m.name / name).is_file():
+                record_written(repo / m.name / name)
 
 
 def _install(repo: Path, models: list[_Model], version: int) -> None:
@@ -360,6 +370,7 @@ def _install(repo: Path, models: list[_Model], version: int) -> None:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+@writes_outputs("liverrt export")
 def write_triton_repo(
     artifact: Path,
     repo: Path,
@@ -445,6 +456,7 @@ def write_triton_repo(
     _check_targets(repo, [model], version, overwrite,
                    [artifact, artifact.with_suffix(".json")] if backend == "tensorrt" else [artifact])
     _install(repo, [model], version)
+    _record(repo, [model])
     log.info("wrote Triton model %s version %d (%s, max_batch_size %d) to %s", name, version, backend,
              max_batch_size, repo)
     return TritonRepo(repo=repo, name=name, version=version, platform=BACKENDS[backend][0],

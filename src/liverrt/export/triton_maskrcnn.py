@@ -20,6 +20,7 @@ from liverrt.export.triton import (
     _install,
     _Model,
     _read_graph,
+    _record,
     client_example_text,
     config_text,
 )
@@ -68,6 +69,7 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
     models.insert(0, _Model(name, text, example, {"model.py": MODEL_PY.replace("__VERSION__", liverrt.__version__)}))
     _check_targets(repo, models, version, overwrite, list(paths.values()))
     _install(repo, models, version)
+    _record(repo, models)
     log.info("wrote Triton models %s (Python, BLS) and %s version %d to %s", name,
              ", ".join(p["model"] for p in parts.values()), version, repo)
     model_dir = repo / name

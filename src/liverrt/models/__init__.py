@@ -72,7 +72,9 @@ def from_config(kind: str, config: dict) -> nn.Module:
     try:
         return cls(**config)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a config edited by hand
-        raise ArtifactError(f"Checkpoint config for {kind!r} does not fit the model: {exc}.") from exc
+        shown = repr(config) if len(repr(config)) <= 160 else repr(config)[:157] + "..."
+        raise ArtifactError(f"Checkpoint config for {kind!r} does not fit the model ({type(exc).__name__}: {exc}); "
+                            f"got {shown}, expected the builder arguments of {cls.__name__}.") from exc
 
 
 __all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "graph_outputs", "kinds", "names", "task_of", "TASKS",

@@ -87,6 +87,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from liverrt.atomic import writes_outputs
 from liverrt.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
@@ -754,6 +755,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@writes_outputs("liverrt import-detectron2")
 def import_detectron2(
     model_path: Path,
     out: Path,
@@ -763,6 +765,7 @@ def import_detectron2(
     *,
     spec: PreprocessSpec | None = None,
     on_note: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert a Detectron2 Mask R-CNN checkpoint into a liverrt checkpoint at ``out``.
 

@@ -16,7 +16,9 @@ from liverrt.atomic import (
     refuse_output_in_input,
     refuse_overwriting_inputs,
     write_text_atomic,
+    writes_outputs,
 )
+from liverrt.data.layouts import layout_of
 from liverrt.data.sources import find_cases, load_case
 from liverrt.errors import InputError
 from liverrt.runtime import open_engine
@@ -46,7 +48,7 @@ def _load_for_inference(ref):
     reads its images only: every image is segmented, and neither
     ``label_colors.txt`` nor a liver label is needed.
     """
-    if ref.kind == "kitti":
+    if layout_of(ref).masks_select_slices:
         return load_case(ref, with_mask=False)
     try:
         return load_case(ref)
@@ -69,6 +71,7 @@ def check_infer_outputs(src: Path, out: Path, refs) -> None:
     check_outputs([*(out / ref.case_id for ref in refs), out / "summary.json"])
 
 
+@writes_outputs("liverrt infer")
 def run_inference(
     model: Path,
     src: Path,
@@ -84,12 +87,14 @@ def run_inference(
     layout: str | None = None,
     denoise: Path | None = None,
     on_case: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> InferReport:
     """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
 
     ``formats`` defaults per case: NIfTI for HU volumes, PNG masks for 8-bit slice folders.
     ``denoise``: a DnCNN-SR artifact run on every preprocessed batch before the
     segmentation model (a ``.pt`` runs on torch, an ``.onnx`` on onnxruntime).
+    ``overwrite``: replace outputs liverrt did not write (never an input); see :mod:`liverrt.atomic`.
 
     A case that cannot be read or segmented is reported in ``skipped`` and the
     others still run; nothing partial is left for it.
