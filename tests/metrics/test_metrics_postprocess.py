@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,41 @@ from scipy import ndimage as ndi
 from liverrt.errors import InputError
 from liverrt.metrics import fill_holes, label, largest_components
 
+_RANK = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}
+
+
+def flood_label(m: np.ndarray, conn: int) -> tuple[np.ndarray, int]:
+    """Flood fill from each unlabelled voxel in raster order: independent of SciPy."""
+    offs = [
+        d
+        for d in itertools.product((-1, 0, 1), repeat=m.ndim)
+        if any(d) and sum(map(abs, d)) <= _RANK[conn]
+    ]
+    labels = np.zeros(m.shape, np.int32)
+    n = 0
+    for start in zip(*np.nonzero(m), strict=True):  # np.nonzero walks in raster order
+        if labels[start]:
+            continue
+        n += 1
+        labels[start] = n
+        todo = [start]
+        while todo:
+            p = todo.pop()
+            for d in offs:
+                q = tuple(a + b for a, b in zip(p, d, strict=True))
+                inside = all(0 <= c < s for c, s in zip(q, m.shape, strict=True))
+                if inside and m[q] and not labels[q]:
+                    labels[q] = n
+                    todo.append(q)
+    return labels, n
+
+
+def flood_largest(m: np.ndarray, k: int, conn: int) -> np.ndarray:
+    labels, n = flood_label(m, conn)
+    sizes = {lab: int((labels == lab).sum()) for lab in range(1, n + 1)}
+    keep = sorted(sizes, key=lambda lab: (-sizes[lab], lab))[:k]
+    return np.isin(labels, keep)
+
 
 @settings(max_examples=100, deadline=None)
 @given(masks(ndim=2, max_side=20), st.sampled_from([None, 4, 8]), st.integers(1, 3))
@@ -21,7 +58,9 @@ def test_2d(m, conn, k):
     ref, nref = ndi.label(m, structure(2, c))
     assert n == nref and labels.shape == m.shape
     np.testing.assert_array_equal(labels, ref)
+    np.testing.assert_array_equal(labels, flood_label(m, c)[0])
     np.testing.assert_array_equal(largest_components(m, k, conn), largest_ref(m, k, c))
+    np.testing.assert_array_equal(largest_components(m, k, conn), flood_largest(m, k, c))
     np.testing.assert_array_equal(fill_holes(m), ndi.binary_fill_holes(m))
 
 
@@ -33,7 +72,9 @@ def test_3d(m, conn, k):
     ref, nref = ndi.label(m, structure(3, c))
     assert n == nref
     np.testing.assert_array_equal(labels, ref)
+    np.testing.assert_array_equal(labels, flood_label(m, c)[0])
     np.testing.assert_array_equal(largest_components(m, k, conn), largest_ref(m, k, c))
+    np.testing.assert_array_equal(largest_components(m, k, conn), flood_largest(m, k, c))
     np.testing.assert_array_equal(fill_holes(m), np.stack([ndi.binary_fill_holes(s) for s in m]))
 
 
@@ -47,7 +88,9 @@ def test_per_slice(m, conn):
         ref, nref = ndi.label(m[s], structure(2, conn))
         assert counts[s] == nref
         np.testing.assert_array_equal(labels[s], ref)
+        np.testing.assert_array_equal(labels[s], flood_label(m[s], conn)[0])
         np.testing.assert_array_equal(kept[s], largest_ref(m[s], 1, conn))
+        np.testing.assert_array_equal(kept[s], flood_largest(m[s], 1, conn))
 
 
 def test_two_regions_keep_largest():
@@ -59,6 +102,88 @@ def test_two_regions_keep_largest():
     assert kept.sum() == 16 and kept[1, 9, 9]
     assert largest_components(m, 2).sum() == m.sum()
     assert not largest_components(np.zeros((5, 5), bool)).any()
+
+
+def _edge_cases() -> list[tuple[str, np.ndarray]]:
+    cases = []
+    for shape in [(6, 7), (3, 6, 7)]:
+        one = np.zeros(shape, bool)
+        one[(1,) * len(shape)] = True
+        corner = np.zeros(shape, bool)
+        corner[(0,) * len(shape)] = True
+        border = np.zeros(shape, bool)  # a frame on the border of every slice, hole inside
+        border[..., 0, :] = border[..., -1, :] = border[..., :, 0] = border[..., :, -1] = True
+        two = np.zeros(shape, bool)  # two blocks touching only diagonally
+        two[..., 0:2, 0:2] = True
+        two[..., 2:5, 2:5] = True
+        apart = np.zeros(shape, bool)  # two separate regions, unequal sizes
+        apart[..., 0:2, 0:2] = True
+        apart[..., 3:6, 4:7] = True
+        for name, m in [
+            ("empty", np.zeros(shape, bool)),
+            ("full", np.ones(shape, bool)),
+            ("one pixel", one),
+            ("one pixel in the corner", corner),
+            ("touching the border", border),
+            ("diagonal neighbours", two),
+            ("two separate regions", apart),
+        ]:
+            cases.append((f"{name} {len(shape)}D", m))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "m"), _edge_cases(), ids=[c[0] for c in _edge_cases()])
+def test_edge_cases_dtypes_and_values(name, m):
+    for conn in _ALLOWED_CONNS[m.ndim]:
+        labels, n = label(m, conn)
+        ref, nref = flood_label(m, conn)
+        assert labels.dtype == np.int32 and labels.shape == m.shape and type(n) is int
+        assert n == nref
+        np.testing.assert_array_equal(labels, ref)
+        for k in (1, 2, 3):
+            kept = largest_components(m, k, conn)
+            assert kept.dtype == bool and kept.shape == m.shape
+            np.testing.assert_array_equal(kept, flood_largest(m, k, conn))
+    filled = fill_holes(m)
+    assert filled.dtype == bool and filled.shape == m.shape
+    ref_filled = np.stack([ndi.binary_fill_holes(s) for s in m.reshape((-1, *m.shape[-2:]))])
+    np.testing.assert_array_equal(filled, ref_filled.reshape(m.shape))
+    if m.ndim == 3:
+        labels, counts = label(m, 4, per_slice=True)
+        assert labels.dtype == np.int32 and counts.dtype == np.int64
+        assert counts.shape == (m.shape[0],)
+        kept = largest_components(m, 1, 8, per_slice=True)
+        assert kept.dtype == bool
+        for s in range(m.shape[0]):
+            np.testing.assert_array_equal(labels[s], flood_label(m[s], 4)[0])
+            np.testing.assert_array_equal(kept[s], flood_largest(m[s], 1, 8))
+
+
+_ALLOWED_CONNS = {2: (4, 8), 3: (6, 18, 26)}
+
+
+def test_diagonal_neighbours_depend_on_connectivity():
+    m = np.zeros((5, 5), bool)
+    m[0:2, 0:2] = True
+    m[2:5, 2:5] = True
+    assert label(m, 4)[1] == 2 and label(m, 8)[1] == 1
+    assert largest_components(m, 1, 4).sum() == 9
+    assert largest_components(m, 1, 8).sum() == 13
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 3, 3), (3, 0, 4), (2, 4, 0)])
+def test_zero_size_masks(shape):
+    m = np.zeros(shape, bool)
+    labels, n = label(m)
+    assert labels.shape == shape and labels.dtype == np.int32 and n == 0
+    kept = largest_components(m)
+    assert kept.shape == shape and kept.dtype == bool
+    filled = fill_holes(m)  # crashed (out-of-bounds read) before it was guarded
+    assert filled.shape == shape and filled.dtype == bool
+    if len(shape) == 3:
+        labels, counts = label(m, per_slice=True)
+        assert labels.shape == shape and counts.shape == (shape[0],) and not counts.any()
+        assert largest_components(m, per_slice=True).shape == shape
 
 
 @pytest.mark.parametrize(

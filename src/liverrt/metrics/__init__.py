@@ -3,7 +3,9 @@
 Masks are bool (or 0/1 integer) arrays of shape ``(H, W)`` or ``(D, H, W)``;
 prediction P and ground truth G must have the same shape (never broadcast).
 Bad input raises :class:`liverrt.errors.InputError`. The heavy lifting is done
-by the Numba kernels in :mod:`liverrt.kernels`.
+by the Numba kernels in :mod:`liverrt.kernels`, except connected components and
+keep-largest, which call ``scipy.ndimage.label`` (as fast or faster on 512x512x200
+volumes: benchmarks/RESULTS.md, 2026-12-06).
 
 Definitions (details and empty-mask values in each module's docstring):
 
