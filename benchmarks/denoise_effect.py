@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from liverrt.data.sources import load_cases
-from liverrt.training.checkpoint import load_model
+from liverrt.models import load_model
 from liverrt.training.degrade import DegradeConfig
 from liverrt.training.dncnn import clean_slices, denoise_effect, grid_pixel_mm
 

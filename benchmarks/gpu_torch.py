@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.bench.engines import _slices
 from liverrt.bench.timing import time_call
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.machine import machine_info
 from liverrt.models import build
 from liverrt.runtime import open_engine
-from liverrt.training.checkpoint import save_checkpoint
 
 SIZE = 512
 MODELS = (  # name, builder, kwargs, main output

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from liverrt.artifact import artifact_info
+from liverrt.artifacts import artifact_info
 from liverrt.bench.engines import _prepare_model, _slices
 from liverrt.export import precision as prec
 from liverrt.export.gate import default_volumes

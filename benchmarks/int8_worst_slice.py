@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from liverrt.artifact import artifact_info
+from liverrt.artifacts import artifact_info
 from liverrt.data.preprocess import to_input
 from liverrt.data.sources import load_cases
 from liverrt.export import calibrate

@@ -22,7 +22,7 @@ def tiny_spec() -> PreprocessSpec:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_spec) -> Path:
-    from liverrt.training.checkpoint import save_checkpoint
+    from liverrt.artifacts.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     return save_checkpoint(path, tiny_unet(), model_name="unet_paper", spec=tiny_spec,
@@ -48,8 +48,8 @@ def maskrcnn_ckpt(tmp_path_factory) -> Path:
     """A small random Mask R-CNN (ResNet-18 FPN, 64²) with a confident class head: detections without training."""
     import torch
 
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.models.maskrcnn import LiverMaskRCNN
-    from liverrt.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     m = LiverMaskRCNN(depth=18, fpn_channels=32, box_head_dim=64, mask_head_channels=32, image_size=64,

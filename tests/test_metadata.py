@@ -1,4 +1,4 @@
-"""liverrt.metadata: one schema for every artifact, checked when it is opened, errors naming the field."""
+"""liverrt.artifacts.metadata: one schema for every artifact, checked when it is opened, errors naming the field."""
 
 import json
 
@@ -6,9 +6,10 @@ import onnx
 import pytest
 import torch
 
-from liverrt.artifact import artifact_info, require_task
+from liverrt.artifacts import artifact_info
+from liverrt.artifacts.metadata import from_checkpoint, from_props, from_sidecar
 from liverrt.errors import ArtifactError
-from liverrt.metadata import from_checkpoint, from_props, from_sidecar
+from liverrt.runtime.base import require_task
 
 
 def _edited_checkpoint(src, dst, edit):
@@ -44,7 +45,7 @@ def _spec_json(props, **changes):
 
 CHECKPOINT_CASES = {
     "no kind": (lambda c: c.pop("kind"), "field kind: got nothing, expected the field to be present"),
-    "unknown kind": (lambda c: c.update(kind="resnet"), "field kind: got 'resnet', expected one of"),
+    "empty kind": (lambda c: c.update(kind=" "), "field kind: got ' ', expected a non-empty name"),
     "size as text": (lambda c: c["preprocess"].update(size="512"), "field preprocess.size: got '512', "
                                                                      "expected a valid integer"),
     "size not /16": (lambda c: c["preprocess"].update(size=500), "PreprocessSpec.size: got 500"),
@@ -95,7 +96,7 @@ def test_a_damaged_artifact_names_the_field(tiny_checkpoint, tiny_onnx, tmp_path
 def test_a_valid_artifact_reads_the_same_in_every_format(tiny_checkpoint, tiny_onnx):
     ckpt, onnx_info = artifact_info(tiny_checkpoint), artifact_info(tiny_onnx)
     assert (ckpt.kind, ckpt.spec, ckpt.threshold) == (onnx_info.kind, onnx_info.spec, onnx_info.threshold)
-    assert onnx_info.input_shape == ("batch", 1, 32, 32) and onnx_info.task == "segmentation"
+    assert onnx_info.input_shape == ("batch", 1, 32, 32)
     props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
     assert from_props(props, source="triton", fmt="triton").spec == ckpt.spec
     sidecar = {"model": json.loads(props["liverrt.model"]), "preprocess": json.loads(props["liverrt.preprocess"]),
@@ -120,8 +121,8 @@ def test_sidecar_and_triton_parameters_use_the_same_schema(tiny_onnx):
 
 
 def test_the_task_is_checked_at_load(tiny_checkpoint, tmp_path):
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.models.dncnn_sr import DnCNNSR
-    from liverrt.training.checkpoint import save_checkpoint
 
     info = artifact_info(tiny_checkpoint)
     require_task(info, "segmentation", role="--model")
@@ -130,6 +131,10 @@ def test_the_task_is_checked_at_load(tiny_checkpoint, tmp_path):
     dn = save_checkpoint(tmp_path / "dn.pt", DnCNNSR(), model_name="dncnn_sr", spec=info.spec)
     with pytest.raises(ArtifactError, match="holds a 'dncnn_sr' model .* expected a liver segmentation model"):
         require_task(artifact_info(dn), "segmentation", role="--model")
+    unknown = _edited_checkpoint(tiny_checkpoint, tmp_path / "resnet.pt", lambda c: c.update(kind="resnet"))
+    with pytest.raises(ArtifactError, match=r"--model .*resnet\.pt: damaged liverrt metadata, field kind: got 'resnet', "
+                                            r"expected one of \['dncnn_sr', 'maskrcnn', 'unet'\]"):
+        require_task(artifact_info(unknown), "segmentation", role="--model")
 
 
 def test_a_folder_given_as_a_model_says_so(tmp_path):

@@ -24,8 +24,8 @@ def _anonymise_temp(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dncnn_ckpt(tmp_path_factory, tiny_spec) -> Path:
     """A scale-1 DnCNN-SR (4 channels) with the tiny U-Net's PreprocessSpec."""
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.models.dncnn_sr import DnCNNSR
-    from liverrt.training.checkpoint import save_checkpoint
 
     return save_checkpoint(tmp_path_factory.mktemp("dncnn") / "dn.pt", DnCNNSR(channels=4).eval(),
                            model_name="dncnn_sr", spec=tiny_spec)

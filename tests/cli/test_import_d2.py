@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from liverrt.cli import cli
-from liverrt.training.checkpoint import load_model
+from liverrt.models import load_model
 
 # the synthetic-checkpoint builder (an inverse name mapping independent of the importer) lives with the model tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume, tiny_unet
 
+from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.errors import InputError
 from liverrt.export.gate import LIMITS, verify_artifact
 from liverrt.export.onnx import export_onnx
-from liverrt.training.checkpoint import save_checkpoint
 
 
 def _confident_unet():

@@ -8,12 +8,12 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume, tiny_unet
 
-from liverrt.artifact import artifact_info
+from liverrt.artifacts import artifact_info
+from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.errors import ArtifactError, ExportError, InputError
 from liverrt.export import onnx as onnx_export
 from liverrt.export.onnx import export_onnx
 from liverrt.export.verify import compare_outputs
-from liverrt.training.checkpoint import save_checkpoint
 
 
 def test_onnx_has_dynamic_batch_opset_and_liverrt_metadata(tiny_onnx, tiny_spec):

@@ -10,14 +10,14 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume
 
-from liverrt.artifact import artifact_info
+from liverrt.artifacts import artifact_info
+from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError
 from liverrt.export.onnx import export_onnx, split_paths
 from liverrt.models.dncnn_sr import DnCNNSR
 from liverrt.runtime import open_engine
 from liverrt.runtime.segmenter import Segmenter
-from liverrt.training.checkpoint import save_checkpoint
 
 SPEC = PreprocessSpec(size=64)
 

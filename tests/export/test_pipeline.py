@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 from liverrt_test_helpers import make_volume, tiny_unet
 
-from liverrt.artifact import artifact_info
+from liverrt.artifacts import artifact_info
+from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.cli import cli
 from liverrt.data.io import write_nifti
 from liverrt.export.gate import LIMITS
-from liverrt.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import pytest
 from liverrt_test_helpers import make_volume
 from onnx import TensorProto, helper, numpy_helper
 
-from liverrt.artifact import artifact_info, sha256_file
+from liverrt.artifacts import artifact_info
 from liverrt.errors import ArtifactError, ExportError, InputError
 from liverrt.export import precision
 from liverrt.export.precision import calibration_slices, convert_precision, to_fp16, to_int8
+from liverrt.hashing import sha256_file
 from liverrt.runtime import open_engine
 
 # Measured on the tiny U-Net (phantom slices, 3 seeds x 3 methods x per-channel on/off):

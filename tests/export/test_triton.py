@@ -18,12 +18,12 @@ from google.protobuf import (
 from liverrt_test_helpers import make_volume
 from tritonclient.grpc import model_config_pb2
 
-from liverrt.artifact import sha256_file
 from liverrt.atomic import MARKER
 from liverrt.data.preprocess import PreprocessSpec, restore, to_input
 from liverrt.errors import InputError
-from liverrt.export import triton
+from liverrt.export import triton_repo as triton  # staging and install live there
 from liverrt.export.triton import read_config, write_triton_repo
+from liverrt.hashing import sha256_file
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                   onnx.TensorProto.INT64: "TYPE_INT64"}
@@ -318,8 +318,8 @@ MACHINE = {"tensorrt_version": "10.9.0", "compute_capability": "9.0", "gpu_name"
 
 
 def _fake_plan(tiny_onnx, folder, *, batch=(1, 8, 16)):
-    """A fake plan + the real sidecar written by liverrt.export.tensorrt (no TensorRT needed)."""
-    from liverrt.export.tensorrt import engine_key, write_plan
+    """A fake plan + the real sidecar written by liverrt.runtime.tensorrt_loader (no TensorRT needed)."""
+    from liverrt.runtime.tensorrt_loader import engine_key, write_plan
 
     key = engine_key(tiny_onnx, MACHINE, batch=batch)
     return write_plan(folder, tiny_onnx, key, b"not a real engine", input_name="image", build_seconds=0.0).plan

@@ -26,14 +26,14 @@ from google.protobuf import json_format, text_format
 from liverrt_test_helpers import make_volume
 from tritonclient.grpc import model_config_pb2
 
-from liverrt.artifact import sha256_file
 from liverrt.atomic import MARKER
 from liverrt.cli import cli
 from liverrt.data.preprocess import to_input
 from liverrt.errors import ArtifactError
-from liverrt.export import triton
+from liverrt.export import triton_repo as triton  # staging and install live there
 from liverrt.export.onnx import split_paths
 from liverrt.export.triton import read_config, write_triton_repo
+from liverrt.hashing import sha256_file
 from liverrt.runtime import open_engine
 
 SIZE = 64
@@ -172,7 +172,7 @@ def request(pb, **tensors):
 
 @pytest.fixture(scope="module")
 def images(maskrcnn_onnx):
-    from liverrt.artifact import artifact_info
+    from liverrt.artifacts import artifact_info
 
     spec = artifact_info(maskrcnn_onnx.path).spec
     vol = make_volume(shape=(5, SIZE, SIZE))

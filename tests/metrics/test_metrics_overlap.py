@@ -61,3 +61,19 @@ def test_count_helpers():
     assert dice_from_counts(0, 0, 0) == 1.0
     assert iou_from_counts(2, 1, 1) == 0.5
     assert dice_from_counts(2, 1, 1) == pytest.approx(4 / 6)
+
+
+def test_per_slice_dice_is_the_dice_of_each_slice():
+    from liverrt.metrics import per_slice_dice
+
+    rng = np.random.default_rng(3)
+    pred, gt = rng.random((6, 9, 7)) < 0.4, rng.random((6, 9, 7)) < 0.4
+    pred[0], gt[0] = False, False  # both empty: 1.0
+    pred[1], gt[1] = True, False  # one empty: 0.0
+    pred[2], gt[2] = True, True  # full
+    pred[3] = gt[3] = False
+    pred[3, 0, 0] = gt[3, 0, 0] = True  # one pixel, touching the border
+    got = per_slice_dice(pred, gt)
+    assert got.shape == (6,)
+    np.testing.assert_allclose(got, [dice_ref(p, g) for p, g in zip(pred, gt, strict=True)])
+    assert list(got[:4]) == [1.0, 0.0, 1.0, 1.0]

@@ -73,9 +73,9 @@ def test_bench_times_a_mask_rcnn_and_says_why_it_has_no_plan(tmp_path, maskrcnn_
 def test_bench_times_dncnn_sr_and_gates_it_by_psnr(tmp_path):
     import torch
 
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.data.preprocess import PreprocessSpec
     from liverrt.models.dncnn_sr import DnCNNSR
-    from liverrt.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "dn.pt", DnCNNSR(channels=8).eval(), model_name="dncnn_sr",

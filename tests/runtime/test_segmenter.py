@@ -140,8 +140,8 @@ def test_a_crashing_case_is_reported_and_the_others_still_run(tiny_onnx, tmp_pat
 
 
 def _dncnn_checkpoint(path, spec, *, scale=1, zero_tail=True):
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.models.dncnn_sr import DnCNNSR
-    from liverrt.training.checkpoint import save_checkpoint
 
     model = DnCNNSR(scale=scale, channels=8)
     if not zero_tail:  # a denoiser that changes its input

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
-from liverrt.export.tensorrt import EngineCache, build_engine, current_machine, sidecar_path
 from liverrt.runtime import open_engine
 from liverrt.runtime.tensorrt_engine import TensorRTEngine
+from liverrt.runtime.tensorrt_loader import EngineCache, build_engine, current_machine, sidecar_path
 
 A10 = {"tensorrt_version": "10.3.0", "compute_capability": "8.6", "gpu_name": "NVIDIA A10"}
 

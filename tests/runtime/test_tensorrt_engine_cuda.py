@@ -128,8 +128,8 @@ def _standin_tensorrt(log: dict) -> types.ModuleType:
 
 @pytest.fixture
 def standin(monkeypatch):
-    import liverrt.export.tensorrt as trt_export
     import liverrt.runtime.tensorrt_engine as trt_engine
+    import liverrt.runtime.tensorrt_loader as trt_export
 
     log = {"executions": 0, "wrong_stream": 0, "deserialised": 0, "compiled": 0, "addresses": {}, "streams": set(),
            "refused": []}
@@ -186,7 +186,7 @@ def test_buffers_streams_batches_and_graphs_on_the_gpu(tiny_onnx, tmp_path, stan
 
 def test_a_plan_tensorrt_cannot_read_is_refused_and_nothing_stays_allocated(tiny_onnx, tmp_path, standin,
                                                                              monkeypatch):
-    import liverrt.export.tensorrt as trt_export
+    import liverrt.runtime.tensorrt_loader as trt_export
     from liverrt.errors import ArtifactError
 
     monkeypatch.setattr(trt_export, "compile_plan", lambda *a, **k: b"damaged plan")

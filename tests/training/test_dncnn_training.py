@@ -14,7 +14,7 @@ from liverrt.cli import cli
 from liverrt.data.phantom import PhantomConfig, synth_case, synth_dataset
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import InputError
-from liverrt.training.checkpoint import load_model
+from liverrt.models import load_model
 from liverrt.training.degrade import DegradeConfig
 from liverrt.training.dncnn import DnCNNTask, clean_slices, grid_pixel_mm
 from liverrt.training.loop import TrainConfig, fit

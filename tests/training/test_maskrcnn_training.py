@@ -14,7 +14,7 @@ from liverrt.cli import cli
 from liverrt.data.phantom import PhantomConfig, synth_case, synth_dataset
 from liverrt.data.preprocess import PreprocessSpec, placement
 from liverrt.errors import InputError
-from liverrt.training.checkpoint import load_model
+from liverrt.models import load_model
 from liverrt.training.loop import TrainConfig, fit
 from liverrt.training.maskrcnn import (
     InstanceSliceSet,

@@ -3,10 +3,11 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume, tiny_unet
 
+from liverrt.artifacts.checkpoint import read_checkpoint, save_checkpoint
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
+from liverrt.models import load_model
 from liverrt.training.augment import AugmentConfig, augment_batch
-from liverrt.training.checkpoint import load_model, read_checkpoint, save_checkpoint
 from liverrt.training.losses import dice_bce_loss, soft_dice_loss
 from liverrt.training.unet import TrainConfig, train_unet
 

@@ -48,11 +48,11 @@ def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Pat
     """A checkpoint (given, or the paper U-Net with seeded random weights) and its verified ONNX export."""
     import torch
 
-    from liverrt.artifact import artifact_info
+    from liverrt.artifacts import artifact_info
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.data.preprocess import PreprocessSpec
     from liverrt.export.onnx import export_onnx
     from liverrt.models import build
-    from liverrt.training.checkpoint import save_checkpoint
 
     if model is None:
         torch.manual_seed(0)
@@ -77,7 +77,7 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
               int8_method: str) -> tuple[list[tuple[str, str, Path]], list[dict]]:
     """(engine, precision, artifact) triples that can run here, and the ones skipped with their reason.
 
-    ``info``: the checkpoint's :class:`liverrt.artifact.ArtifactInfo` (kind, PreprocessSpec).
+    ``info``: the checkpoint's :class:`liverrt.artifacts.ArtifactInfo` (kind, PreprocessSpec).
     """
     from liverrt.export import precision as prec
     from liverrt.export.gate import default_volumes
@@ -104,7 +104,7 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
                         "pasting run between its graphs); on a GPU use onnxruntime's CUDA or TensorRT provider"})
         return variants, skipped
     try:
-        from liverrt.export.tensorrt import current_machine
+        from liverrt.runtime.tensorrt_loader import current_machine
 
         current_machine()
         for precision in ("fp32", "fp16", "int8"):
@@ -123,7 +123,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                 on_step: Callable[[str], None] | None = None) -> dict:
     """Measure the engines of ``model`` (default: the random-weight U-Net); returns the results dict
     (see :func:`markdown_report`)."""
-    from liverrt.artifact import artifact_info
+    from liverrt.artifacts import artifact_info
     from liverrt.data.phantom import PhantomConfig, synth_case
     from liverrt.data.preprocess import to_input
     from liverrt.export.gate import default_volumes, verify_artifact
@@ -217,7 +217,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
 def _calibration_meta(path: Path) -> dict | None:
     import json
 
-    from liverrt.artifact import onnx_metadata
+    from liverrt.artifacts import onnx_metadata
 
     if not path.exists():
         return None

@@ -65,7 +65,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
     worst slices); it writes verify.json and verify.md next to the artifact.
     """
-    from liverrt.artifact import artifact_info
+    from liverrt.artifacts import artifact_info
     from liverrt.cli.common import given, progress_bar
     from liverrt.data.sources import load_cases
     from liverrt.export.pipeline import default_calib_method, run_export

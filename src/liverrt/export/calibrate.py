@@ -57,6 +57,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from liverrt.errors import ExportError
+from liverrt.export.graph import sort_topologically
+from liverrt.metrics import per_slice_dice
 
 #: Candidate clips, as percentiles of |x| over the calibration slices (100: the maximum).
 PERCENTILES: tuple[float, ...] = (100.0, 99.99, 99.9, 99.5, 99.0, 98.0, 95.0, 90.0, 80.0, 70.0, 60.0)
@@ -691,17 +693,11 @@ def _search_graph(model: onnx.ModelProto, groups: list[_Group]) -> onnx.ModelPro
             d.output[0] = name + "::search"
             extra.append(helper.make_node("Where", [_flag_input(scale), q.input[0], d.output[0]], [name]))
     graph.node.extend(extra)
-    from liverrt.export.precision import _sort_topologically
-
     del graph.value_info[:]
-    _sort_topologically(graph)
+    sort_topologically(graph)
     return m
 
 
 def _delta_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - Dice per slice of two (N, 1, H, W) boolean masks; 0 where both are empty."""
-    from liverrt.metrics import per_slice_counts
-
-    tp, fp, fn = per_slice_counts(a[:, 0], b[:, 0]).T
-    total = 2 * tp + fp + fn
-    return np.where(total > 0, 1.0 - 2.0 * tp / np.maximum(total, 1), 0.0)
+    return 1.0 - per_slice_dice(a[:, 0], b[:, 0])

@@ -15,13 +15,14 @@ import onnx
 import torch
 
 import liverrt
-from liverrt.artifact import ONNX_FORMAT, sha256_file
+from liverrt.artifacts import ONNX_FORMAT
 from liverrt.atomic import atomic_path
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
 from liverrt.export.verify import ParityReport, parity_check, sample_inputs
+from liverrt.hashing import sha256_file
+from liverrt.models import load_model
 from liverrt.models.maskrcnn import LiverMaskRCNN
-from liverrt.training.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.atomic import check_outputs, writes_outputs
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
-from liverrt.metadata import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _run_export(
     ``progress(done, total, info)`` follows the search. ``int8_target`` (``onnxruntime`` | ``tensorrt``; default: ``tensorrt`` for --format
     tensorrt, else ``onnxruntime``) decides whether Relu outputs may use zero point -128 (faster on
     onnxruntime, refused by TensorRT)."""
-    from liverrt.artifact import artifact_info
+    from liverrt.artifacts import artifact_info
     from liverrt.export.onnx import export_onnx, split_paths
 
     if fmt not in FORMATS:
@@ -154,7 +154,7 @@ def _run_export(
     if verify:
         _gate(checkpoint, artifact, verify_volumes, result, limits)
     if fmt == "tensorrt":
-        from liverrt.export.tensorrt import build_engine
+        from liverrt.runtime.tensorrt_loader import build_engine
 
         t0 = time.perf_counter()
         build = build_engine(artifact, out, batch=batch, workspace_mb=workspace_mb)
@@ -185,7 +185,7 @@ def default_calib_method(kind: str) -> str:
 def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_volumes, calib_slices: int,
              result: ExportResult, calib_method: str | None = None, progress=None,
              int8_target: str = "onnxruntime") -> Path:
-    from liverrt.artifact import artifact_info
+    from liverrt.artifacts import artifact_info
     from liverrt.export import precision as prec
 
     info = artifact_info(fp32_path)
@@ -236,9 +236,9 @@ def _relink_split(rpn: Path) -> None:
 
     import onnx
 
-    from liverrt.artifact import sha256_file
     from liverrt.atomic import atomic_path
     from liverrt.export.onnx import split_paths
+    from liverrt.hashing import sha256_file
 
     paths = split_paths(rpn)
     model = onnx.load(str(rpn))

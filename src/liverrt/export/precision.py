@@ -43,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import liverrt
-from liverrt.artifact import ArtifactInfo, artifact_info, sha256_file
+from liverrt.artifacts import ArtifactInfo, artifact_info
 from liverrt.atomic import atomic_path
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
@@ -58,6 +58,8 @@ from liverrt.export.calibrate import (
     tie_scales,
     unsigned_relu_ranges,
 )
+from liverrt.export.graph import sort_topologically
+from liverrt.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +352,7 @@ def _fp16_model(model: onnx.ModelProto, keep_fp32_ops: frozenset[str]) -> onnx.M
     )
     converted = onnx.shape_inference.infer_shapes(converted)
     _drop_cast_round_trips(converted.graph)
-    _sort_topologically(converted.graph)
+    sort_topologically(converted.graph)
     return converted
 
 
@@ -451,39 +453,6 @@ def _prune_value_info(graph: onnx.GraphProto) -> None:
     keep = [v for v in graph.value_info if v.name in produced and v.name not in {o.name for o in graph.output}]
     del graph.value_info[:]
     graph.value_info.extend(keep)
-
-
-def _subgraph_names(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for attr in node.attribute:
-        for g in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-            for n in g.node:
-                names.update(n.input)
-                names.update(_subgraph_names(n))
-    return names
-
-
-def _sort_topologically(graph: onnx.GraphProto) -> None:
-    """Order nodes so that each one follows its inputs' producers (the converter appends its Casts)."""
-    produced = {o for n in graph.node for o in n.output}
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            needs = set(node.input) | (_subgraph_names(node) & produced)
-            if needs <= ready:
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            missing = sorted(set().union(*(set(n.input) for n in rest)) - ready)[:5]
-            raise ExportError(f"The converted graph has a cycle or dangling inputs {missing}; expected a DAG.")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 # --------------------------------------------------------------------------- int8

@@ -11,19 +11,19 @@ import logging
 from pathlib import Path
 
 import liverrt
-from liverrt.artifact import sha256_file
-from liverrt.export.triton import (
+from liverrt.export.triton_repo import (
     PYTHON_PLATFORM,
+    ModelFiles,
     TensorConfig,
     TritonRepo,
-    _check_targets,
-    _install,
-    _Model,
-    _read_graph,
-    _record,
+    check_targets,
     client_example_text,
     config_text,
+    install,
+    read_graph,
+    record,
 )
+from liverrt.hashing import sha256_file
 from liverrt.runtime.triton_maskrcnn import INPUT, MODEL_PY, OUTPUTS, PARTS_PARAMETER
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
     params = {}
     for part, path in paths.items():
         batched = part == "rpn"  # box/mask: the first axis counts RoIs of the whole batch
-        inputs, outputs, meta = _read_graph(path, batched=batched)
+        inputs, outputs, meta = read_graph(path, batched=batched)
         model_name = f"{name}_{part}"
         parts[part] = {"model": model_name, "inputs": [t.name for t in inputs], "outputs": [t.name for t in outputs]}
         meta = {key: v for key, v in meta.items() if key != "liverrt.split"}
@@ -53,7 +53,7 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
                            preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
                            instances=instances, kind=kind,
                            parameters={**meta, "liverrt.artifact_sha256": sha256_file(path)})
-        models.append(_Model(model_name, text, None, {"model.onnx": path}))
+        models.append(ModelFiles(model_name, text, None, {"model.onnx": path}))
     config = json.loads(params["liverrt.model"])["config"]  # read and checked with the rpn graph above
     size = int(config["image_size"])  # what the Python model checks requests by
     k = int(config.get("max_instances", 8))
@@ -66,10 +66,10 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
                        max_queue_delay_us=max_queue_delay_us, instances=instances, kind="KIND_CPU",
                        parameters=params)
     example = client_example_text(name, inputs[0], outputs[0], max_batch_size, params)
-    models.insert(0, _Model(name, text, example, {"model.py": MODEL_PY.replace("__VERSION__", liverrt.__version__)}))
-    _check_targets(repo, models, version, overwrite, list(paths.values()))
-    _install(repo, models, version)
-    _record(repo, models)
+    models.insert(0, ModelFiles(name, text, example, {"model.py": MODEL_PY.replace("__VERSION__", liverrt.__version__)}))
+    check_targets(repo, models, version, overwrite, list(paths.values()))
+    install(repo, models, version)
+    record(repo, models)
     log.info("wrote Triton models %s (Python, BLS) and %s version %d to %s", name,
              ", ".join(p["model"] for p in parts.values()), version, repo)
     model_dir = repo / name

@@ -10,6 +10,7 @@ import torch
 
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
+from liverrt.metrics import per_slice_dice
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,6 @@ def sample_inputs(spec: PreprocessSpec, volumes: list[Volume] | None, *, samples
     return np.concatenate(picks)[:samples]
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / float(s)
-
-
 def compare_outputs(
     reference: np.ndarray, candidate: np.ndarray, *, threshold: float, atol: float, max_dice_delta: float
 ) -> ParityReport:
@@ -78,7 +74,8 @@ def compare_outputs(
     ref_mask, cand_mask = reference >= threshold, candidate >= threshold
     undecided = np.abs(reference.astype(np.float64) - threshold) <= (atol if np.isfinite(atol) else 0.0)
     decided_cand = np.where(undecided, ref_mask, cand_mask)
-    deltas = [1.0 - _dice(r, c) for r, c in zip(ref_mask, decided_cand, strict=True)]
+    n = ref_mask.shape[0]
+    deltas = list(1.0 - per_slice_dice(ref_mask.reshape(n, 1, -1), decided_cand.reshape(n, 1, -1))) if n else []
     max_abs = float(diff.max()) if diff.size else 0.0
     max_dd = float(max(deltas)) if deltas else 0.0
     finite = bool(np.isfinite(candidate).all())

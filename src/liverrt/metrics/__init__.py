@@ -52,6 +52,7 @@ from liverrt.metrics.overlap import (
     mask_iou,
     overlap_counts,
     per_slice_counts,
+    per_slice_dice,
     ravd,
     ravd_from_counts,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "contour",
     "dice",
     "dice_from_counts",
+    "per_slice_dice",
     "f_measure",
     "fill_holes",
     "hd95",

@@ -48,6 +48,13 @@ def dice_from_counts(tp: float, fp: float, fn: float) -> float:
     return 1.0 if denom == 0 else 2 * tp / denom
 
 
+def per_slice_dice(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Dice of each slice of ``(D, H, W)`` masks, from :func:`per_slice_counts`; 1.0 where both are empty."""
+    tp, fp, fn = per_slice_counts(pred, gt).T.astype(np.float64)
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+
+
 def ravd_from_counts(tp: float, fp: float, fn: float) -> float:
     """|ΣG − ΣP| / ΣG × 100; 0.0 when both are empty, ``inf`` when only G is."""
     vol_g = tp + fn

@@ -7,9 +7,12 @@ one from the config stored in a checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
+from liverrt.artifacts.checkpoint import read_checkpoint
+from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
 from liverrt.models.dncnn_sr import DnCNNSR, dncnn_sr
 from liverrt.models.maskrcnn import LiverMaskRCNN, maskrcnn_r101_fpn
@@ -77,5 +80,19 @@ def from_config(kind: str, config: dict) -> nn.Module:
                             f"got {shown}, expected the builder arguments of {cls.__name__}.") from exc
 
 
-__all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "graph_outputs", "kinds", "names", "task_of", "TASKS",
+def load_model(path: Path, *, expect_kind: str | None = None) -> tuple[nn.Module, PreprocessSpec, dict]:
+    """Rebuild a checkpoint's model in eval mode; returns ``(model, spec, checkpoint dict)``."""
+    ckpt = read_checkpoint(path, expect_kind=expect_kind)
+    model = from_config(ckpt["kind"], ckpt["model_config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ArtifactError(f"{path}: weights do not match the stored model config ({first[:200]}); expected "
+                            "the checkpoint written with them.") from exc
+    model.eval()
+    return model, PreprocessSpec.from_dict(ckpt["preprocess"]), ckpt
+
+
+__all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "graph_outputs", "kinds", "load_model", "names", "task_of", "TASKS",
            "unet_paper"]

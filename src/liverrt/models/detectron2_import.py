@@ -776,10 +776,10 @@ def import_detectron2(
     ``"detectron2"`` entry records the source file, its sha256, the config
     values used and the notes. Nothing is written if anything fails.
     """
+    from liverrt.artifacts.checkpoint import save_checkpoint
     from liverrt.atomic import check_replaceable, refuse_overwriting_inputs
     from liverrt.data.preprocess import PreprocessSpec
     from liverrt.models.maskrcnn import LiverMaskRCNN
-    from liverrt.training.checkpoint import save_checkpoint
 
     model_path, out = Path(model_path), Path(out)
     inputs = tuple(p for p in (model_path, config_path) if p is not None)

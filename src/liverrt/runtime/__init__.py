@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from liverrt.errors import InputError
-from liverrt.runtime.base import Engine, InputSpec
+from liverrt.runtime.base import Engine, InputSpec, require_task
 
 
 def _torch(path: Path, **kw) -> Engine:
@@ -45,4 +45,4 @@ def open_engine(name: str, path: Path, **options) -> Engine:
     return factory(Path(path), **options)
 
 
-__all__ = ["ENGINES", "Engine", "InputSpec", "engine_names", "open_engine"]
+__all__ = ["ENGINES", "Engine", "InputSpec", "engine_names", "open_engine", "require_task"]

@@ -16,8 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from liverrt.artifact import ArtifactInfo, artifact_info
-from liverrt.errors import InputError, LiverrtError
+from liverrt.artifacts import ArtifactInfo, artifact_info
+from liverrt.errors import ArtifactError, InputError, LiverrtError
+from liverrt.models import TASKS, kinds, task_of
+
+
+def require_task(info: ArtifactInfo, task: str, *, role: str) -> None:
+    """Refuse, at load time, an artifact whose model is unknown or not for ``task``.
+
+    ``task``: ``segmentation`` | ``denoising`` (what each model class declares); ``role`` names
+    where the user gave the artifact (``--model``, ``--denoise``).
+    """
+    if info.kind not in kinds():
+        raise ArtifactError(f"{role} {info.path}: damaged liverrt metadata, field kind: got {info.kind!r}, "
+                            f"expected one of {kinds()}.")
+    if task_of(info.kind) != task:
+        raise ArtifactError(f"{role} {info.path}: holds a {info.kind!r} model ({TASKS[task_of(info.kind)]}); "
+                            f"expected {TASKS[task]}.")
 
 
 @dataclass(frozen=True)

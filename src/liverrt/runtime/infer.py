@@ -10,7 +10,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liverrt.artifact import require_task
 from liverrt.atomic import (
     check_outputs,
     refuse_output_in_input,
@@ -22,6 +21,7 @@ from liverrt.data.layouts import layout_of
 from liverrt.data.sources import find_cases, load_case
 from liverrt.errors import InputError
 from liverrt.runtime import open_engine
+from liverrt.runtime.base import require_task
 from liverrt.runtime.outputs import FORMATS, case_summary, write_case
 from liverrt.runtime.segmenter import Segmenter
 

@@ -114,7 +114,8 @@ def split_parts(path: Path) -> dict[str, Path] | None:
     """The three graph files of a split Mask R-CNN export (checked against their recorded sha256), or None."""
     import json
 
-    from liverrt.artifact import onnx_metadata, sha256_file
+    from liverrt.artifacts import onnx_metadata
+    from liverrt.hashing import sha256_file
 
     meta = onnx_metadata(path)
     if "liverrt.split" not in meta:

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from liverrt.artifact import require_task
 from liverrt.data.preprocess import restore, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError, LiverrtError
-from liverrt.runtime.base import Engine
+from liverrt.runtime.base import Engine, require_task
 
 
 @dataclass

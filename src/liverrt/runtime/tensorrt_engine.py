@@ -16,18 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from liverrt.artifact import ArtifactInfo, artifact_info
+from liverrt.artifacts import ArtifactInfo, artifact_info
 from liverrt.errors import ArtifactError, LiverrtError
-from liverrt.export.tensorrt import (
+from liverrt.runtime.base import Engine
+from liverrt.runtime.tensorrt_loader import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_MB,
     EngineCache,
     check_plan,
+    check_single_graph,
     current_machine,
     parse_batch_profile,
     plan_info,
 )
-from liverrt.runtime.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ class TensorRTEngine(Engine):
                                 "Run `liverrt export CKPT --format onnx --out model.onnx` first.")
         self.is_plan = suffix == ".plan"
         if not self.is_plan and self.path.is_file():
-            from liverrt.export.tensorrt import check_single_graph
-
             check_single_graph(self.path)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch = parse_batch_profile(batch)

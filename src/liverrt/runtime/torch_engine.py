@@ -24,8 +24,8 @@ class TorchEngine(Engine):
         self._device: torch.device | None = None
 
     def _activate(self) -> None:
-        from liverrt.training.checkpoint import load_model
-        from liverrt.training.unet import resolve_device
+        from liverrt.device import resolve_device
+        from liverrt.models import load_model
 
         self._device = resolve_device(self.device_name)
         model, _, _ = load_model(self.path)

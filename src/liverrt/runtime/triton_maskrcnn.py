@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 import liverrt
+from liverrt.artifacts.metadata import from_props
 from liverrt.errors import ArtifactError
-from liverrt.metadata import from_props
 from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 
 INPUT = "image"
@@ -64,7 +64,7 @@ class MaskRCNNBLS:
         self.pb = pb
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        try:  # the same schema as every artifact (liverrt.metadata): kind, config, PreprocessSpec, threshold
+        try:  # the same schema as every artifact (liverrt.artifacts.metadata): kind, config, PreprocessSpec, threshold
             meta = from_props(params, source=f"Triton model {config.get('name')!r} (config.pbtxt)", fmt="triton")
         except ArtifactError as exc:
             raise pb.TritonModelException(str(exc)) from None

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from liverrt.data.preprocess import PreprocessSpec
+from liverrt.device import resolve_device
 from liverrt.errors import InputError, LiverrtError
 from liverrt.training.augment import AugmentConfig
 
@@ -206,20 +207,6 @@ def lr_factor(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
     return factor
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"Device {name!r} requested but CUDA is not available here; expected 'cpu' or 'auto'.")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"Unknown device {name!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"Device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    return device
 
 
 def amp_dtype(mode: str, device: torch.device, *, prefer: torch.dtype = torch.bfloat16) -> torch.dtype | None:
@@ -437,7 +424,7 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
                       "train_config": train_config}
             if improved:
                 best = dict(metrics)
-                from liverrt.training.checkpoint import save_checkpoint
+                from liverrt.artifacts.checkpoint import save_checkpoint
 
                 save_checkpoint(best_path, model, metrics=metrics, **common)
             stop = since_best >= config.patience if config.patience else False
@@ -478,7 +465,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _save_last(path, model, opt, sched, scaler, rng, epoch, history, best, since_best, info, common, metrics):
-    from liverrt.training.checkpoint import save_checkpoint
+    from liverrt.artifacts.checkpoint import save_checkpoint
 
     state = {
         "epoch": epoch,
@@ -497,7 +484,7 @@ def _save_last(path, model, opt, sched, scaler, rng, epoch, history, best, since
 
 
 def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, scaler, gen, info) -> dict:
-    from liverrt.training.checkpoint import read_checkpoint
+    from liverrt.artifacts.checkpoint import read_checkpoint
 
     if not path.is_file():
         raise InputError(f"--resume: {path} does not exist; expected the last.pt of an earlier run in this folder.")

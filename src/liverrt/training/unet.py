@@ -11,6 +11,7 @@ import torch
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.data.splits import case_split
 from liverrt.data.volume import Volume
+from liverrt.device import resolve_device  # noqa: F401  (re-exported, as above)
 from liverrt.errors import InputError
 from liverrt.models import build
 from liverrt.training.augment import augment_batch
@@ -21,7 +22,6 @@ from liverrt.training.loop import (  # noqa: F401  (re-exported: the U-Net API p
     TrainResult,
     fit,
     lr_factor,
-    resolve_device,
 )
 from liverrt.training.losses import dice_bce_loss
 from liverrt.training.slices import build_slice_set, volume_scores
@@ -113,7 +113,7 @@ def split_volumes(volumes: list[Volume], val_volumes: list[Volume] | None, confi
 
 def stored_split(out_dir: Path) -> dict | None:
     """The case split of the run in ``out_dir`` (from its last.pt), for ``--resume``."""
-    from liverrt.training.checkpoint import read_checkpoint
+    from liverrt.artifacts.checkpoint import read_checkpoint
 
     path = Path(out_dir) / "last.pt"
     if not path.is_file():

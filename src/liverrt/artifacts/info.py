@@ -3,55 +3,20 @@
 Checkpoints carry it as dict entries, ONNX files as ``metadata_props`` under
 the ``liverrt.`` prefix; :func:`artifact_info` reads either without building
 the model or an inference session, and validates it against one schema
-(:mod:`liverrt.metadata`).
+(:mod:`liverrt.artifacts.metadata`).
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from liverrt import metadata
-from liverrt.data.preprocess import PreprocessSpec
+from liverrt.artifacts import metadata
+from liverrt.artifacts.checkpoint import read_checkpoint
+from liverrt.artifacts.metadata import ArtifactInfo
+from liverrt.artifacts.plan import plan_info
 from liverrt.errors import ArtifactError, InputError
-from liverrt.models import TASKS, task_of
 
 ONNX_FORMAT = "liverrt.onnx/1"
-
-
-@dataclass(frozen=True)
-class ArtifactInfo:
-    path: Path
-    format: str  # "checkpoint" | "onnx" | "tensorrt"
-    kind: str  # model kind: "unet", ...
-    model_name: str
-    model_config: dict
-    spec: PreprocessSpec
-    threshold: float = 0.5
-    precision: str = "fp32"
-    metrics: dict = field(default_factory=dict)
-    input_shape: tuple[int | str, ...] | None = None
-
-    @classmethod
-    def from_metadata(cls, path: Path, fmt: str, meta: metadata.ArtifactMetadata) -> ArtifactInfo:
-        meta.require_known_kind(source=str(path))
-        return cls(path=Path(path), format=fmt, kind=meta.kind, model_name=meta.name, model_config=dict(meta.config),
-                   spec=meta.spec, threshold=float(meta.threshold), precision=meta.precision,
-                   metrics=dict(meta.metrics), input_shape=meta.input_shape)
-
-    @property
-    def task(self) -> str:
-        """``segmentation`` or ``denoising`` (the model class says which)."""
-        return task_of(self.kind)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_onnx_header(path: Path):
@@ -81,7 +46,7 @@ def _input_shape(model) -> tuple[int | str, ...] | None:
 def artifact_info(path: Path) -> ArtifactInfo:
     """Read and validate the liverrt metadata of a checkpoint (.pt), an ONNX file or a TensorRT plan.
 
-    Every field is checked against one schema (:mod:`liverrt.metadata`); a damaged or
+    Every field is checked against one schema (:mod:`liverrt.artifacts.metadata`); a damaged or
     hand-edited artifact raises :class:`ArtifactError` naming the field (exit code 2).
     """
     path = Path(path)
@@ -91,8 +56,6 @@ def artifact_info(path: Path) -> ArtifactInfo:
     if not path.is_file():
         raise InputError(f"Model {path} does not exist; expected a .pt checkpoint, an .onnx file or a TensorRT .plan.")
     if path.suffix.lower() == ".plan":
-        from liverrt.export.tensorrt import plan_info
-
         return plan_info(path)
     if path.suffix.lower() == ".onnx":
         model = _load_onnx_header(path)
@@ -106,17 +69,5 @@ def artifact_info(path: Path) -> ArtifactInfo:
         if not {"liverrt.split", "liverrt.part"} & set(props):  # split Mask R-CNN graphs: padded image, features
             metadata.check_input_shape(meta, source=str(path))
         return ArtifactInfo.from_metadata(path, "onnx", meta)
-    from liverrt.training.checkpoint import read_checkpoint
-
     ckpt = read_checkpoint(path)
     return ArtifactInfo.from_metadata(path, "checkpoint", metadata.from_checkpoint(ckpt, source=str(path)))
-
-
-def require_task(info: ArtifactInfo, task: str, *, role: str) -> None:
-    """Refuse an artifact whose model is not for ``task`` (``segmentation`` | ``denoising``), at load time.
-
-    ``role`` names where the user gave it (``--model``, ``--denoise``).
-    """
-    if task_of(info.kind) != task:
-        raise ArtifactError(f"{role} {info.path}: holds a {info.kind!r} model ({TASKS[task_of(info.kind)]}); "
-                            f"expected {TASKS[task]}.")

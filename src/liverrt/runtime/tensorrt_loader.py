@@ -1,4 +1,8 @@
-"""ONNX -> TensorRT plan (strongly typed, one batch profile), its sidecar JSON and the engine cache.
+"""The TensorRT loader: ONNX -> plan (strongly typed, one batch profile), its sidecar and the engine cache.
+
+Building or fetching a plan is a loader (Polygraphy's ``EngineFromNetwork``); running it is
+:class:`liverrt.runtime.tensorrt_engine.TensorRTEngine`. ``liverrt export --format tensorrt``
+builds plans with the same code. The sidecar format itself is :mod:`liverrt.artifacts.plan`.
 
 A TensorRT plan runs only on the TensorRT version and GPU architecture
 (compute capability) that built it. Every plan therefore travels with a
@@ -27,14 +31,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import liverrt
-from liverrt.artifact import ArtifactInfo, artifact_info, sha256_file
+from liverrt.artifacts import artifact_info
+from liverrt.artifacts.metadata import PRECISIONS
+from liverrt.artifacts.plan import SIDECAR_FORMAT, plan_info, read_sidecar, sidecar_path  # noqa: F401 (API)
 from liverrt.atomic import atomic_path, overwrite_allowed
 from liverrt.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
-from liverrt.metadata import PRECISIONS, from_sidecar
+from liverrt.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "liverrt.trt/1"
 INSTALL_HINT = "pip install liverrt[trt] on a machine with an NVIDIA GPU and driver"
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_MB = 4096
@@ -163,7 +168,7 @@ def onnx_input_name(onnx_path: Path, size: int) -> str:
 
 def check_single_graph(onnx_path: Path) -> None:
     """Refuse ONNX files a plan cannot stand for: the split Mask R-CNN is three graphs plus a runtime."""
-    from liverrt.artifact import onnx_metadata
+    from liverrt.artifacts import onnx_metadata
 
     meta = onnx_metadata(onnx_path)
     if "liverrt.split" in meta or "liverrt.part" in meta:
@@ -222,8 +227,7 @@ class EngineBuild:
     built: bool  # False when the plan came from the cache
 
 
-def sidecar_path(plan: Path) -> Path:
-    return Path(plan).with_suffix(".json")
+
 
 
 def write_plan(out_dir: Path, onnx_path: Path, key: EngineKey, plan: bytes, *, input_name: str,
@@ -254,20 +258,7 @@ def write_plan(out_dir: Path, onnx_path: Path, key: EngineKey, plan: bytes, *, i
     return EngineBuild(path, sidecar_path(path), key, float(build_seconds), True)
 
 
-def read_sidecar(plan: Path) -> dict:
-    """The sidecar JSON of ``plan``; :class:`ArtifactError` when it is missing or not liverrt's."""
-    side = sidecar_path(plan)
-    if not side.is_file():
-        raise ArtifactError(f"TensorRT plan {plan} has no sidecar {side.name}; expected the .json written next to "
-                            "it by liverrt (it records the TensorRT version, GPU and PreprocessSpec).")
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{side}: unreadable sidecar ({exc}); rebuild the plan from its ONNX file.") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ArtifactError(f"{side}: format {got!r}; expected a liverrt TensorRT sidecar ({SIDECAR_FORMAT}).")
-    return data
+
 
 
 def check_plan(plan: Path, machine: Machine) -> tuple[EngineKey, dict]:
@@ -295,10 +286,7 @@ def check_plan(plan: Path, machine: Machine) -> tuple[EngineKey, dict]:
     return key, data
 
 
-def plan_info(plan: Path) -> ArtifactInfo:
-    """ArtifactInfo of a ``.plan`` from its sidecar (no TensorRT needed)."""
-    data = read_sidecar(plan)
-    return ArtifactInfo.from_metadata(plan, "tensorrt", from_sidecar(data, source=str(sidecar_path(plan))))
+
 
 
 # -- building ------------------------------------------------------------------

@@ -23,13 +23,14 @@ import json
 import math
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, LiverrtError
-from liverrt.models import kinds
 
 #: numeric precision an artifact's graph computes in
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -70,12 +71,6 @@ class ArtifactMetadata(BaseModel):
             raise ValueError("a non-empty name")
         return value
 
-    def require_known_kind(self, *, source: str) -> None:
-        """Artifacts for inference and export hold a registered model (training's toy tasks do not)."""
-        if self.kind not in kinds():
-            raise ArtifactError(f"{source}: damaged liverrt metadata, field {FIELD_NAMES_KIND}: got {self.kind!r}, "
-                                f"expected one of {kinds()}.")
-
     @field_validator("threshold")
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -86,6 +81,27 @@ class ArtifactMetadata(BaseModel):
     @property
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(**self.preprocess.model_dump())
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    path: Path
+    format: str  # "checkpoint" | "onnx" | "tensorrt"
+    kind: str  # model kind: "unet", ...
+    model_name: str
+    model_config: dict
+    spec: PreprocessSpec
+    threshold: float = 0.5
+    precision: str = "fp32"
+    metrics: dict = field(default_factory=dict)
+    input_shape: tuple[int | str, ...] | None = None
+
+    @classmethod
+    def from_metadata(cls, path: Path, fmt: str, meta: ArtifactMetadata) -> ArtifactInfo:
+        return cls(path=Path(path), format=fmt, kind=meta.kind, model_name=meta.name, model_config=dict(meta.config),
+                   spec=meta.spec, threshold=float(meta.threshold), precision=meta.precision,
+                   metrics=dict(meta.metrics), input_shape=meta.input_shape)
+
 
 
 #: where each field lives in each storage format, for error messages
@@ -99,7 +115,6 @@ FIELD_NAMES = {
                  "threshold": "threshold", "precision": "precision", "metrics": "metrics"},
 }
 FIELD_NAMES["triton"] = {**FIELD_NAMES["onnx"], "input_shape": "input dims"}
-FIELD_NAMES_KIND = "kind"
 
 
 def _expected(error: dict) -> str:
@@ -172,9 +187,9 @@ def from_props(props: Mapping[str, str], *, source: str, fmt: str = "onnx",
 def from_checkpoint(ckpt: Mapping[str, Any], *, source: str) -> ArtifactMetadata:
     """Validate the metadata entries of a checkpoint dict (what ``liverrt train`` saves)."""
     raw: dict[str, Any] = {}
-    for field, key in (("kind", "kind"), ("config", "model_config"), ("preprocess", "preprocess")):
+    for name, key in (("kind", "kind"), ("config", "model_config"), ("preprocess", "preprocess")):
         if key in ckpt:
-            raw[field] = ckpt[key]
+            raw[name] = ckpt[key]
     if "kind" in ckpt:
         raw["name"] = ckpt.get("model_name", ckpt["kind"])
     config, train = ckpt.get("model_config"), ckpt.get("train_config")
@@ -227,5 +242,5 @@ def check_input_shape(meta: ArtifactMetadata, *, source: str) -> None:
                             "expected the same size: the metadata does not belong to this graph, re-export it.")
 
 
-__all__ = ["PRECISIONS", "ArtifactMetadata", "check_input_shape", "from_checkpoint", "from_props", "from_sidecar",
+__all__ = ["PRECISIONS", "ArtifactInfo", "ArtifactMetadata", "check_input_shape", "from_checkpoint", "from_props", "from_sidecar",
            "validate"]

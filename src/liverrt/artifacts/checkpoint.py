@@ -11,14 +11,12 @@ import datetime as _dt
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import liverrt
-from liverrt import metadata
+from liverrt.artifacts import metadata
 from liverrt.atomic import atomic_path
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
-from liverrt.models import from_config
 
 FORMAT = "liverrt.checkpoint"
 FORMAT_VERSION = 1
@@ -26,7 +24,7 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(
     path: Path,
-    model: nn.Module,
+    model: torch.nn.Module,
     *,
     model_name: str,
     spec: PreprocessSpec,
@@ -88,15 +86,3 @@ def read_checkpoint(path: Path, *, expect_kind: str | None = None) -> dict:
     if expect_kind is not None and meta.kind != expect_kind:
         raise ArtifactError(f"{path} holds a {meta.kind!r} model; expected a {expect_kind!r} checkpoint.")
     return ckpt
-
-
-def load_model(path: Path, *, expect_kind: str | None = None) -> tuple[nn.Module, PreprocessSpec, dict]:
-    """Rebuild the model in eval mode; returns ``(model, spec, checkpoint dict)``."""
-    ckpt = read_checkpoint(path, expect_kind=expect_kind)
-    model = from_config(ckpt["kind"], ckpt["model_config"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not match the stored model config: {str(exc)[:200]}") from exc
-    model.eval()
-    return model, PreprocessSpec.from_dict(ckpt["preprocess"]), ckpt

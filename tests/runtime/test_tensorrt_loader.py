@@ -8,10 +8,10 @@ import time
 import onnx
 import pytest
 
-from liverrt.artifact import sha256_file
 from liverrt.atomic import MARKER
 from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
-from liverrt.export.tensorrt import (
+from liverrt.hashing import sha256_file
+from liverrt.runtime.tensorrt_loader import (
     SIDECAR_FORMAT,
     EngineCache,
     EngineKey,
