@@ -140,3 +140,18 @@ def test_the_task_is_checked_at_load(tiny_checkpoint, tmp_path):
 def test_a_folder_given_as_a_model_says_so(tmp_path):
     with pytest.raises(Exception, match="is a folder; expected a model file"):
         artifact_info(tmp_path)
+
+
+def test_the_split_manifest_is_checked_when_opened(tmp_path):
+    from liverrt.artifacts import SplitArtifact
+
+    rpn = tmp_path / "mr.onnx"
+    assert SplitArtifact(rpn).paths == {"rpn": rpn, "box": tmp_path / "mr.box.onnx", "mask": tmp_path / "mr.mask.onnx"}
+    assert SplitArtifact.open(rpn, meta={"liverrt.format": "liverrt.onnx/1"}) is None  # a one-graph export
+    for manifest in ("{not json", '{"parts": {}}', '{"parts": {"box": 1}, "sha256": {}}', '[1]'):
+        with pytest.raises(ArtifactError, match=r"mr\.onnx: damaged liverrt metadata, field liverrt\.split"):
+            SplitArtifact.open(rpn, meta={"liverrt.split": manifest})
+    (tmp_path / "mr.box.onnx").write_bytes(b"box")
+    manifest = json.dumps({"parts": {"box": "mr.box.onnx", "mask": "mr.mask.onnx"}, "sha256": {"box": "0" * 64}})
+    with pytest.raises(ArtifactError, match=r"mr\.box\.onnx is not the box graph exported with .*sha256 differs"):
+        SplitArtifact.open(rpn, meta={"liverrt.split": manifest})

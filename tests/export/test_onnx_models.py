@@ -10,11 +10,11 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume
 
-from liverrt.artifacts import artifact_info
+from liverrt.artifacts import SplitArtifact, artifact_info
 from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError
-from liverrt.export.onnx import export_onnx, split_paths
+from liverrt.export.onnx import export_onnx
 from liverrt.models.dncnn_sr import DnCNNSR
 from liverrt.runtime import open_engine
 from liverrt.runtime.segmenter import Segmenter
@@ -79,7 +79,7 @@ def test_dncnn_sr_int8_keeps_dynamic_size_and_follows_fp32(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_split_maskrcnn_export_writes_three_linked_graphs(maskrcnn_onnx):
-    paths = split_paths(maskrcnn_onnx.path)
+    paths = SplitArtifact(maskrcnn_onnx.path).paths
     assert all(p.is_file() for p in paths.values())
     meta = {p.key: p.value for p in onnx.load(str(paths["rpn"]), load_external_data=False).metadata_props}
     split = json.loads(meta["liverrt.split"])
@@ -110,7 +110,7 @@ def test_split_maskrcnn_through_the_engine_equals_torch(maskrcnn_onnx, maskrcnn_
 def test_a_tampered_or_missing_split_graph_is_refused(maskrcnn_onnx, tmp_path):
     import shutil
 
-    paths = split_paths(maskrcnn_onnx.path)
+    paths = SplitArtifact(maskrcnn_onnx.path).paths
     copies = {k: tmp_path / p.name for k, p in paths.items()}
     for k in paths:
         shutil.copy(paths[k], copies[k])
@@ -132,7 +132,7 @@ def test_split_maskrcnn_precision_variants_run_and_are_gated(maskrcnn_ckpt, tmp_
     result = run_export(maskrcnn_ckpt, tmp_path / "mr.onnx", precision=precision, verify_volumes=vols,
                         calib_volumes=vols if precision == "int8" else None, calib_slices=8,
                         limits={"mean_delta_dice": 1.0, "worst_delta_dice": 1.0})
-    paths = split_paths(tmp_path / "mr.onnx")
+    paths = SplitArtifact(tmp_path / "mr.onnx").paths
     assert all(p.is_file() for p in paths.values())
     assert artifact_info(paths["rpn"]).precision == precision
     if precision == "int8":  # the backbone's ~580 activation scales get one-pass ranges by default
@@ -146,7 +146,7 @@ def test_split_maskrcnn_precision_variants_run_and_are_gated(maskrcnn_ckpt, tmp_
 @pytest.mark.slow
 def test_single_graph_maskrcnn_export_runs_on_onnxruntime(maskrcnn_ckpt, tmp_path):
     result = export_onnx(maskrcnn_ckpt, tmp_path / "one.onnx", maskrcnn_graph="single")
-    assert result.parity.passed and not split_paths(tmp_path / "one.onnx")["box"].exists()
+    assert result.parity.passed and not SplitArtifact(tmp_path / "one.onnx").paths["box"].exists()
     ops = {n.op_type for n in onnx.load(str(tmp_path / "one.onnx")).graph.node}
     assert {"TopK", "Loop"} <= ops  # data-dependent control flow: what the split export keeps out of its graphs
     vol = make_volume(shape=(3, 64, 64))

@@ -26,12 +26,12 @@ from google.protobuf import json_format, text_format
 from liverrt_test_helpers import make_volume
 from tritonclient.grpc import model_config_pb2
 
+from liverrt.artifacts import SplitArtifact
 from liverrt.atomic import MARKER
 from liverrt.cli import cli
 from liverrt.data.preprocess import to_input
 from liverrt.errors import ArtifactError
 from liverrt.export import triton_repo as triton  # staging and install live there
-from liverrt.export.onnx import split_paths
 from liverrt.export.triton import read_config, write_triton_repo
 from liverrt.hashing import sha256_file
 from liverrt.runtime import open_engine
@@ -193,7 +193,7 @@ def test_four_models_whose_configs_match_their_graphs(maskrcnn_onnx, tmp_path):
     result = write_triton_repo(maskrcnn_onnx.path, repo, name="liver", max_batch_size=8, instances=2)
     assert sorted(p.name for p in repo.iterdir() if p.name != MARKER) == ["liver", "liver_box", "liver_mask", "liver_rpn"]
     assert result.parts == ("liver_rpn", "liver_box", "liver_mask") and result.platform == "python"
-    graphs = {"rpn": maskrcnn_onnx.path, **{p: split_paths(maskrcnn_onnx.path)[p] for p in ("box", "mask")}}
+    graphs = {"rpn": maskrcnn_onnx.path, **{p: SplitArtifact(maskrcnn_onnx.path).paths[p] for p in ("box", "mask")}}
     for part, graph in graphs.items():
         folder = repo / f"liver_{part}"
         assert sorted(p.name for p in folder.iterdir() if p.name != MARKER) == ["1", "config.pbtxt"]
@@ -295,10 +295,10 @@ def test_a_config_without_liverrt_parameters_is_refused_at_load(maskrcnn_onnx, t
 def test_a_missing_or_foreign_graph_writes_nothing(maskrcnn_onnx, tmp_path):
     copy = tmp_path / "src"
     copy.mkdir()
-    for p in split_paths(maskrcnn_onnx.path).values():
+    for p in SplitArtifact(maskrcnn_onnx.path).paths.values():
         (copy / p.name).write_bytes(p.read_bytes())
     main = copy / maskrcnn_onnx.path.name
-    box = copy / split_paths(maskrcnn_onnx.path)["box"].name
+    box = copy / SplitArtifact(maskrcnn_onnx.path).paths["box"].name
     box.write_bytes(box.read_bytes() + b"\0")
     with pytest.raises(ArtifactError, match="sha256 differs"):
         write_triton_repo(main, tmp_path / "repo")

@@ -17,6 +17,10 @@ from liverrt.artifacts.plan import plan_info
 from liverrt.errors import ArtifactError, InputError
 
 ONNX_FORMAT = "liverrt.onnx/1"
+#: metadata keys of a split Mask R-CNN export (:mod:`liverrt.artifacts.split`): the manifest on its
+#: rpn graph, and each of its graphs' part
+SPLIT_KEY = "liverrt.split"
+PART_KEY = "liverrt.part"
 
 
 def _load_onnx_header(path: Path):
@@ -66,7 +70,7 @@ def artifact_info(path: Path) -> ArtifactInfo:
                 f"expected an ONNX file written by `liverrt export` ({ONNX_FORMAT})."
             )
         meta = metadata.from_props(props, source=str(path), input_shape=_input_shape(model))
-        if not {"liverrt.split", "liverrt.part"} & set(props):  # split Mask R-CNN graphs: padded image, features
+        if not {SPLIT_KEY, PART_KEY} & set(props):  # split Mask R-CNN graphs: padded image, features
             metadata.check_input_shape(meta, source=str(path))
         return ArtifactInfo.from_metadata(path, "onnx", meta)
     ckpt = read_checkpoint(path)

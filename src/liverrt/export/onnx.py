@@ -16,6 +16,8 @@ import torch
 
 import liverrt
 from liverrt.artifacts import ONNX_FORMAT
+from liverrt.artifacts.info import PART_KEY, SPLIT_KEY
+from liverrt.artifacts.split import HEADS, SplitArtifact
 from liverrt.atomic import atomic_path
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
@@ -222,30 +224,21 @@ def _image_parity(wrapper: torch.nn.Module, path: Path, inputs, *, atol: float) 
                         max_dice_delta_allowed=0.0, passed=finite and max_abs <= atol)
 
 
-def split_paths(out: Path) -> dict[str, Path]:
-    """The three files of a split Mask R-CNN export named by its main file ``out``."""
-    out = Path(out)
-    stem = out.name[: -len(".onnx")]
-    return {"rpn": out, "box": out.with_name(f"{stem}.box.onnx"), "mask": out.with_name(f"{stem}.mask.onnx")}
-
-
 def _export_maskrcnn(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int, atol: float,
                      max_dice_delta: float, t0: float) -> OnnxExport:
     import contextlib as _cl
 
     from liverrt.export.maskrcnn_split import export_parts
 
-    paths = split_paths(out)
+    artifact = SplitArtifact(out)
+    paths = artifact.paths
     with _cl.ExitStack() as stack:
         tmps = {part: stack.enter_context(atomic_path(p, suffix=".onnx", protect=(checkpoint,)))
                 for part, p in paths.items()}
         export_parts(model, {k: str(v) for k, v in tmps.items()}, opset)
-        for part in ("box", "mask"):
-            _finish(tmps[part], {**meta, "liverrt.part": part})
-        split = {"parts": {part: paths[part].name for part in ("box", "mask")},
-                 "sha256": {part: sha256_file(tmps[part]) for part in ("box", "mask")},
-                 "runtime": "liverrt.runtime.maskrcnn_split"}
-        _finish(tmps["rpn"], {**meta, "liverrt.part": "rpn", "liverrt.split": json.dumps(split, sort_keys=True)})
+        for part in HEADS:
+            _finish(tmps[part], {**meta, PART_KEY: part})
+        _finish(tmps["rpn"], {**meta, PART_KEY: "rpn", SPLIT_KEY: artifact.manifest(tmps)})
         seconds = time.perf_counter() - t0
         report = _maskrcnn_parity(model, tmps, inputs, atol=atol, max_dice_delta=max_dice_delta,
                                   threshold=float(meta["liverrt.threshold"]))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from liverrt.artifacts.metadata import PRECISIONS
+from liverrt.artifacts.split import SplitArtifact
 from liverrt.atomic import check_outputs, writes_outputs
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
@@ -49,14 +50,16 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def _size(path: Path) -> int:
-    from liverrt.export.onnx import split_paths
+def _files(artifact: Path) -> list[Path]:
+    """The files of an ONNX artifact: itself, and for a split Mask R-CNN its two siblings."""
+    return list(SplitArtifact(artifact).paths.values()) if Path(artifact).suffix == ".onnx" else [Path(artifact)]
 
+
+def _size(path: Path) -> int:
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    parts = split_paths(path) if path.suffix == ".onnx" else {"main": path}
-    return sum(p.stat().st_size for p in parts.values() if p.is_file())
+    return sum(p.stat().st_size for p in _files(path) if p.is_file())
 
 
 @writes_outputs("liverrt export")
@@ -102,7 +105,7 @@ def _run_export(
     tensorrt, else ``onnxruntime``) decides whether Relu outputs may use zero point -128 (faster on
     onnxruntime, refused by TensorRT)."""
     from liverrt.artifacts import artifact_info
-    from liverrt.export.onnx import export_onnx, split_paths
+    from liverrt.export.onnx import export_onnx
 
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r}: expected one of {FORMATS}.")
@@ -133,7 +136,7 @@ def _run_export(
     fp32_path = out if fmt == "onnx" and precision == "fp32" else work / f"{stem}.fp32.onnx"
     targets = [fp32_path] + ([out if fmt == "onnx" else work / f"{stem}.{precision}.onnx"]
                              if precision != "fp32" else [])
-    existing = [str(p) for t in targets for p in split_paths(t).values() if p.exists()]
+    existing = [str(p) for t in targets for p in _files(t) if p.exists()]
     if existing and not overwrite:
         raise InputError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
                          "another --out.")
@@ -190,15 +193,13 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
 
     info = artifact_info(fp32_path)
     t0 = time.perf_counter()
-    if info.kind == "maskrcnn":
+    split = SplitArtifact.open(fp32_path)
+    if split is not None:
         # the backbone/FPN/RPN graph holds nearly all the arithmetic: it gets the precision; the RoI heads,
         # fed by RoIAlign on runtime-made boxes, stay fp32 (their calibration would need the runtime's RoIs)
-        parts = _maskrcnn_parts(fp32_path, target)
-        src_rpn, target = parts
-    else:
-        src_rpn = fp32_path
+        SplitArtifact(target).copy_heads_from(split)
     if precision == "fp16":
-        prec.to_fp16(src_rpn, target)
+        prec.to_fp16(fp32_path, target)
     else:
         if calib_volumes is None:
             from liverrt.export.gate import default_volumes
@@ -210,55 +211,18 @@ def _convert(checkpoint, fp32_path: Path, target: Path, precision: str, calib_vo
             source = f"{len(calib_volumes)} cases: " + ", ".join(v.case_id for v in calib_volumes[:8])
         slices = prec.calibration_slices(calib_volumes, info.spec, n=calib_slices)
         method = calib_method or default_calib_method(info.kind)
-        prec.to_int8(src_rpn, target, slices, calibration_source=source, method=method, progress=progress,
+        prec.to_int8(fp32_path, target, slices, calibration_source=source, method=method, progress=progress,
                      target=int8_target)
-    if info.kind == "maskrcnn":
-        _relink_split(target)
+    if split is not None:  # the rpn graph names its own (copied) heads
+        SplitArtifact(target).relink(heads_precision="fp32")
     result.rows.append(ExportRow("onnx", precision, target, _size(target), time.perf_counter() - t0))
     return target
-
-
-def _maskrcnn_parts(fp32_path: Path, target: Path) -> tuple[Path, Path]:
-    """Copy the fp32 RoI-head graphs beside ``target``; returns (fp32 rpn graph, target rpn graph)."""
-    from liverrt.atomic import atomic_path
-    from liverrt.export.onnx import split_paths
-
-    src, dst = split_paths(fp32_path), split_paths(target)
-    for part in ("box", "mask"):
-        with atomic_path(dst[part], suffix=".onnx", protect=(src[part],)) as tmp:
-            tmp.write_bytes(src[part].read_bytes())
-    return src["rpn"], dst["rpn"]
-
-
-def _relink_split(rpn: Path) -> None:
-    """Point a converted rpn graph's ``liverrt.split`` at its own siblings (names and sha256)."""
-    import json
-
-    import onnx
-
-    from liverrt.atomic import atomic_path
-    from liverrt.export.onnx import split_paths
-    from liverrt.hashing import sha256_file
-
-    paths = split_paths(rpn)
-    model = onnx.load(str(rpn))
-    meta = {p.key: p.value for p in model.metadata_props}
-    split = json.loads(meta["liverrt.split"])
-    split["parts"] = {part: paths[part].name for part in ("box", "mask")}
-    split["sha256"] = {part: sha256_file(paths[part]) for part in ("box", "mask")}
-    split["heads_precision"] = "fp32"
-    meta["liverrt.split"] = json.dumps(split, sort_keys=True)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    with atomic_path(rpn, suffix=".onnx") as tmp:
-        onnx.save(model, str(tmp))
 
 
 def _gate(checkpoint, artifact: Path, volumes, result: ExportResult, limits: dict | None, *,
           engine: str = "onnxruntime", extra_files: tuple[Path, ...] = ()) -> None:
     """Run the verification gate; on failure delete what this export wrote for ``artifact``."""
     from liverrt.export.gate import verify_artifact
-    from liverrt.export.onnx import split_paths
 
     artifact = Path(artifact)
     report = verify_artifact(checkpoint, artifact, volumes, limits=limits, engine=engine)
@@ -267,8 +231,7 @@ def _gate(checkpoint, artifact: Path, volumes, result: ExportResult, limits: dic
     row = next(r for r in result.rows if r.path == artifact)
     row.verify = ("PASSED: " if report.passed else "FAILED: ") + report.summary()
     if not report.passed:
-        files = list(split_paths(artifact).values()) if artifact.suffix == ".onnx" else [artifact]
-        for p in [*files, *extra_files]:
+        for p in [*_files(artifact), *extra_files]:
             p.unlink(missing_ok=True)
         raise ExportError(f"verification failed for {artifact} ({'; '.join(report.failures)}); the artifact was "
                           f"removed, the report is in {md_path}.")

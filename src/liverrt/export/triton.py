@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 from liverrt.artifacts import onnx_metadata
+from liverrt.artifacts.info import SPLIT_KEY
 from liverrt.atomic import writes_outputs
 from liverrt.errors import InputError
 from liverrt.export.triton_maskrcnn import write_maskrcnn_models
@@ -109,7 +110,7 @@ def write_triton_repo(
         name = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip(".") or "model"
 
     first = onnx_metadata(artifact) if backend == "onnxruntime" else {}
-    split = "liverrt.split" in first
+    split = SPLIT_KEY in first
     if split:  # a split Mask R-CNN: four models, written below
         inputs, outputs, meta, batch_cap = [], [], {}, None
     elif backend == "onnxruntime":

@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 
 import liverrt
+from liverrt.artifacts import SplitArtifact
+from liverrt.artifacts.info import PART_KEY, SPLIT_KEY  # noqa: F401
 from liverrt.export.triton_repo import (
     PYTHON_PLATFORM,
     ModelFiles,
@@ -36,9 +38,7 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
 
     Options are checked by the caller (:func:`liverrt.export.triton.write_triton_repo`).
     """
-    from liverrt.runtime.onnxruntime_engine import split_parts
-
-    paths = split_parts(artifact)  # the box and mask graphs beside it, checked against their sha256
+    paths = SplitArtifact.open(artifact).paths  # the box and mask graphs beside it, checked against their sha256
     models, parts = [], {}
     params = {}
     for part, path in paths.items():
@@ -46,7 +46,7 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
         inputs, outputs, meta = read_graph(path, batched=batched)
         model_name = f"{name}_{part}"
         parts[part] = {"model": model_name, "inputs": [t.name for t in inputs], "outputs": [t.name for t in outputs]}
-        meta = {key: v for key, v in meta.items() if key != "liverrt.split"}
+        meta = {key: v for key, v in meta.items() if key != SPLIT_KEY}
         if part == "rpn":
             params = dict(meta)
         text = config_text(model_name, "onnxruntime", max_batch_size if batched else 0, inputs, outputs,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverrt.artifacts import SplitArtifact
 from liverrt.errors import ArtifactError, BackendUnavailableError
 from liverrt.models import graph_outputs
 from liverrt.runtime.base import Engine
@@ -52,11 +53,11 @@ class OnnxRuntimeEngine(Engine):
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
         self._split = None
-        split = split_parts(self.path)
+        split = SplitArtifact.open(self.path)  # its box and mask graphs, checked against their sha256
         if split is not None:
             from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 
-            run = ort_split_runner(split, self.providers, opts)
+            run = ort_split_runner(split.paths, self.providers, opts)
             # empty RoI inputs were checked on the CPU provider only; elsewhere empty FPN levels get a placeholder
             cpu_only = set(self.providers) <= {"CPUExecutionProvider"}
             self._split = SplitMaskRCNN(self.info.model_config, run, empty_levels=cpu_only)  # per_level: run.inputs
@@ -108,30 +109,6 @@ def single_maskrcnn_predict(session, batch: np.ndarray, config: dict) -> dict[st
         dets.append({k: torch.from_numpy(np.asarray(values[k])) for k in ("boxes", "scores", "masks")})
     out = instances_to_outputs(dets, batch.shape[-2:], config["score_threshold"], config["max_instances"])
     return {k: v.numpy() for k, v in out.items()}
-
-
-def split_parts(path: Path) -> dict[str, Path] | None:
-    """The three graph files of a split Mask R-CNN export (checked against their recorded sha256), or None."""
-    import json
-
-    from liverrt.artifacts import onnx_metadata
-    from liverrt.hashing import sha256_file
-
-    meta = onnx_metadata(path)
-    if "liverrt.split" not in meta:
-        return None
-    split = json.loads(meta["liverrt.split"])
-    paths = {"rpn": Path(path)}
-    for part, name in split["parts"].items():
-        p = Path(path).with_name(name)
-        if not p.is_file():
-            raise ArtifactError(f"{path} is a split Mask R-CNN export; its {part} graph {p} is missing "
-                                "(keep the three .onnx files together).")
-        if sha256_file(p) != split["sha256"][part]:
-            raise ArtifactError(f"{p} is not the {part} graph exported with {path} (sha256 differs); "
-                                "re-export the model.")
-        paths[part] = p
-    return paths
 
 
 def ort_split_runner(paths: dict[str, Path], providers: Sequence[str], options=None):

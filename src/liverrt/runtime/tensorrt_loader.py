@@ -34,6 +34,7 @@ import liverrt
 from liverrt.artifacts import artifact_info
 from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.artifacts.plan import SIDECAR_FORMAT, plan_info, read_sidecar, sidecar_path  # noqa: F401 (API)
+from liverrt.artifacts.split import SplitArtifact
 from liverrt.atomic import atomic_path, overwrite_allowed
 from liverrt.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
 from liverrt.hashing import sha256_file
@@ -171,7 +172,7 @@ def check_single_graph(onnx_path: Path) -> None:
     from liverrt.artifacts import onnx_metadata
 
     meta = onnx_metadata(onnx_path)
-    if "liverrt.split" in meta or "liverrt.part" in meta:
+    if SplitArtifact.is_split(meta):
         raise InputError(f"{onnx_path} is (part of) a split Mask R-CNN export: three graphs with NMS and mask "
                          "pasting between them, which one TensorRT plan cannot hold. Run it with --engine "
                          "onnxruntime (providers CUDA or TensorRT EP on a GPU); TensorRT plans are built for the "
