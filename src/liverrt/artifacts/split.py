@@ -30,14 +30,21 @@ RUNTIME = "liverrt.runtime.maskrcnn_split"
 
 @dataclass(frozen=True)
 class SplitArtifact:
-    """A split Mask R-CNN export named by its rpn graph ``rpn`` (``<stem>.onnx``)."""
+    """A split Mask R-CNN export named by its rpn graph ``rpn`` (``<stem>.onnx``).
+
+    ``heads``: the RoI-head files its manifest names (set by :meth:`open`, which checked them); a new
+    artifact being written names them ``<stem>.box.onnx`` and ``<stem>.mask.onnx``.
+    """
 
     rpn: Path
+    heads: tuple[tuple[str, Path], ...] = ()
 
     @property
     def paths(self) -> dict[str, Path]:
-        """``{"rpn", "box", "mask"}`` -> file: ``<stem>.onnx``, ``<stem>.box.onnx``, ``<stem>.mask.onnx``."""
+        """``{"rpn", "box", "mask"}`` -> file."""
         rpn = Path(self.rpn)
+        if self.heads:
+            return {"rpn": rpn, **dict(self.heads)}
         stem = rpn.name[: -len(".onnx")] if rpn.name.lower().endswith(".onnx") else rpn.stem
         return {"rpn": rpn, **{part: rpn.with_name(f"{stem}.{part}.onnx") for part in HEADS}}
 
@@ -63,9 +70,8 @@ class SplitArtifact:
         try:
             split = json.loads(meta[SPLIT_KEY])
             names, hashes = split["parts"], split["sha256"]
-            artifact = cls(Path(path))
-            for part in HEADS:
-                p = Path(path).with_name(names[part])
+            heads = {part: Path(path).with_name(names[part]) for part in HEADS}
+            for part, p in heads.items():
                 if not p.is_file():
                     raise ArtifactError(f"{path} is a split Mask R-CNN export; its {part} graph {p} is missing "
                                         "(keep the three .onnx files together).")
@@ -75,7 +81,7 @@ class SplitArtifact:
         except (ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{path}: damaged liverrt metadata, field {SPLIT_KEY}: {exc!r:.80}; expected the "
                                 "manifest `liverrt export` writes; re-export the model.") from None
-        return artifact
+        return cls(Path(path), tuple(heads.items()))
 
     def copy_heads_from(self, source: SplitArtifact) -> None:
         """Copy ``source``'s RoI-head graphs beside this rpn graph (a precision variant keeps fp32 heads)."""

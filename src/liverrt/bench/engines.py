@@ -32,16 +32,13 @@ import numpy as np
 
 from liverrt.bench.timing import time_call
 from liverrt.machine import machine_info
+from liverrt.models import model_class
 
 log = logging.getLogger(__name__)
 
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-#: model kind -> the name the report gives it
-TITLES = {"unet": "U-Net", "maskrcnn": "Mask R-CNN", "dncnn_sr": "DnCNN-SR"}
 
 
 def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Path]:
@@ -99,9 +96,9 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
         variants.append(("onnxruntime", "int8", work / f"{stem}.int8.onnx"))
     except Exception as exc:
         skipped.append({"variant": "onnxruntime int8", "reason": str(exc)[:200]})
-    if info.kind == "maskrcnn":
-        skipped.append({"variant": "tensorrt", "reason": "the split Mask R-CNN has no TensorRT plan (NMS and mask "
-                        "pasting run between its graphs); on a GPU use onnxruntime's CUDA or TensorRT provider"})
+    no_plan = model_class(info.kind).unsupported_formats.get("tensorrt")
+    if no_plan:
+        skipped.append({"variant": "tensorrt", "reason": no_plan})
         return variants, skipped
     try:
         from liverrt.runtime.tensorrt_loader import current_machine
@@ -140,6 +137,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
         ckpt, onnx_path = _prepare_model(work, 512, model)
         export_s = time.perf_counter() - t0
         info = artifact_info(ckpt)
+        described = model_class(info.kind)
         size = info.spec.size
         data = _slices(size, max(batch_sizes))
         volume = synth_case(1, PhantomConfig(size=max(64, min(size, 512)), slices=max(batch_sizes)))
@@ -158,7 +156,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                     n_rep = repeats.get(bs, max(3, 24 // bs))
                     times = time_call(lambda b=batch: engine.infer(b), warmup=2, repeats=n_rep)
                     vol = volume if bs > 1 else _first_slices(volume, 1)
-                    if info.kind == "dncnn_sr":  # an image out: preprocess + network
+                    if described.task == "denoising":  # an image out: preprocess + network
                         def whole(v=vol, e=engine, b=bs):
                             x, _ = to_input(v.image, v.intensity, info.spec)
                             for i in range(0, x.shape[0], b):
@@ -179,7 +177,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                     on_step(f"verification gate {engine_name} {precision}")
                 rep = verify_artifact(ckpt, path, default_volumes(size, cases=2), engine=engine_name)
                 gate = {"engine": engine_name, "precision": precision, "passed": rep.passed}
-                if info.kind == "dncnn_sr":
+                if described.gate == "psnr":
                     gate.update(mean_psnr_db=rep.mean["psnr_db"], worst_psnr_db=rep.worst["psnr_db"])
                 else:
                     gate.update(mean_delta_dice=rep.mean["delta_dice"], worst_delta_dice=rep.worst["delta_dice"],
@@ -234,9 +232,10 @@ def _first_slices(volume, n: int):
 
 def markdown_report(results: dict) -> str:
     m = results["machine"]
-    kind = results.get("kind", "unet")
+    described = model_class(results.get("kind", "unet"))
+    title = described.title
     lines = [
-        f"## {TITLES.get(kind, kind)} engines",
+        f"## {title} engines",
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
@@ -268,16 +267,16 @@ def markdown_report(results: dict) -> str:
                      + (f", {len(cal['float_tensors'])} tensors left float" if cal.get("float_tensors") else "")
                      + (f" (calibration ΔDice {cal['calib_delta_dice']:.2e})"
                         if cal.get("calib_delta_dice") is not None else ""))
-    if kind == "dncnn_sr":
-        lines.append("- end to end for DnCNN-SR: preprocess + network (its output is an image)")
-    if kind == "maskrcnn":
-        lines.append("- Mask R-CNN: 'network' is the three graphs plus the NumPy/Numba steps between them (proposals, "
+    if described.task == "denoising":
+        lines.append(f"- end to end for {title}: preprocess + network (its output is an image)")
+    if described.split_export:
+        lines.append(f"- {title}: 'network' is the three graphs plus the NumPy/Numba steps between them (proposals, "
                      "NMS, mask pasting); fp16/int8 convert the backbone + FPN + RPN graph, the RoI heads stay fp32")
     if results.get("gates"):
         random = "random weights" in results["model"]
         lines += ["", "Verification gate against torch (2 phantom cases" + ("; on a random-weight model its numbers "
                   "say little about a trained one" if random else "") + "):", ""]
-        if kind == "dncnn_sr":
+        if described.gate == "psnr":
             lines += ["| engine | precision | mean PSNR vs PyTorch (dB) | worst slice (dB) | gate |",
                       "|---|---|---|---|---|"]
             lines += [f"| {g['engine']} | {g['precision']} | {g['mean_psnr_db']:.1f} | {g['worst_psnr_db']:.1f} | "

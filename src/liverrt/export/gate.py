@@ -29,8 +29,9 @@ differ by float noise only, and a barely trained network (p ≈ 0.5 everywhere)
 would otherwise fail on noise. fp16 and int8 get no band: their boundary
 shifts are what the gate is for.
 
-DnCNN-SR artifacts are compared as images: the mean PSNR of the artifact's
-output against the reference output must reach 60 / 45 / 35 dB.
+A model whose class is gated by ``psnr`` (DnCNN-SR) is compared as images:
+the mean PSNR of the artifact's output against the reference output must
+reach 60 / 45 / 35 dB.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
+from liverrt.models import model_class
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,13 @@ class VerifyReport:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def gated_by(self) -> str:
+        """``masks`` or ``psnr``: how the model's class says its artifacts are compared."""
+        return model_class(self.kind).gate
+
     def summary(self) -> str:
-        if self.kind == "dncnn_sr":
+        if self.gated_by == "psnr":
             return f"{self.slices} slices, mean PSNR vs PyTorch {self.mean.get('psnr_db', float('nan')):.1f} dB"
         return (f"{self.cases} cases, {self.slices} slices: mean ΔDice {self.mean['delta_dice']:.2e}, worst "
                 f"{self.worst['delta_dice']:.2e}; mean ΔBoundary IoU {self.mean['delta_boundary_iou']:.2e}")
@@ -96,7 +103,7 @@ class VerifyReport:
         lines = [f"# Verification: {status}", "",
                  f"`{self.artifact}` ({self.precision}, engine {self.engine}) against `{self.reference}` "
                  f"(PyTorch) on {self.cases} cases, {self.slices} slices.", ""]
-        if self.kind == "dncnn_sr":
+        if self.gated_by == "psnr":
             lines += [f"mean PSNR of the artifact's output vs PyTorch's: {self.mean['psnr_db']:.2f} dB "
                       f"(limit {self.limits['min_psnr_db']} dB); worst slice {self.worst['psnr_db']:.2f} dB"]
         else:
@@ -158,7 +165,7 @@ def verify_artifact(reference: Path, artifact: Path, volumes: list[Volume] | Non
     report = VerifyReport(str(artifact), str(reference), engine, precision, info.kind, len(volumes),
                           sum(v.shape[0] for v in volumes), lim)
     with ref_engine, art_engine:
-        if info.kind == "dncnn_sr":
+        if report.gated_by == "psnr":
             _compare_images(ref_engine, art_engine, volumes, report, batch_size)
         else:
             _compare_masks(ref_engine, art_engine, volumes, report, batch_size, worst)
@@ -223,11 +230,12 @@ def _compare_images(ref_engine, art_engine, volumes, report: VerifyReport, batch
 
     psnrs, finite = [], True
     spec = ref_engine.info.spec
+    (output,) = model_class(report.kind).output_names  # the image
     for vol in volumes:
         for start in range(0, vol.shape[0], batch_size):
             x, _ = to_input(vol.image[start:start + batch_size], vol.intensity, spec)
-            a = ref_engine.infer(x)["restored"].astype(np.float64)
-            b = art_engine.infer(x)["restored"].astype(np.float64)
+            a = ref_engine.infer(x)[output].astype(np.float64)
+            b = art_engine.infer(x)[output].astype(np.float64)
             finite = finite and bool(np.isfinite(b).all())
             mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
             psnrs += [100.0 if e == 0 else 10 * np.log10(1.0 / e) for e in mse]

@@ -23,8 +23,7 @@ from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
 from liverrt.export.verify import ParityReport, parity_check, sample_inputs
 from liverrt.hashing import sha256_file
-from liverrt.models import load_model
-from liverrt.models.maskrcnn import LiverMaskRCNN
+from liverrt.models import kinds, load_model, model_class
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +31,6 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18
 INPUT_NAME = "image"
 EXPORTERS = ("dynamo", "torchscript")
-
-
-class _Probabilities(torch.nn.Module):
-    """The graph we export: (N, 1, S, S) float32 in [0, 1] -> sigmoid probabilities."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(image))
 
 
 @dataclass(frozen=True)
@@ -92,25 +80,28 @@ def export_onnx(
 ) -> OnnxExport:
     """Export a checkpoint to ONNX (dynamic batch axis) and check it against PyTorch.
 
-    By model kind:
+    The model's class says what is exported (:class:`liverrt.models.LiverrtModel`):
 
-    * ``unet``: ``image`` (N, 1, S, S) float32 -> ``prob`` (N, 1, S, S).
-    * ``dncnn_sr``: ``image`` -> ``image`` (N, 1, scale*S, scale*S) in [0, 1].
-    * ``maskrcnn``: the split export (:mod:`liverrt.export.maskrcnn_split`):
+    * one graph, ``image`` (N, 1, S, S) float32 -> its one output, traced from
+      ``model.onnx_wrapper()``: the U-Net's ``prob`` (N, 1, S, S), DnCNN-SR's
+      ``restored`` (N, 1, scale*S, scale*S) in [0, 1] (``dynamic_spatial``: any
+      H and W);
+    * ``split_export`` (the Mask R-CNN): the split export (:mod:`liverrt.export.maskrcnn_split`):
       ``out`` holds the backbone/FPN/RPN graph and names its two siblings
       ``<stem>.box.onnx`` and ``<stem>.mask.onnx`` (``liverrt.split``
       metadata, with their sha256); the runtime runs proposals, NMS and mask
       pasting between them. The exporter is always the TorchScript-based one.
       ``maskrcnn_graph="single"`` exports the whole torchvision model as one
-      graph instead (batch 1, NMS inside; onnxruntime only, run image by image).
+      graph instead (``onnx_wrapper()``: batch 1, NMS inside; onnxruntime only, run image by image).
 
     PreprocessSpec, model info and validation metrics go into ``metadata_props``.
     Before anything is kept, PyTorch and onnxruntime run the same preprocessed
     slices (from ``verify_volumes`` or, without them, phantom slices); the
     export fails with :class:`ExportError`, and nothing is written, if outputs
-    differ by more than ``atol`` or thresholded masks' Dice by more than
-    ``max_dice_delta`` (Mask R-CNN: the union mask only, its boxes pass
-    through NMS, where float noise may reorder near-equal scores).
+    differ by more than ``atol`` or, for a model gated by masks, thresholded
+    masks' Dice by more than ``max_dice_delta`` (Mask R-CNN: the union mask
+    only, its boxes pass through NMS, where float noise may reorder near-equal
+    scores).
     """
     if opset < MIN_OPSET:
         raise InputError(f"opset {opset} is too old; expected >= {MIN_OPSET}.")
@@ -121,29 +112,31 @@ def export_onnx(
         raise InputError(f"Output {out} should end in .onnx.")
     model, spec, ckpt = load_model(checkpoint)
     kind = ckpt["kind"]
-    if kind not in EXPORTABLE:
-        raise InputError(f"Model kind {kind!r} cannot be exported to ONNX; expected one of {sorted(EXPORTABLE)}.")
+    described = model_class(kind)
+    if not described.onnx_exportable:
+        exportable = [k for k in kinds() if model_class(k).onnx_exportable]
+        raise InputError(f"Model kind {kind!r} cannot be exported to ONNX; expected one of {exportable}.")
     inputs = sample_inputs(spec, verify_volumes, samples=samples)
     meta = _metadata(ckpt, spec, model, Path(checkpoint))
     t0 = time.perf_counter()
-    if kind == "maskrcnn":
+    if described.split_export:
         if maskrcnn_graph not in ("split", "single"):
             raise InputError(f"maskrcnn_graph {maskrcnn_graph!r}: expected 'split' or 'single'.")
         if maskrcnn_graph == "single":
             return _export_maskrcnn_single(model, Path(checkpoint), out, meta, inputs, opset, max_dice_delta, t0)
         return _export_maskrcnn(model, Path(checkpoint), out, meta, inputs, opset, atol, max_dice_delta, t0)
-    wrapper = (_Probabilities(model) if kind == "unet" else _Image(model)).eval()
-    output = "prob" if kind == "unet" else "restored"
+    wrapper = model.onnx_wrapper().eval()
+    (output,) = described.graph_output_names
     with atomic_path(out, suffix=".onnx", protect=(Path(checkpoint),)) as tmp:
         _export_graph(wrapper, torch.from_numpy(inputs[:2]), tmp, opset, exporter, output=output,
-                      spatial=kind == "dncnn_sr", divisor=getattr(model, "input_divisor", 1))
+                      spatial=described.dynamic_spatial, divisor=getattr(model, "input_divisor", 1))
         _finish(tmp, meta)
         seconds = time.perf_counter() - t0
-        if kind == "unet":
+        if described.gate == "masks":
             report = parity_check(model, tmp, inputs, threshold=float(meta["liverrt.threshold"]), atol=atol,
                                   max_dice_delta=max_dice_delta)
-        else:
-            report = _image_parity(wrapper, tmp, inputs, atol=atol)
+        else:  # an image out: outputs within atol, no masks to compare
+            report = _image_parity(wrapper, tmp, inputs, atol=atol, output=output)
         if not report.passed:
             raise ExportError(
                 f"ONNX parity check failed: {report.summary()}; expected max |Δ{output}| <= {atol} and "
@@ -151,28 +144,6 @@ def export_onnx(
             )
     log.info("exported %s in %.1fs (%s)", out, seconds, report.summary())
     return OnnxExport(out, opset, exporter, seconds, out.stat().st_size, report)
-
-
-#: model kinds with an ONNX export
-EXPORTABLE = {"unet", "dncnn_sr", "maskrcnn"}
-
-_OUTPUTS = {
-    "unet": {"prob": "sigmoid liver probability, (N, 1, S, S) float32"},
-    "dncnn_sr": {"restored": "restored slice in [0, 1], (N, 1, scale*S, scale*S) float32"},
-    "maskrcnn": {"prob": "max over kept instances of the mask probability, (N, 1, S, S) float32 (after the split "
-                         "runtime)", "scores": "(N, K)", "boxes": "(N, K, 4) x1 y1 x2 y2"},
-}
-
-
-class _Image(torch.nn.Module):
-    """DnCNN-SR graph: (N, 1, S, S) in [0, 1] -> the restored image, clamped to [0, 1]."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image).clamp(0.0, 1.0)
 
 
 def _metadata(ckpt: dict, spec, model, checkpoint: Path) -> dict[str, str]:
@@ -189,7 +160,7 @@ def _metadata(ckpt: dict, spec, model, checkpoint: Path) -> dict[str, str]:
         "liverrt.preprocess": spec.to_json(),
         "liverrt.threshold": str(float(threshold)),
         "liverrt.precision": "fp32",
-        "liverrt.outputs": json.dumps(_OUTPUTS[kind]),
+        "liverrt.outputs": json.dumps(dict(model.output_descriptions)),
         "liverrt.metrics": json.dumps(json_safe(ckpt.get("metrics", {})), sort_keys=True),
         "liverrt.checkpoint_sha256": sha256_file(checkpoint),
     }
@@ -208,14 +179,14 @@ def _finish(path: Path, meta: dict[str, str]) -> None:
     onnx.save(graph, str(path))
 
 
-def _image_parity(wrapper: torch.nn.Module, path: Path, inputs, *, atol: float) -> ParityReport:
+def _image_parity(wrapper: torch.nn.Module, path: Path, inputs, *, atol: float, output: str) -> ParityReport:
     import numpy as np
     import onnxruntime as ort
 
     with torch.no_grad():
         ref = wrapper(torch.from_numpy(inputs)).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (cand,) = sess.run(["restored"], {sess.get_inputs()[0].name: inputs})
+    (cand,) = sess.run([output], {sess.get_inputs()[0].name: inputs})
     diff = np.abs(ref.astype(np.float64) - cand)
     finite = bool(np.isfinite(cand).all())
     max_abs = float(diff.max()) if finite else float("inf")
@@ -265,32 +236,18 @@ def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_
     return compare_outputs(ref, cand, threshold=threshold, atol=float("inf"), max_dice_delta=max_dice_delta)
 
 
-class _SingleImage(torch.nn.Module):
-    """The whole torchvision Mask R-CNN for one image: (1, 1, S, S) -> boxes, scores, labels, masks."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        det = self.model.net(list(self.model.normalize(image)))[0]
-        return det["boxes"], det["scores"], det["labels"], det["masks"]
-
-
-SINGLE_OUTPUTS = LiverMaskRCNN.graph_output_names
-
-
 def _export_maskrcnn_single(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int,
                             max_dice_delta: float, t0: float) -> OnnxExport:
     from liverrt.export.verify import compare_outputs
 
-    wrapper = _SingleImage(model.eval()).eval()
+    wrapper = model.eval().onnx_wrapper().eval()
+    outputs = list(model.graph_output_names)
     with atomic_path(out, suffix=".onnx", protect=(checkpoint,)) as tmp:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapper, (torch.from_numpy(inputs[:1]),), str(tmp), input_names=[INPUT_NAME],
-                              output_names=list(SINGLE_OUTPUTS), opset_version=opset, dynamo=False,
-                              dynamic_axes={n: {0: "detections"} for n in SINGLE_OUTPUTS})
+                              output_names=outputs, opset_version=opset, dynamo=False,
+                              dynamic_axes={n: {0: "detections"} for n in outputs})
         _finish(tmp, {**meta, "liverrt.graph": "single"})
         seconds = time.perf_counter() - t0
         import onnxruntime as ort

@@ -1,7 +1,10 @@
-"""Model builders, registered by name.
+"""The networks, registered once each with their builders.
 
 ``build(name, **kwargs)`` constructs a registered model; ``from_config`` rebuilds
-one from the config stored in a checkpoint.
+one from the config stored in a checkpoint; ``model_class(kind)`` is the class
+that describes a kind (:class:`~liverrt.models.base.LiverrtModel`): its task,
+outputs, export wrapper, formats and gate. Adding a model is one module and one
+line of ``_REGISTRY``.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from torch import nn
 from liverrt.artifacts.checkpoint import read_checkpoint
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
+from liverrt.models.base import GATES, LiverrtModel
 from liverrt.models.dncnn_sr import DnCNNSR, dncnn_sr
 from liverrt.models.maskrcnn import LiverMaskRCNN, maskrcnn_r101_fpn
 from liverrt.models.unet import UNet, unet_paper
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "unet_paper": unet_paper,
-    "maskrcnn_r101_fpn": maskrcnn_r101_fpn,
-    "dncnn_sr": dncnn_sr,
-}
+#: every network, one line each: its class (which describes it, see LiverrtModel) and its named builders
+_REGISTRY: tuple[tuple[type[LiverrtModel], dict[str, Callable[..., nn.Module]]], ...] = (
+    (UNet, {"unet_paper": unet_paper}),
+    (LiverMaskRCNN, {"maskrcnn_r101_fpn": maskrcnn_r101_fpn}),
+    (DnCNNSR, {"dncnn_sr": dncnn_sr}),
+)
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {name: b for _, builders in _REGISTRY for name, b in builders.items()}
 #: model kind (what a checkpoint says it holds) -> class that rebuilds it from its config
-_KINDS: dict[str, type[nn.Module]] = {"unet": UNet, "maskrcnn": LiverMaskRCNN, "dncnn_sr": DnCNNSR}
+_KINDS: dict[str, type[LiverrtModel]] = {cls.kind: cls for cls, _ in _REGISTRY}
 
 
 def names() -> list[str]:
@@ -40,18 +46,22 @@ TASKS = {"segmentation": "a liver segmentation model (U-Net or Mask R-CNN)",
          "denoising": "a DnCNN-SR denoising model"}
 
 
-def task_of(kind: str) -> str:
-    """``segmentation`` or ``denoising``: what a model of ``kind`` is used for (its class says so)."""
+def model_class(kind: str) -> type[LiverrtModel]:
+    """The class of a ``kind`` model: what export, the gate, the bench and the engines ask instead of the kind."""
     try:
-        return _KINDS[kind].task
+        return _KINDS[kind]
     except KeyError:
         raise ArtifactError(f"Model kind {kind!r} is unknown; expected one of {kinds()}.") from None
 
 
+def task_of(kind: str) -> str:
+    """``segmentation`` or ``denoising``: what a model of ``kind`` is used for (its class says so)."""
+    return model_class(kind).task
+
+
 def graph_outputs(kind: str) -> tuple[str, ...]:
     """Output names of a one-graph ONNX export of a ``kind`` model (what its class declares)."""
-    cls = _KINDS[kind]
-    return tuple(getattr(cls, "graph_output_names", getattr(cls, "output_names", ())))
+    return tuple(model_class(kind).graph_output_names)
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -94,5 +104,6 @@ def load_model(path: Path, *, expect_kind: str | None = None) -> tuple[nn.Module
     return model, PreprocessSpec.from_dict(ckpt["preprocess"]), ckpt
 
 
-__all__ = ["DnCNNSR", "LiverMaskRCNN", "dncnn_sr", "UNet", "maskrcnn_r101_fpn", "build", "from_config", "graph_outputs", "kinds", "load_model", "names", "task_of", "TASKS",
+__all__ = ["GATES", "TASKS", "DnCNNSR", "LiverMaskRCNN", "LiverrtModel", "UNet", "build", "dncnn_sr", "from_config",
+           "graph_outputs", "kinds", "load_model", "maskrcnn_r101_fpn", "model_class", "names", "task_of",
            "unet_paper"]

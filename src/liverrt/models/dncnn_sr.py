@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from liverrt.errors import InputError
+from liverrt.models.base import LiverrtModel
 
 DEFAULT_DILATIONS = (1, 2, 4, 8, 4, 2, 1)
 SCALES = (1, 2)
@@ -72,7 +73,7 @@ class _UpBNReLU(nn.Sequential):
         )
 
 
-class DnCNNSR(nn.Module):
+class DnCNNSR(LiverrtModel):
     """Residual denoiser (``scale=1``) or denoiser + 2x super-resolution (``scale=2``).
 
     Input ``(N, 1, H, W)`` float32 in [0, 1], ``H`` and ``W`` divisible by
@@ -82,9 +83,12 @@ class DnCNNSR(nn.Module):
     """
 
     kind = "dncnn_sr"
+    title = "DnCNN-SR"
     task = "denoising"  # what its artifacts can be used for (see liverrt.models.task_of)
-    onnx_exportable = True
-    output_names = ("restored",)
+    gate = "psnr"  # an image out: compared with PyTorch's by PSNR, not as masks
+    output_names = graph_output_names = ("restored",)
+    output_descriptions = {"restored": "restored slice in [0, 1], (N, 1, scale*S, scale*S) float32"}
+    dynamic_spatial = True  # fully convolutional: the graph takes any H, W divisible by 2**depth
 
     def __init__(
         self,
@@ -169,6 +173,20 @@ class DnCNNSR(nn.Module):
         """``{"restored": (N, 1, scale*H, scale*W)}`` float32 clamped to [0, 1] (the ONNX output name: an
         ONNX graph cannot name its input and output alike)."""
         return {"restored": self.forward(x).clamp(0.0, 1.0)}
+
+    def onnx_wrapper(self) -> nn.Module:
+        return _Image(self)
+
+
+class _Image(nn.Module):
+    """DnCNN-SR graph: (N, 1, S, S) in [0, 1] -> the restored image, clamped to [0, 1]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image).clamp(0.0, 1.0)
 
 
 def dncnn_sr(

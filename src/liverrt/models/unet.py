@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from liverrt.models.base import LiverrtModel
+
 #: Dropout after the first conv of each level, encoder levels 1-5 then decoder
 #: levels 4-1, as in the Keras U-Net the study's Table 4 describes.
 PAPER_DROPOUT = (0.1, 0.1, 0.2, 0.2, 0.3, 0.2, 0.2, 0.1, 0.1)
@@ -31,16 +33,18 @@ class DoubleConv(nn.Sequential):
         )
 
 
-class UNet(nn.Module):
+class UNet(LiverrtModel):
     """U-Net for ``(N, in_channels, H, W)`` float32 input, ``H`` and ``W`` divisible by 16.
 
     Returns ``(N, out_channels, H, W)`` logits.
     """
 
     kind = "unet"
+    title = "U-Net"
     task = "segmentation"  # what its artifacts can be used for (see liverrt.models.task_of)
-    onnx_exportable = True
-    output_names = ("prob",)
+    gate = "masks"
+    output_names = graph_output_names = ("prob",)
+    output_descriptions = {"prob": "sigmoid liver probability, (N, 1, S, S) float32"}
 
     def __init__(
         self,
@@ -109,6 +113,20 @@ class UNet(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Probabilities ``{"prob": (N, out_channels, H, W)}`` in [0, 1]."""
         return {"prob": torch.sigmoid(self.forward(x))}
+
+    def onnx_wrapper(self) -> nn.Module:
+        return _Probabilities(self)
+
+
+class _Probabilities(nn.Module):
+    """The graph we export: (N, 1, S, S) float32 in [0, 1] -> sigmoid probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(image))
 
 
 def unet_paper(

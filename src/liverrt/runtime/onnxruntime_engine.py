@@ -17,7 +17,7 @@ import numpy as np
 
 from liverrt.artifacts import SplitArtifact
 from liverrt.errors import ArtifactError, BackendUnavailableError
-from liverrt.models import graph_outputs
+from liverrt.models import graph_outputs, model_class
 from liverrt.runtime.base import Engine
 
 
@@ -64,7 +64,8 @@ class OnnxRuntimeEngine(Engine):
             self._session = self._split
             return
         self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
-        self._single = self.info.kind == "maskrcnn"  # the one-graph Mask R-CNN export: batch 1, NMS inside
+        # one graph of a model whose export is normally split (the Mask R-CNN): its detections, NMS inside, batch 1
+        self._single = model_class(self.info.kind).split_export
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         expected = graph_outputs(self.info.kind)
