@@ -18,7 +18,6 @@ from liverrt.atomic import (
     overwrite_allowed,
     refuse_output_in_input,
     refuse_overwriting_inputs,
-    remove_output,
     write_text_atomic,
     writing_as,
 )
@@ -133,16 +132,8 @@ def test_inputs_are_refused_even_with_overwrite(tmp_path):
     assert (tmp_path / "case" / "image.nii.gz").read_bytes() == b"ct"
 
 
-def test_remove_output_only_removes_liverrts(tmp_path):
-    _case(tmp_path / "c1")
-    remove_output(tmp_path / "c1")
-    assert not (tmp_path / "c1").exists()
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "x").write_text("x")
-    with pytest.raises(InputError):
-        remove_output(tmp_path / "mine")
-    assert (tmp_path / "mine" / "x").exists()
-    check_replaceable(tmp_path / "absent")  # nothing there: nothing to refuse
+def test_nothing_there_is_nothing_to_refuse(tmp_path):
+    check_replaceable(tmp_path / "absent")
 
 
 @pytest.mark.parametrize(("code", "exit_code", "words"), [

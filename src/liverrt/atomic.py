@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
+from liverrt import __version__
 from liverrt.errors import InputError, LiverrtError
 
 #: the hidden list of what liverrt wrote in a folder
@@ -155,8 +156,6 @@ def _mismatch(entry: dict, path: Path, name: str) -> str | None:
 
 
 def _write_marker(folder: Path, files: dict[str, dict]) -> None:
-    from liverrt import __version__
-
     payload = {"written_by": "liverrt", "marker_version": _MARKER_VERSION, "liverrt_version": __version__,
                "note": "files liverrt wrote here; it replaces only these (see `--overwrite`)",
                "files": dict(sorted(files.items()))}
@@ -450,18 +449,6 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
     finally:
         if old is not None:
             _remove_tree(old)
-
-
-def remove_output(path: Path) -> None:
-    """Delete ``path`` if it exists and liverrt wrote it (else refuse, as for replacing it)."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        return
-    check_replaceable(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def write_bytes_atomic(data: bytes, path: Path, *, protect: Iterable[Path] = ()) -> Path:
