@@ -469,7 +469,7 @@ def series_spacing(folder: Path) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
-class _Geometry:
+class SeriesGeometry:
     """How the name-ordered slices become an LPS volume.
 
     ``order``: indices into the name-ordered slices, ascending along the slice
@@ -486,7 +486,7 @@ class _Geometry:
     slice_flipped: bool
 
 
-def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> _Geometry:
+def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> SeriesGeometry:
     names = [p.name for p, _ in slices]
     first_path, first = slices[0]
     iop, normal, positions, ipp = _slice_positions(slices)
@@ -561,7 +561,7 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
     out = [0.0, 0.0, 0.0]
     for axis in range(3):
         out[int(transform[axis, 0])] = native_spacing[axis]
-    return _Geometry(
+    return SeriesGeometry(
         order=order,
         transform=transform,
         affine=affine,
@@ -571,7 +571,7 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
     )
 
 
-def _to_lps(stack: np.ndarray, geometry: _Geometry) -> np.ndarray:
+def _to_lps(stack: np.ndarray, geometry: SeriesGeometry) -> np.ndarray:
     """A ``(k, r, c)`` stack in geometric order -> the ``(D, H, W)`` LPS array."""
     lps = nib.orientations.apply_orientation(stack.transpose(2, 1, 0), geometry.transform)
     return np.ascontiguousarray(lps.transpose(2, 1, 0))
@@ -611,14 +611,17 @@ def _hu_stack(slices: list[tuple[Path, object]], order: np.ndarray, shape: tuple
 
 
 @dataclass(frozen=True)
-class _Series:
+class SeriesData:
+    """A read series: its volume, the geometry that ordered it, and its files (DICOM SEG references them)."""
+
     volume: Volume
-    geometry: _Geometry
+    geometry: SeriesGeometry
     files: list[Path]  # name-ordered image files the geometry indexes
     slice_shape: tuple[int, int]  # (Rows, Columns) as stored
 
 
-def _read_series(folder: Path, case_id: str | None, warnings: list[str]) -> _Series:
+def read_series(folder: Path, case_id: str | None, warnings: list[str]) -> SeriesData:
+    """Read the one CT series in ``folder`` (see the module docstring); warnings are appended to ``warnings``."""
     folder = Path(folder)
     scan = _scan_folder(folder, with_pixels=True, warnings=warnings)
     slices = scan.images
@@ -656,7 +659,7 @@ def _read_series(folder: Path, case_id: str | None, warnings: list[str]) -> _Ser
         case_id=case_id or folder.name,
         source=str(folder),
     )
-    return _Series(
+    return SeriesData(
         volume=volume,
         geometry=geometry,
         files=[p for p, _ in slices],
@@ -682,7 +685,7 @@ def read_dicom_series(folder: Path, *, case_id: str | None = None) -> tuple[Volu
             malformed header element, or pixels that cannot be decoded.
     """
     warnings: list[str] = []
-    series = _read_series(Path(folder), case_id, warnings)
+    series = read_series(Path(folder), case_id, warnings)
     return series.volume, warnings
 
 
@@ -708,7 +711,7 @@ def read_chaos_case(case_dir: Path) -> tuple[Volume, list[str]]:
     if not dicom_dir.is_dir():
         raise InputError(f"CHAOS case {case_dir}: no DICOM_anon folder; expected <id>/DICOM_anon/*.dcm and <id>/Ground/*.png.")
     warnings: list[str] = []
-    series = _read_series(dicom_dir, case_dir.name, warnings)
+    series = read_series(dicom_dir, case_dir.name, warnings)
     volume = series.volume
     ground = case_dir / "Ground"
     mask_files = sorted(

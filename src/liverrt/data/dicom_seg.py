@@ -23,7 +23,7 @@ import numpy as np
 
 import liverrt
 from liverrt.atomic import atomic_path
-from liverrt.data.dicom import _Geometry, _read_series
+from liverrt.data.dicom import SeriesGeometry, read_series
 from liverrt.errors import BackendUnavailableError, InputError
 
 #: SNOMED CT "Tissue" (segmented property category, CID 7150) and "Liver" (type, CID 7151).
@@ -40,7 +40,7 @@ def _highdicom():
     return highdicom
 
 
-def _from_lps(mask: np.ndarray, geometry: _Geometry) -> np.ndarray:
+def _from_lps(mask: np.ndarray, geometry: SeriesGeometry) -> np.ndarray:
     """Inverse of :func:`liverrt.data.dicom._to_lps`: a ``(D, H, W)`` LPS array -> the ``(k, r, c)`` stack.
 
     ``k`` indexes ``geometry.order`` (source instances in ascending position),
@@ -101,7 +101,7 @@ def write_dicom_seg(
     import pydicom
     from pydicom.sr.coding import Code
 
-    series = _read_series(series_folder, None, [])
+    series = read_series(series_folder, None, [])
     mask = np.asarray(mask)
     if mask.shape != series.volume.shape:
         raise InputError(
