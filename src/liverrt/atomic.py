@@ -83,6 +83,12 @@ def writing_as(name: str) -> Iterator[None]:
         _writer.reset(token)
 
 
+def start_command(command: str, *, overwrite: bool) -> None:
+    """Set the writer and the overwrite policy for the rest of a CLI command (its caller resets both after it)."""
+    _writer.set(command)
+    _overwrite.set(overwrite)
+
+
 def writes_outputs(command: str):
     """Decorate a library function that writes outputs like the CLI command ``command`` does.
 
@@ -163,7 +169,7 @@ def _write_marker(folder: Path, files: dict[str, dict]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=1)
-        _set_default_mode(Path(tmp))
+        set_default_mode(Path(tmp))
         os.replace(tmp, folder / MARKER)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -341,13 +347,10 @@ def _umask() -> int:
     return mask
 
 
-def _set_default_mode(path: Path) -> None:
+def set_default_mode(path: Path) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; give outputs the usual umask-based mode."""
     base = 0o777 if path.is_dir() else 0o666
     os.chmod(path, base & ~_umask())
-
-
-set_default_mode = _set_default_mode
 
 
 def _mkdir(folder: Path) -> None:
@@ -387,7 +390,7 @@ def atomic_path(path: Path, *, suffix: str = "", protect: Iterable[Path] = ()) -
     try:
         try:
             yield tmp
-            _set_default_mode(tmp)
+            set_default_mode(tmp)
             _commit_file(tmp, path)
         except OSError as exc:
             if not _inside(exc, tmp):
@@ -430,7 +433,7 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
                 _pending.remove(tmp)
             if not nested:
                 _seal(tmp)
-            _set_default_mode(tmp)
+            set_default_mode(tmp)
             with _locked(folder.parent):
                 if os.path.lexists(folder):
                     check_replaceable(folder)

@@ -28,3 +28,14 @@ class ExportError(LiverrtError):
 
 class BackendUnavailableError(InputError):
     """An optional backend (onnxruntime-gpu, TensorRT, CUDA) is not installed or usable here."""
+
+
+def skipped_case(case_id: str, source: object, exc: Exception) -> dict:
+    """How a batch command reports a case it left out: ``{"id", "source", "reason", "kind"}``.
+
+    ``kind`` is ``input`` for an :class:`InputError` (exit code 2), else ``runtime`` (exit code 1),
+    whose reason also names the exception type.
+    """
+    kind = "input" if isinstance(exc, InputError) else "runtime"
+    reason = str(exc) if kind == "input" else f"{type(exc).__name__}: {exc}"
+    return {"id": case_id, "source": str(source), "reason": reason, "kind": kind}

@@ -106,20 +106,13 @@ _register()
 
 def main() -> None:  # console-script entry point
     """Run the CLI; SIGTERM is handled like SIGINT (what was being written is removed, finished outputs stay)."""
-    if threading_main():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # the entry point runs in the main thread
     try:
         cli(prog_name="liverrt")
     except Terminated:
         click.echo("Error: stopped by SIGTERM; the output being written was removed, finished outputs are kept.",
                    err=True)
         sys.exit(EXIT_SIGTERM)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from liverrt.atomic import start_command
+from liverrt.errors import InputError, LiverrtError
+
 #: everything for humans goes to stderr; stdout stays for machine-readable output
 console = Console(stderr=True)
 
@@ -89,11 +92,8 @@ class LogProgress:
 
 
 def _set_overwrite(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    from liverrt.atomic import _overwrite, _writer
-
-    # both reset by LiverrtGroup.invoke when the command ends
-    _overwrite.set(bool(value))
-    _writer.set(" ".join(["liverrt", *ctx.command_path.split()[1:]]))  # the writer the outputs' markers record
+    # the writer the outputs' markers record, and --overwrite; LiverrtGroup.invoke resets both after the command
+    start_command(" ".join(["liverrt", *ctx.command_path.split()[1:]]), overwrite=bool(value))
     return value
 
 
@@ -117,8 +117,6 @@ def fail_if_skipped(skipped: list[dict], written: int, *, shown: int = 3) -> Non
     ``skipped``: ``{"id", "reason", "kind": "input" | "runtime"}`` per case left out (each was
     also logged as a warning); the error line names the first ``shown`` of them.
     """
-    from liverrt.errors import InputError, LiverrtError
-
     if not skipped:
         return
     lines = "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:shown])

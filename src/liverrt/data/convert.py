@@ -15,16 +15,19 @@ from pathlib import Path
 
 from liverrt.atomic import (
     atomic_dir,
-    check_outputs,
-    refuse_output_in_input,
-    refuse_overwriting_inputs,
     writes_outputs,
 )
 from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.phantom import window_to_uint8
-from liverrt.data.sources import DEFAULT_OPTIONS, ReadOptions, find_cases, load_case
+from liverrt.data.sources import (
+    DEFAULT_OPTIONS,
+    ReadOptions,
+    check_case_outputs,
+    find_cases,
+    load_case,
+)
 from liverrt.data.volume import Volume
-from liverrt.errors import InputError
+from liverrt.errors import InputError, skipped_case
 
 log = logging.getLogger(__name__)
 TARGETS = ("nifti", "png")
@@ -62,10 +65,7 @@ def convert(src: Path, out: Path, *, to: str, layout: str | None = None, options
         raise InputError(f"--to {to!r}: expected one of {TARGETS}.")
     refs = find_cases(src, layout=layout)
     out = Path(out)
-    refuse_output_in_input(out, [src])
-    for ref in refs:
-        refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
-    check_outputs(out / ref.case_id for ref in refs)  # before any work: only liverrt's own conversions are replaced
+    check_case_outputs(src, out, refs)  # before any work: only liverrt's own conversions are replaced
     report: dict = {"cases": [], "skipped": [], "notes": []}
     for i, ref in enumerate(refs):
         if on_case:
@@ -74,10 +74,8 @@ def convert(src: Path, out: Path, *, to: str, layout: str | None = None, options
             volume = load_case(ref, with_mask=ref.mask is not None, options=options)
             report["notes"] += write_volume(volume, out / ref.case_id, to=to)
         except Exception as exc:  # one case never stops the others; the reason is reported
-            kind = "input" if isinstance(exc, InputError) else "runtime"
-            reason = str(exc) if kind == "input" else f"{type(exc).__name__}: {exc}"
-            log.warning("skipped %s: %s", ref.image, reason)
-            report["skipped"].append({"id": ref.case_id, "reason": reason, "kind": kind})
+            report["skipped"].append(skipped := skipped_case(ref.case_id, ref.image, exc))
+            log.warning("skipped %s: %s", ref.image, skipped["reason"])
             continue
         report["cases"].append({"id": ref.case_id, "layout": ref.kind, "shape": list(volume.shape),
                                 "mask": volume.mask is not None, "instances": volume.instances is not None})

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverrt.atomic import check_outputs, refuse_output_in_input, refuse_overwriting_inputs
 from liverrt.data.io import (
     is_nifti,
     list_slice_images,
@@ -75,6 +76,18 @@ def find_cases(src: Path, *, layout: str | None = None) -> list[CaseRef]:
         raise InputError(f"No {layout} cases in {src}; expected {chosen.description} "
                          f"(`liverrt data inspect {src}` shows what was found).")
     return _checked_ids(refs)
+
+
+def check_case_outputs(src: Path, out: Path, refs: list[CaseRef], *, also: tuple[Path, ...] = ()) -> None:
+    """Before any work: ``out`` outside the input, and every ``out/<case>`` folder (and ``also``) replaceable.
+
+    A case folder may replace only one liverrt wrote with the same command (a dataset's own case of
+    the same name is refused: :mod:`liverrt.atomic`), and never one that holds its input.
+    """
+    refuse_output_in_input(out, [src, *(ref.image for ref in refs)])
+    for ref in refs:
+        refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
+    check_outputs([*(out / ref.case_id for ref in refs), *also])
 
 
 def _checked_ids(refs: list[CaseRef]) -> list[CaseRef]:

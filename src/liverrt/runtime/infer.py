@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from liverrt.atomic import (
-    check_outputs,
-    refuse_output_in_input,
-    refuse_overwriting_inputs,
     write_text_atomic,
     writes_outputs,
 )
 from liverrt.data.layouts import layout_of
-from liverrt.data.sources import find_cases, load_case
-from liverrt.errors import InputError
+from liverrt.data.sources import check_case_outputs, find_cases, load_case
+from liverrt.errors import InputError, skipped_case
 from liverrt.runtime import open_engine
 from liverrt.runtime.base import require_task
 from liverrt.runtime.outputs import FORMATS, case_summary, write_case
@@ -59,18 +56,6 @@ def _load_for_inference(ref):
         return load_case(ref, with_mask=False)
 
 
-def check_infer_outputs(src: Path, out: Path, refs) -> None:
-    """Before any work: ``out`` outside the input, and every case folder it will write replaceable.
-
-    A case folder may replace only one liverrt wrote (a dataset's own case of the same name is
-    refused: :mod:`liverrt.atomic`), and never one that holds its input.
-    """
-    refuse_output_in_input(out, [src, *(ref.image for ref in refs)])
-    for ref in refs:
-        refuse_overwriting_inputs(out / ref.case_id, (ref.image,))
-    check_outputs([*(out / ref.case_id for ref in refs), out / "summary.json"])
-
-
 @writes_outputs("liverrt infer")
 def run_inference(
     model: Path,
@@ -104,7 +89,7 @@ def run_inference(
         raise InputError(f"Output formats {bad}: expected a subset of {FORMATS}.")
     out = Path(out)
     refs = find_cases(src, layout=layout)
-    check_infer_outputs(src, out, refs)
+    check_case_outputs(src, out, refs, also=(out / "summary.json",))
     eng = open_engine(engine, model, **(engine_options or {}))
     # fail early, before any output: a damaged artifact or a model that does not segment (a DnCNN-SR)
     require_task(eng.info, "segmentation", role="--model")
@@ -134,10 +119,8 @@ def run_inference(
                 fmts = formats or (("nifti",) if volume.intensity == "hu" else ("png",))
                 write_case(volume, result, out, formats=fmts, overlays=overlays)
             except Exception as exc:  # one case never stops the others; the reason is reported
-                kind = "input" if isinstance(exc, InputError) else "runtime"
-                reason = str(exc) if kind == "input" else f"{type(exc).__name__}: {exc}"
-                log.warning("skipped %s: %s", ref.image, reason)
-                report.skipped.append({"id": ref.case_id, "source": str(ref.image), "reason": reason, "kind": kind})
+                report.skipped.append(skipped := skipped_case(ref.case_id, ref.image, exc))
+                log.warning("skipped %s: %s", ref.image, skipped["reason"])
                 continue
             report.cases.append(case_summary(volume, result))
     report.seconds = time.perf_counter() - t0
