@@ -17,9 +17,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic, writes_outputs
-from liverrt.data.preprocess import PreprocessSpec
+from liverrt.data.phantom import PhantomConfig, synth_dataset
+from liverrt.data.preprocess import PreprocessSpec, normalize
+from liverrt.data.sources import load_cases, read_mask
 from liverrt.errors import InputError
+from liverrt.evaluation import evaluate
+from liverrt.export.onnx import export_onnx
 from liverrt.machine import machine_info
+from liverrt.runtime.infer import run_inference
+from liverrt.training.unet import TrainConfig, train_unet
+from liverrt.viz import overlay, pick_slices, save_png
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +62,6 @@ Step = Callable[[str, int, int, str], None]  # (stage, done, total, info)
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, on_step: Step | None = None,
              overwrite: bool = False) -> DemoResult:
     """The whole pipeline on phantoms into ``out`` (replacing only an earlier demo's outputs unless ``overwrite``)."""
-    from liverrt.data.phantom import PhantomConfig, synth_dataset
-    from liverrt.data.sources import load_cases
-    from liverrt.evaluation import evaluate
-    from liverrt.export.onnx import export_onnx
-    from liverrt.runtime.infer import run_inference
-    from liverrt.training.unet import TrainConfig, train_unet
 
     if config.cases < config.test_cases + config.val_cases + 1:
         raise InputError(f"demo: {config.cases} cases cannot hold {config.test_cases} test + "
@@ -146,10 +147,6 @@ def _train_info(stage: str, info: dict) -> str:
 
 
 def _overlays(test, pred_dir: Path, out: Path) -> None:
-    from liverrt.data.preprocess import normalize
-    from liverrt.data.sources import read_mask
-    from liverrt.viz import overlay, pick_slices, save_png
-
     view = PreprocessSpec()
     for v in test:
         pred = read_mask(pred_dir / v.case_id / "mask.nii.gz").mask

@@ -40,8 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from liverrt.atomic import atomic_path
+from liverrt.data.dicom import series_spacing
 from liverrt.data.io import is_nifti, natural_key, nifti_spacing
 from liverrt.data.layouts import layout_of
+from liverrt.data.nifti_sets import detect_nifti_set
 from liverrt.data.sources import (
     LABELLED_CASE_KINDS,
     CaseRef,
@@ -53,7 +55,8 @@ from liverrt.data.sources import (
     single_mask,
 )
 from liverrt.errors import InputError
-from liverrt.metrics import SLICE_SCORES, VOLUME_METRICS, MetricAccumulator
+from liverrt.metrics import SLICE_SCORES, VOLUME_METRICS, MetricAccumulator, label
+from liverrt.metrics.instances import match_instances
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,6 @@ def spacing_like(ref: Path) -> Spacing:
     if is_nifti(ref):
         return nifti_spacing(ref)
     if ref.is_dir():
-        from liverrt.data.dicom import series_spacing
-
         return series_spacing(ref)
     raise InputError(f"--like {ref}: expected a NIfTI file or a DICOM series folder.")
 
@@ -97,8 +98,6 @@ def _ground_truth(gt: Path) -> dict[str, Path | CaseRef]:
     slices), never as folders of mask images, also beside mask folders in one
     root; LiTS and MSD roots are read as image/label pairs.
     """
-    from liverrt.data.nifti_sets import detect_nifti_set
-
     gt = Path(gt)
     if detect_nifti_set(gt) is not None:  # volume-N + segmentation-N, imagesTr + labelsTr: not a folder of masks
         labelled = _labelled_cases(gt)
@@ -308,9 +307,6 @@ def region_report(pred: np.ndarray, gt: np.ndarray, min_area: int) -> dict[str, 
     """Per slice of ``(D, H, W)`` masks: true and predicted region counts (8-connected, at least
     ``min_area`` px), and whether every true region of a slice with two or more is matched
     one-to-one by a predicted region with IoU >= 0.5."""
-    from liverrt.metrics import label
-    from liverrt.metrics.instances import match_instances
-
     def regions(mask: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
         labels, counts = label(mask, 8, per_slice=True)
         kept = []

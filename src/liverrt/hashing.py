@@ -16,4 +16,5 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data`` (a plan in memory, an engine-cache key's text)."""
     return hashlib.sha256(data).hexdigest()

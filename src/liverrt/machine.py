@@ -7,6 +7,8 @@ import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+import torch
+
 
 def cpu_model() -> str:
     try:
@@ -27,8 +29,6 @@ def usable_cores() -> int:
 
 
 def machine_info() -> dict:
-    import torch
-
     def v(pkg: str) -> str | None:
         try:
             return version(pkg)

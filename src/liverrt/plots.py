@@ -14,7 +14,7 @@ def plot_training(history: list[dict], path: Path,
     Scores in [0, 1] (IoU, Dice, SSIM) share the right panel's 0..1 axis;
     anything else (PSNR in dB) gets its own scale.
     """
-    import matplotlib
+    import matplotlib  # slow to import; loaded only when a plot is drawn, not by every user of this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -29,6 +29,27 @@ def test_version_and_help():
         assert cmd in out
 
 
+def test_help_lists_each_command_by_its_own_docstring_without_importing_it():
+    """``liverrt --help`` reads COMMANDS, so that it does not import torch; the lines there must be the
+    commands' own first sentences, and every command must load."""
+    import subprocess
+    import sys
+
+    from liverrt.cli import COMMANDS, LiverrtGroup
+
+    group = cli
+    assert isinstance(group, LiverrtGroup)
+    for name, (_, short) in COMMANDS.items():
+        command = group.get_command(None, name)
+        assert command is not None and command.name == name
+        assert command.get_short_help_str(limit=10_000) == short, name
+    probe = ("import sys; from click.testing import CliRunner; from liverrt.cli import cli; "
+             "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_synth_then_eval_of_truth_against_itself(tmp_path):
     r = run("data", "synth", "--out", tmp_path / "ph", "--cases", 2, "--size", 64, "--slices", 6)
     assert r.exit_code == 0, r.output

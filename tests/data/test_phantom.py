@@ -14,7 +14,6 @@ from liverrt.data.io import list_slice_images, read_nifti
 from liverrt.data.phantom import (
     PhantomConfig,
     case_seed,
-    label_instances,
     synth_case,
     synth_dataset,
     window_to_uint8,
@@ -156,16 +155,6 @@ def test_lesions_are_inside_the_mask():
     assert darker.any()
     assert with_lesions.mask[darker].all()
     assert with_lesions.image[darker].min() < 45
-
-
-def test_label_instances_orders_by_size():
-    mask = np.zeros((1, 10, 10), dtype=bool)
-    mask[0, 0, 0] = True
-    mask[0, 5:9, 5:9] = True
-    mask[0, 2, 2] = mask[0, 3, 3] = True  # diagonal neighbours: one region under 8-connectivity
-    lab = label_instances(mask)
-    assert lab.dtype == np.uint8
-    assert lab[0, 6, 6] == 1 and lab[0, 2, 2] == lab[0, 3, 3] == 2 and lab[0, 0, 0] == 3
 
 
 # ----------------------------------------------------------------------------- CT-like content

@@ -162,7 +162,7 @@ def test_onnx_parts_run_on_onnxruntime(model, tmp_path):
 
 def test_graphs_of_the_first_version_still_run(model, tmp_path):
     """Split exports written before the per-level inputs (one ``rois`` input) give the same detections."""
-    from liverrt.runtime.onnxruntime_engine import ort_split_runner
+    from liverrt.runtime.onnxruntime_loader import ort_split_runner
 
     class Legacy(torch.nn.Module):  # the first version's head graph: every RoI on every level, kept by a mask
         def __init__(self, head, predictor, output):

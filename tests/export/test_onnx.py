@@ -13,7 +13,7 @@ from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.errors import ArtifactError, ExportError, InputError
 from liverrt.export import onnx as onnx_export
 from liverrt.export.onnx import export_onnx
-from liverrt.export.verify import compare_outputs
+from liverrt.export.parity import compare_outputs
 
 
 def test_onnx_has_dynamic_batch_opset_and_liverrt_metadata(tiny_onnx, tiny_spec):

@@ -125,13 +125,14 @@ def test_a_tampered_or_missing_split_graph_is_refused(maskrcnn_onnx, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_split_maskrcnn_precision_variants_run_and_are_gated(maskrcnn_ckpt, tmp_path, precision):
+    from liverrt.export.gate import GateLimits
     from liverrt.export.pipeline import run_export
 
     vols = [make_volume(shape=(4, 64, 64), seed=s, case_id=f"v{s}") for s in range(2)]
     # random weights: this is plumbing (a trained Mask R-CNN's int8 deltas are in benchmarks/RESULTS.md)
     result = run_export(maskrcnn_ckpt, tmp_path / "mr.onnx", precision=precision, verify_volumes=vols,
                         calib_volumes=vols if precision == "int8" else None, calib_slices=8,
-                        limits={"mean_delta_dice": 1.0, "worst_delta_dice": 1.0})
+                        limits=GateLimits(mean_delta_dice=1.0, worst_delta_dice=1.0, min_psnr_db=0.0))
     paths = SplitArtifact(tmp_path / "mr.onnx").paths
     assert all(p.is_file() for p in paths.values())
     assert artifact_info(paths["rpn"]).precision == precision

@@ -72,8 +72,8 @@ def test_every_precision_exports_verified_with_a_summary(confident, tmp_path, pr
     assert _arithmetic(tmp_path / "m.onnx") == precision  # the graph computes in it, not only its label
     report = json.loads((tmp_path / "m.onnx.verify.json").read_text())
     assert report["passed"] and report["precision"] == precision and report["slices"] == 18
-    assert report["limits"]["mean_delta_dice"] == limits.get("mean", LIMITS[precision]["mean_delta_dice"])
-    assert report["limits"]["worst_delta_dice"] == limits.get("worst", LIMITS[precision]["worst_delta_dice"])
+    assert report["limits"]["mean_delta_dice"] == limits.get("mean", LIMITS[precision].mean_delta_dice)
+    assert report["limits"]["worst_delta_dice"] == limits.get("worst", LIMITS[precision].worst_delta_dice)
     assert report["reference_liver_slices"] == 18
     if precision == "fp32":
         assert report["mean"]["delta_dice"] == 0.0  # the same arithmetic: no pixel moves on this data
@@ -89,8 +89,8 @@ def test_a_failing_gate_removes_the_artifact_and_keeps_the_report(confident, tmp
     from liverrt.export import gate
 
     ckpt, cases = confident
-    monkeypatch.setitem(gate.LIMITS, "fp32", {"mean_delta_dice": -1.0, "worst_delta_dice": -1.0,
-                                              "min_psnr_db": 0.0})  # nothing can pass
+    monkeypatch.setitem(gate.LIMITS, "fp32", gate.GateLimits(mean_delta_dice=-1.0, worst_delta_dice=-1.0,
+                                                              min_psnr_db=0.0))  # nothing can pass
     r = run("export", ckpt, "--out", tmp_path / "m.onnx", "--verify", cases)
     assert r.exit_code == 1 and "verification failed" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "m.onnx").exists()

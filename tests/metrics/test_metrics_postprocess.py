@@ -12,7 +12,7 @@ from mask_refs import largest_ref, masks, structure
 from scipy import ndimage as ndi
 
 from liverrt.errors import InputError
-from liverrt.metrics import fill_holes, label, largest_components
+from liverrt.metrics import fill_holes, label, label_by_area, largest_components
 
 _RANK = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}
 
@@ -201,3 +201,48 @@ def test_bad_connectivity(mask, conn):
 def test_bad_k(k):
     with pytest.raises(InputError, match="k:"):
         largest_components(np.zeros((4, 4), bool), k)
+
+
+# ----------------------------------------------------------------------------- label_by_area
+
+
+def flood_by_area(m: np.ndarray, conn: int) -> np.ndarray:
+    """Per slice: the flood-fill regions renumbered by decreasing size, ties in raster order."""
+    out = np.zeros(m.shape, np.int64)
+    for s in range(m.shape[0]) if m.ndim == 3 else [None]:
+        sl = m[s] if s is not None else m
+        labels, n = flood_label(sl, conn)
+        sizes = {lab: int((labels == lab).sum()) for lab in range(1, n + 1)}
+        ids = np.zeros(labels.shape, np.int64)
+        for rank, lab in enumerate(sorted(sizes, key=lambda lab: (-sizes[lab], lab)), start=1):
+            ids[labels == lab] = rank
+        if s is None:
+            return ids
+        out[s] = ids
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks(ndim=3, max_side=12), st.sampled_from([4, 8]))
+def test_label_by_area_matches_a_flood_fill(m, conn):
+    assert np.array_equal(label_by_area(m, conn), flood_by_area(m, conn))
+
+
+@pytest.mark.parametrize(("name", "m"), _edge_cases(), ids=[c[0] for c in _edge_cases()])
+def test_label_by_area_edge_cases(name, m):
+    ids = label_by_area(m)
+    assert ids.dtype == np.uint8 and ids.shape == m.shape
+    assert np.array_equal(ids, flood_by_area(m, 8)), name
+
+
+def test_label_by_area_orders_by_size_and_widens_past_255_regions():
+    mask = np.zeros((1, 10, 10), dtype=bool)
+    mask[0, 0, 0] = True
+    mask[0, 5:9, 5:9] = True
+    mask[0, 2, 2] = mask[0, 3, 3] = True  # diagonal neighbours: one region under 8-connectivity
+    ids = label_by_area(mask)
+    assert ids[0, 6, 6] == 1 and ids[0, 2, 2] == ids[0, 3, 3] == 2 and ids[0, 0, 0] == 3
+    dots = np.zeros((40, 40), bool)
+    dots[::2, ::2] = True  # 400 one-pixel regions
+    many = label_by_area(dots)
+    assert many.dtype == np.uint16 and many.max() == 400

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+
 from liverrt.artifacts import metadata
 from liverrt.artifacts.checkpoint import read_checkpoint
 from liverrt.artifacts.metadata import ArtifactInfo
@@ -23,23 +25,24 @@ SPLIT_KEY = "liverrt.split"
 PART_KEY = "liverrt.part"
 
 
-def _load_onnx_header(path: Path):
-    import onnx
-
+def _onnx_header(path: Path) -> tuple[dict[str, str], tuple[int | str, ...] | None]:
+    """The ``metadata_props`` and first input shape of an ONNX file (onnx parses the whole protobuf,
+    embedded weights included, to get them: read once per use, see :attr:`ArtifactInfo.props`)."""
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArtifactError(f"Cannot read {path} as ONNX ({first[:160]}); expected an .onnx file from "
                             "`liverrt export`.") from exc
+    return {p.key: p.value for p in model.metadata_props}, _input_shape(model)
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict (the graph's weights are not loaded)."""
-    return {p.key: p.value for p in _load_onnx_header(path).metadata_props}
+    """The ``metadata_props`` of an ONNX file as a dict."""
+    return _onnx_header(path)[0]
 
 
-def _input_shape(model) -> tuple[int | str, ...] | None:
+def _input_shape(model: onnx.ModelProto) -> tuple[int | str, ...] | None:
     """The first graph input's shape: sizes, or the names of dynamic axes."""
     if not model.graph.input:
         return None
@@ -62,16 +65,15 @@ def artifact_info(path: Path) -> ArtifactInfo:
     if path.suffix.lower() == ".plan":
         return plan_info(path)
     if path.suffix.lower() == ".onnx":
-        model = _load_onnx_header(path)
-        props = {p.key: p.value for p in model.metadata_props}
+        props, input_shape = _onnx_header(path)
         if props.get("liverrt.format") != ONNX_FORMAT:
             raise ArtifactError(
                 f"{path} has no liverrt metadata (metadata_props 'liverrt.format' = {props.get('liverrt.format')!r}); "
                 f"expected an ONNX file written by `liverrt export` ({ONNX_FORMAT})."
             )
-        meta = metadata.from_props(props, source=str(path), input_shape=_input_shape(model))
+        meta = metadata.from_props(props, source=str(path), input_shape=input_shape)
         if not {SPLIT_KEY, PART_KEY} & set(props):  # split Mask R-CNN graphs: padded image, features
             metadata.check_input_shape(meta, source=str(path))
-        return ArtifactInfo.from_metadata(path, "onnx", meta)
+        return ArtifactInfo.from_metadata(path, "onnx", meta, props=props)
     ckpt = read_checkpoint(path)
     return ArtifactInfo.from_metadata(path, "checkpoint", metadata.from_checkpoint(ckpt, source=str(path)))

@@ -59,7 +59,7 @@ class ArtifactMetadata(BaseModel):
     preprocess: _PreprocessFields  # type: ignore[valid-type]
     # ONNX metadata and Triton parameters store numbers as text: parsed here (lax), range-checked
     threshold: Annotated[float, Field(strict=False, gt=0.0, lt=1.0)] = 0.5
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Literal[PRECISIONS] = "fp32"  # the tuple's values
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str | None] = Field(default_factory=dict)
     input_shape: tuple[int | str, ...] | None = None
@@ -95,12 +95,16 @@ class ArtifactInfo:
     precision: str = "fp32"
     metrics: dict = field(default_factory=dict)
     input_shape: tuple[int | str, ...] | None = None
+    #: an ONNX file's raw ``metadata_props`` (the split manifest among them), so that whoever opens the
+    #: artifact next does not parse the file again; empty for other formats
+    props: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_metadata(cls, path: Path, fmt: str, meta: ArtifactMetadata) -> ArtifactInfo:
+    def from_metadata(cls, path: Path, fmt: str, meta: ArtifactMetadata, *,
+                      props: Mapping[str, str] | None = None) -> ArtifactInfo:
         return cls(path=Path(path), format=fmt, kind=meta.kind, model_name=meta.name, model_config=dict(meta.config),
                    spec=meta.spec, threshold=float(meta.threshold), precision=meta.precision,
-                   metrics=dict(meta.metrics), input_shape=meta.input_shape)
+                   metrics=dict(meta.metrics), input_shape=meta.input_shape, props=dict(props or {}))
 
 
 

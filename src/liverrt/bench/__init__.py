@@ -17,6 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from liverrt.atomic import check_outputs, write_text_atomic, writes_outputs
+from liverrt.bench import metrics
+from liverrt.bench.engines import markdown_report as engines_md
+from liverrt.bench.engines import run_engines
+from liverrt.bench.metrics import to_markdown
 from liverrt.errors import InputError
 
 SECTIONS = ("engines", "metrics")
@@ -35,12 +39,8 @@ def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None
         check_outputs([Path(out) / "results.json", Path(out) / "report.md"])
     results: dict = {"quick": quick}
     if "engines" in sections:
-        from liverrt.bench.engines import run_engines
-
         results["engines"] = run_engines(quick=quick, model=model, batch_sizes=batch_sizes, on_step=on_step)
     if "metrics" in sections:
-        from liverrt.bench import metrics
-
         if on_step:
             on_step("metric kernels vs SciPy references (and Numba compile times)")
         results["metrics"] = metrics.run(quick)
@@ -54,11 +54,7 @@ def run_bench(out: Path | None = None, *, quick: bool = True, model: Path | None
 def markdown_report(results: dict) -> str:
     parts = [f"# liverrt benchmark report ({'quick' if results['quick'] else 'full'})", ""]
     if "engines" in results:
-        from liverrt.bench.engines import markdown_report as engines_md
-
         parts.append(engines_md(results["engines"]))
     if "metrics" in results:
-        from liverrt.bench.metrics import to_markdown
-
         parts += ["## Metric kernels (Numba) vs naive SciPy references", "", to_markdown(results["metrics"]), ""]
     return "\n".join(parts)

@@ -20,19 +20,35 @@ and library versions. The results are not assertions; they are reported.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from liverrt.artifacts import ArtifactInfo, artifact_info, onnx_metadata
+from liverrt.artifacts.checkpoint import save_checkpoint
+from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.bench.timing import time_call
+from liverrt.data.phantom import PhantomConfig, synth_case
+from liverrt.data.preprocess import PreprocessSpec, to_input
+from liverrt.data.volume import Volume
+from liverrt.export import precision as prec
+from liverrt.export.gate import default_volumes, verify_artifact
+from liverrt.export.onnx import export_onnx
+from liverrt.export.pipeline import default_calib_method
 from liverrt.machine import machine_info
-from liverrt.models import model_class
+from liverrt.models import build, model_class
+from liverrt.runtime import open_engine
+from liverrt.runtime.segmenter import Segmenter
+from liverrt.runtime.tensorrt_loader import current_machine
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +59,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Path]:
     """A checkpoint (given, or the paper U-Net with seeded random weights) and its verified ONNX export."""
-    import torch
 
-    from liverrt.artifacts import artifact_info
-    from liverrt.artifacts.checkpoint import save_checkpoint
-    from liverrt.data.preprocess import PreprocessSpec
-    from liverrt.export.onnx import export_onnx
-    from liverrt.models import build
 
     if model is None:
         torch.manual_seed(0)
@@ -61,9 +71,6 @@ def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Pat
 
 
 def _slices(size: int, n: int) -> np.ndarray:
-    from liverrt.data.phantom import PhantomConfig, synth_case
-    from liverrt.data.preprocess import PreprocessSpec, to_input
-
     vol = synth_case(0, PhantomConfig(size=size, slices=max(n, 8)))
     idx = np.linspace(0, vol.shape[0] - 1, n).round().astype(int)
     x, _ = to_input(vol.image[idx], vol.intensity, PreprocessSpec(size=size))
@@ -76,8 +83,6 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
 
     ``info``: the checkpoint's :class:`liverrt.artifacts.ArtifactInfo` (kind, PreprocessSpec).
     """
-    from liverrt.export import precision as prec
-    from liverrt.export.gate import default_volumes
 
     variants = [("torch", "fp32", ckpt), ("onnxruntime", "fp32", onnx_path)]
     skipped = []
@@ -101,10 +106,8 @@ def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
         skipped.append({"variant": "tensorrt", "reason": no_plan})
         return variants, skipped
     try:
-        from liverrt.runtime.tensorrt_loader import current_machine
-
         current_machine()
-        for precision in ("fp32", "fp16", "int8"):
+        for precision in PRECISIONS:
             path = onnx_path if precision == "fp32" else work / f"{stem}.{precision}.onnx"
             if precision == "int8" and path.exists():  # the onnxruntime graph's zero points -128: TensorRT refuses
                 path = prec.to_int8(onnx_path, work / f"{stem}.int8.tensorrt.onnx", calib,
@@ -120,102 +123,110 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
                 on_step: Callable[[str], None] | None = None) -> dict:
     """Measure the engines of ``model`` (default: the random-weight U-Net); returns the results dict
     (see :func:`markdown_report`)."""
-    from liverrt.artifacts import artifact_info
-    from liverrt.data.phantom import PhantomConfig, synth_case
-    from liverrt.data.preprocess import to_input
-    from liverrt.export.gate import default_volumes, verify_artifact
-    from liverrt.export.pipeline import default_calib_method
-    from liverrt.runtime import open_engine
-    from liverrt.runtime.segmenter import Segmenter
-
+    step = on_step or (lambda _: None)
     repeats = {1: 10, 8: 3} if quick else {1: 30, 8: 10}
     with tempfile.TemporaryDirectory(prefix="liverrt-bench-") as tmp:
         work = Path(tmp)
-        if on_step:
-            on_step(f"exporting {'the U-Net' if model is None else model} to ONNX")
+        step(f"exporting {'the U-Net' if model is None else model} to ONNX")
         t0 = time.perf_counter()
         ckpt, onnx_path = _prepare_model(work, 512, model)
         export_s = time.perf_counter() - t0
         info = artifact_info(ckpt)
-        described = model_class(info.kind)
-        size = info.spec.size
-        data = _slices(size, max(batch_sizes))
-        volume = synth_case(1, PhantomConfig(size=max(64, min(size, 512)), slices=max(batch_sizes)))
         # the output-aware range search takes many minutes at 512² on two cores; the quick bench of the
         # random-weight model (whose gate says little anyway) times the same graph with one-pass ranges
         int8_method = "percentile" if quick and model is None else default_calib_method(info.kind)
         variants, skipped = _variants(work, ckpt, onnx_path, info, on_step, int8_method)
         int8_calibration = _calibration_meta(work / f"{onnx_path.stem}.int8.onnx")
+        inputs = _BenchInputs.make(info, batch_sizes)
         rows, gates = [], []
         for engine_name, precision, path in variants:
             with open_engine(engine_name, path) as engine:
                 for bs in batch_sizes:
-                    if on_step:
-                        on_step(f"{engine_name} {precision} batch {bs}")
-                    batch = np.ascontiguousarray(data[:bs])
-                    n_rep = repeats.get(bs, max(3, 24 // bs))
-                    times = time_call(lambda b=batch: engine.infer(b), warmup=2, repeats=n_rep)
-                    vol = volume if bs > 1 else _first_slices(volume, 1)
-                    if described.task == "denoising":  # an image out: preprocess + network
-                        def whole(v=vol, e=engine, b=bs):
-                            x, _ = to_input(v.image, v.intensity, info.spec)
-                            for i in range(0, x.shape[0], b):
-                                e.infer(x[i:i + b])
-                    else:
-                        whole = partial(Segmenter(engine, batch_size=bs).segment, vol)
-                    e2e = time_call(whole, warmup=1, repeats=max(2, n_rep // 2))
-                    med = statistics.median(times)
-                    rows.append({
-                        "engine": engine_name, "precision": precision, "batch": bs, "repeats": len(times),
-                        "batch_ms_median": med * 1e3, "batch_ms_p95": _percentile(times, 95) * 1e3,
-                        "slice_ms_median": med * 1e3 / bs, "slice_ms_p95": _percentile(times, 95) * 1e3 / bs,
-                        "slices_per_s": bs / med,
-                        "e2e_slice_ms_median": statistics.median(e2e) * 1e3 / vol.shape[0],
-                    })
+                    step(f"{engine_name} {precision} batch {bs}")
+                    rows.append(_time_engine(engine, precision, bs, inputs, repeats.get(bs, max(3, 24 // bs))))
             if engine_name != "torch":
-                if on_step:
-                    on_step(f"verification gate {engine_name} {precision}")
-                rep = verify_artifact(ckpt, path, default_volumes(size, cases=2), engine=engine_name)
-                gate = {"engine": engine_name, "precision": precision, "passed": rep.passed}
-                if described.gate == "psnr":
-                    gate.update(mean_psnr_db=rep.mean["psnr_db"], worst_psnr_db=rep.worst["psnr_db"])
-                else:
-                    gate.update(mean_delta_dice=rep.mean["delta_dice"], worst_delta_dice=rep.worst["delta_dice"],
-                                mean_delta_boundary_iou=rep.mean["delta_boundary_iou"])
-                gates.append(gate)
-    by = {(r["engine"], r["precision"], r["batch"]): r for r in rows}
-    ratios = {
-        f"batch_{bs}": by[("torch", "fp32", bs)]["slice_ms_median"] / by[("onnxruntime", "fp32", bs)]["slice_ms_median"]
-        for bs in batch_sizes
-    }
-    int8 = {}
-    for bs in batch_sizes:
-        if ("onnxruntime", "int8", bs) in by:
-            q = by[("onnxruntime", "int8", bs)]["slice_ms_median"]
-            int8[f"batch_{bs}"] = {"int8_ms_per_slice": q,
-                                   "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)]["slice_ms_median"] / q,
-                                   "vs_torch": by[("torch", "fp32", bs)]["slice_ms_median"] / q}
+                step(f"verification gate {engine_name} {precision}")
+                gates.append(_gate_row(ckpt, path, engine_name, precision, info))
+    speedups, int8 = _ratios(rows, batch_sizes)
     return {
         "benchmark": f"{info.kind}_engines",
         "kind": info.kind,
         "model": "unet_paper (1,940,817 parameters, seeded random weights)" if model is None else str(model),
-        "input": f"(N, 1, {size}, {size}) float32, preprocessed phantom slices",
+        "input": f"(N, 1, {info.spec.size}, {info.spec.size}) float32, preprocessed phantom slices",
         "quick": quick,
         "export_seconds": export_s,
         "rows": rows,
         "gates": gates,
         "skipped": skipped,
-        "speedup_onnxruntime_over_torch": ratios,
+        "speedup_onnxruntime_over_torch": speedups,
         "int8": int8,
         "int8_calibration": int8_calibration,
         "machine": machine_info(),
     }
 
 
-def _calibration_meta(path: Path) -> dict | None:
-    import json
+@dataclass(frozen=True)
+class _BenchInputs:
+    """What every engine is timed on: preprocessed slices (network only) and a phantom volume (end to end)."""
 
-    from liverrt.artifacts import onnx_metadata
+    info: ArtifactInfo
+    slices: np.ndarray
+    volume: Volume
+
+    @classmethod
+    def make(cls, info: ArtifactInfo, batch_sizes: tuple[int, ...]) -> _BenchInputs:
+        size = info.spec.size
+        volume = synth_case(1, PhantomConfig(size=max(64, min(size, 512)), slices=max(batch_sizes)))
+        return cls(info, _slices(size, max(batch_sizes)), volume)
+
+
+def _time_engine(engine, precision: str, bs: int, inputs: _BenchInputs, n_rep: int) -> dict:
+    """One row: the network alone on a batch of ``bs`` slices, and the whole pipeline on a volume."""
+    batch = np.ascontiguousarray(inputs.slices[:bs])
+    times = time_call(lambda b=batch: engine.infer(b), warmup=2, repeats=n_rep)
+    vol = inputs.volume if bs > 1 else _first_slices(inputs.volume, 1)
+    if model_class(inputs.info.kind).task == "denoising":  # an image out: preprocess + network
+        def whole(v=vol, e=engine, b=bs):
+            x, _ = to_input(v.image, v.intensity, inputs.info.spec)
+            for i in range(0, x.shape[0], b):
+                e.infer(x[i:i + b])
+    else:
+        whole = partial(Segmenter(engine, batch_size=bs).segment, vol)
+    e2e = time_call(whole, warmup=1, repeats=max(2, n_rep // 2))
+    med, p95 = statistics.median(times), _percentile(times, 95)
+    return {"engine": engine.name, "precision": precision, "batch": bs, "repeats": len(times),
+            "batch_ms_median": med * 1e3, "batch_ms_p95": p95 * 1e3,
+            "slice_ms_median": med * 1e3 / bs, "slice_ms_p95": p95 * 1e3 / bs, "slices_per_s": bs / med,
+            "e2e_slice_ms_median": statistics.median(e2e) * 1e3 / vol.shape[0]}
+
+
+def _gate_row(ckpt: Path, path: Path, engine_name: str, precision: str, info: ArtifactInfo) -> dict:
+    """The verification gate of one variant on phantoms, as the report shows it."""
+    rep = verify_artifact(ckpt, path, default_volumes(info.spec.size, cases=2), engine=engine_name)
+    gate = {"engine": engine_name, "precision": precision, "passed": rep.passed}
+    if model_class(info.kind).gate == "psnr":
+        gate.update(mean_psnr_db=rep.mean["psnr_db"], worst_psnr_db=rep.worst["psnr_db"])
+    else:
+        gate.update(mean_delta_dice=rep.mean["delta_dice"], worst_delta_dice=rep.worst["delta_dice"],
+                    mean_delta_boundary_iou=rep.mean["delta_boundary_iou"])
+    return gate
+
+
+def _ratios(rows: list[dict], batch_sizes: tuple[int, ...]) -> tuple[dict, dict]:
+    """Per batch size: onnxruntime fp32 over torch, and int8 over both (ratios of one run's medians)."""
+    by = {(r["engine"], r["precision"], r["batch"]): r["slice_ms_median"] for r in rows}
+    speedups = {f"batch_{bs}": by[("torch", "fp32", bs)] / by[("onnxruntime", "fp32", bs)] for bs in batch_sizes}
+    int8 = {}
+    for bs in batch_sizes:
+        if ("onnxruntime", "int8", bs) in by:
+            q = by[("onnxruntime", "int8", bs)]
+            int8[f"batch_{bs}"] = {"int8_ms_per_slice": q, "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)] / q,
+                                   "vs_torch": by[("torch", "fp32", bs)] / q}
+    return speedups, int8
+
+
+def _calibration_meta(path: Path) -> dict | None:
+
 
     if not path.exists():
         return None
@@ -224,8 +235,6 @@ def _calibration_meta(path: Path) -> dict | None:
 
 
 def _first_slices(volume, n: int):
-    from dataclasses import replace
-
     return replace(volume, image=volume.image[:n], mask=None if volume.mask is None else volume.mask[:n],
                    instances=None, slice_names=volume.slice_names[:n] if volume.slice_names else volume.slice_names)
 

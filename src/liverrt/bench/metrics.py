@@ -30,10 +30,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
 
+from liverrt import metrics as M
 from liverrt.bench.timing import time_call
+from liverrt.machine import cpu_model, usable_cores
 
 SPACING_3D = (2.5, 0.78, 0.78)
 
@@ -210,9 +213,7 @@ def compile_times() -> dict[str, dict[str, float]]:
 
 
 def _hardware() -> dict[str, object]:
-    import numba
 
-    from liverrt.machine import cpu_model, usable_cores
 
     return {
         "cpu": cpu_model(),
@@ -226,16 +227,13 @@ def _hardware() -> dict[str, object]:
 
 def run(quick: bool) -> dict:
     """Run every measurement; ``quick`` shrinks the batch and volume and the repeats."""
-    import numba
-
-    from liverrt import metrics as M
-
-    n_threads = numba.config.NUMBA_NUM_THREADS
     reps = 5 if quick else 15
-    rows: list[dict] = []
-    out: dict = {"quick": quick, "hardware": _hardware(), "rows": rows}
+    rows = [*_table6_rows(reps), _slices_row(quick, reps), _surface_row(quick, reps)]
+    return {"quick": quick, "hardware": _hardware(), "rows": rows, "compile": compile_times()}
 
-    # -- one 512x512 pair, one thread
+
+def _table6_rows(reps: int) -> list[dict]:
+    """One 512² pair, one thread: the Table-6 set at once, then its five functions one by one."""
     numba.set_num_threads(1)
     p, g = make_pair((512, 512), seed=0)
     d, tau = M.band_width(p.shape), M.boundary_tolerance(p.shape)
@@ -246,15 +244,6 @@ def run(quick: bool) -> dict:
     t_all = median_ms_fast(lambda: M.table6_scores(p, g), reps, 200)
     t_ref = median_ms(lambda: reference_table6(p, g, d, tau), reps)
     t_ref_fast = median_ms(lambda: reference_table6_fast(p, g, d, tau), reps)
-    rows.append(
-        {
-            "case": "Table-6 set, one 512² pair, 1 thread (table6_scores)",
-            "liverrt_ms": t_all,
-            "reference_ms": t_ref,
-            "speedup": t_ref / t_all,
-            "note": f"SciPy fast variant {t_ref_fast:.2f} ms ({t_ref_fast / t_all:.0f}x)",
-        }
-    )
     singles = {
         "mask_iou": lambda: M.mask_iou(p, g),
         "f_measure": lambda: M.f_measure(p, g),
@@ -263,40 +252,37 @@ def run(quick: bool) -> dict:
         "boundary_f": lambda: M.boundary_f(p, g),
     }
     t_singles = {k: median_ms_fast(fn, reps, 200) for k, fn in singles.items()}
-    rows.append(
-        {
-            "case": "the five functions called one by one, 512², 1 thread",
-            "liverrt_ms": sum(t_singles.values()),
-            "reference_ms": t_ref,
-            "speedup": t_ref / sum(t_singles.values()),
-            "note": ", ".join(f"{k} {v:.3f}" for k, v in t_singles.items()),
-        }
-    )
+    return [
+        {"case": "Table-6 set, one 512² pair, 1 thread (table6_scores)", "liverrt_ms": t_all,
+         "reference_ms": t_ref, "speedup": t_ref / t_all,
+         "note": f"SciPy fast variant {t_ref_fast:.2f} ms ({t_ref_fast / t_all:.0f}x)"},
+        {"case": "the five functions called one by one, 512², 1 thread", "liverrt_ms": sum(t_singles.values()),
+         "reference_ms": t_ref, "speedup": t_ref / sum(t_singles.values()),
+         "note": ", ".join(f"{k} {v:.3f}" for k, v in t_singles.items())},
+    ]
 
-    # -- batched slices, all threads
+
+def _slices_row(quick: bool, reps: int) -> dict:
+    """Per-slice metrics of a 512² stack on all threads; the reference extrapolated from a sample of slices."""
+    n_threads = numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(n_threads)
     n_slices = 32 if quick else 200
     ps, gs = make_pair((n_slices, 512, 512), seed=1)
+    d, tau = M.band_width(ps.shape[1:]), M.boundary_tolerance(ps.shape[1:])
     nonempty = int((ps | gs).any(axis=(1, 2)).sum())
     t_batch = median_ms(lambda: M.slice_metrics(ps, gs), max(3, reps // 3))
-    sub = [k for k in range(n_slices) if (ps[k] | gs[k]).any()][
-        :: max(1, nonempty // (5 if quick else 20))
-    ]
-    t_ref_slice = median_ms(
-        lambda: [reference_table6(ps[k], gs[k], d, tau) for k in sub], 1, warmup=0
-    ) / len(sub)
-    rows.append(
-        {
-            "case": f"per-slice metrics, ({n_slices}, 512, 512) stack, {n_threads} threads",
-            "liverrt_ms": t_batch,
-            "reference_ms": t_ref_slice * nonempty,
+    sub = [k for k in range(n_slices) if (ps[k] | gs[k]).any()][:: max(1, nonempty // (5 if quick else 20))]
+    t_ref_slice = median_ms(lambda: [reference_table6(ps[k], gs[k], d, tau) for k in sub], 1, warmup=0) / len(sub)
+    return {"case": f"per-slice metrics, ({n_slices}, 512, 512) stack, {n_threads} threads",
+            "liverrt_ms": t_batch, "reference_ms": t_ref_slice * nonempty,
             "speedup": t_ref_slice * nonempty / t_batch,
             "note": f"{nonempty} non-empty slices; {t_batch / n_slices:.3f} ms/slice; reference "
-            f"extrapolated from {len(sub)} slices",
-        }
-    )
+                    f"extrapolated from {len(sub)} slices"}
 
-    # -- surface distances on a volume
+
+def _surface_row(quick: bool, reps: int) -> dict:
+    """HD95 (and ASSD, MSSD) on a volume, all threads and one; the SciPy reference timed once."""
+    n_threads = numba.config.NUMBA_NUM_THREADS
     shape3 = (64, 256, 256) if quick else (200, 512, 512)
     pv, gv = make_pair(shape3, seed=2)
     sd = M.SurfaceDistances.compute(pv, gv, SPACING_3D)
@@ -309,18 +295,10 @@ def run(quick: bool) -> dict:
     t_hd_ref = (time.perf_counter() - t0) * 1e3
     assert abs(hd_ref - sd.hd95) < 1e-9, (hd_ref, sd.hd95)
     label = "x".join(str(n) for n in shape3[::-1])
-    rows.append(
-        {
-            "case": f"hd95 (+assd, mssd) {label} volume, {n_threads} threads",
-            "liverrt_ms": t_hd,
-            "reference_ms": t_hd_ref,
-            "speedup": t_hd_ref / t_hd,
+    return {"case": f"hd95 (+assd, mssd) {label} volume, {n_threads} threads", "liverrt_ms": t_hd,
+            "reference_ms": t_hd_ref, "speedup": t_hd_ref / t_hd,
             "note": f"1 thread {t_hd1:.0f} ms; reference: full-array SciPy EDT, timed once; "
-            f"hd95 {sd.hd95:.2f} mm, spacing {SPACING_3D}",
-        }
-    )
-    out["compile"] = compile_times()
-    return out
+                    f"hd95 {sd.hd95:.2f} mm, spacing {SPACING_3D}"}
 
 
 def to_markdown(res: dict) -> str:

@@ -6,15 +6,18 @@ artifacts, 1 for runtime failures; no traceback (set LIVERRT_DEBUG=1 to see one)
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import sys
 
 import click
+from rich.logging import RichHandler
 
 from liverrt import __version__
 from liverrt.atomic import os_error, overwrite_allowed, writing_as
+from liverrt.cli.common import console
 from liverrt.errors import LiverrtError
 
 #: exit code after SIGTERM (128 + 15, as a shell reports a process ended by it)
@@ -39,8 +42,52 @@ class _CliError(click.ClickException):
         self.exit_code = exit_code
 
 
+#: every command: its name, where it lives (``module:attribute``) and the line ``liverrt --help`` shows.
+#: A command's module is imported only when that command runs (or shows its own help): the
+#: training, export and runtime commands import torch (about 2.5 s on 2 cores), and
+#: ``liverrt --help`` or ``liverrt data inspect`` should not wait for it. ``tests/cli/test_cli.py``
+#: checks that each line here is the command's own first docstring sentence.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("liverrt.cli.data:data", "Create and prepare data."),
+    "train": ("liverrt.cli.train:train", "Train a network (U-Net, Mask R-CNN or DnCNN-SR) on labelled cases."),
+    "export": ("liverrt.cli.export:export",
+               "Export a checkpoint (U-Net, DnCNN-SR, Mask R-CNN), check it against PyTorch, "
+               "and keep it only if it passes."),
+    "infer": ("liverrt.cli.infer:infer", "Segment the liver in every case of INPUT."),
+    "eval": ("liverrt.cli.evaluate:eval_cmd",
+             "Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 "
+             "per volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice; the same, "
+             "separately, on slices whose liver has two or more regions."),
+    "demo": ("liverrt.cli.demo:demo",
+             "Run the whole pipeline on built-in phantoms: synth -> train -> ONNX -> onnxruntime -> eval -> report."),
+    "bench": ("liverrt.cli.bench:bench",
+              "Measure the engines of a network (torch vs onnxruntime fp32/fp16/int8, batch 1 and 8) and "
+              "the metric kernels (vs SciPy references); prints a Markdown report and writes report.md "
+              "and results.json."),
+    "import-detectron2": ("liverrt.cli.import_d2:import_detectron2",
+                          "Convert a Detectron2 Mask R-CNN (R-50/R-101 FPN) checkpoint into a liverrt checkpoint."),
+}
+
+
 class LiverrtGroup(click.Group):
-    """A group that turns :class:`LiverrtError` (and OS errors) into clean CLI errors."""
+    """The top-level group: commands load on first use (:data:`COMMANDS`), and :class:`LiverrtError`
+    (and OS errors) become clean one-line CLI errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name][0].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`COMMANDS`, without importing every command's module."""
+        width = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(short, width)) for name, (_, short) in sorted(COMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -64,10 +111,6 @@ def _one_line(message: str) -> str:
 
 
 def _setup_logging(verbose: int) -> None:
-    from rich.logging import RichHandler
-
-    from liverrt.cli.common import console
-
     level = logging.WARNING if verbose < 0 else logging.INFO if verbose == 0 else logging.DEBUG
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for the run
         level = max(level, logging.WARNING)
@@ -86,22 +129,6 @@ def _setup_logging(verbose: int) -> None:
 def cli(verbose: int, quiet: bool) -> None:
     """liverrt: liver segmentation for abdominal CT, from training to fast, verified deployment."""
     _setup_logging(-1 if quiet else verbose)
-
-
-def _register() -> None:
-    from liverrt.cli import bench, data, demo, evaluate, export, import_d2, infer, train
-
-    cli.add_command(data.data)
-    cli.add_command(train.train)
-    cli.add_command(export.export)
-    cli.add_command(infer.infer)
-    cli.add_command(evaluate.eval_cmd)
-    cli.add_command(demo.demo)
-    cli.add_command(bench.bench)
-    cli.add_command(import_d2.import_detectron2)
-
-
-_register()
 
 
 def main() -> None:  # console-script entry point

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from liverrt.bench import SECTIONS, run_bench
 from liverrt.cli.common import console, existing_path, out_dir, overwrite_option
 
 
@@ -21,7 +22,6 @@ from liverrt.cli.common import console, existing_path, out_dir, overwrite_option
 def bench(quick: bool, out: Path, model: Path | None, only: tuple[str, ...]) -> None:
     """Measure the engines of a network (torch vs onnxruntime fp32/fp16/int8, batch 1 and 8) and the
     metric kernels (vs SciPy references); prints a Markdown report and writes report.md and results.json."""
-    from liverrt.bench import SECTIONS, run_bench
 
     run_bench(out, quick=quick, model=model, sections=tuple(only) or SECTIONS,
               on_step=lambda s: console.print(f"[dim]bench:[/] {s}"))

@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from liverrt.atomic import start_command
+from liverrt.data.sources import LAYOUTS
 from liverrt.errors import InputError, LiverrtError
 
 #: everything for humans goes to stderr; stdout stays for machine-readable output
@@ -127,8 +128,6 @@ def fail_if_skipped(skipped: list[dict], written: int, *, shown: int = 3) -> Non
 
 
 def layout_option(f):
-    from liverrt.data.sources import LAYOUTS
-
     return click.option("--layout", type=click.Choice(LAYOUTS), default=None,
                         help="Read only this layout (default: detect).")(f)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
+from liverrt.atomic import check_replaceable, refuse_overwriting_inputs, write_text_atomic
 from liverrt.cli.common import (
     any_path,
     console,
@@ -18,6 +20,11 @@ from liverrt.cli.common import (
     progress_bar,
     seed_option,
 )
+from liverrt.data.convert import convert as run_convert
+from liverrt.data.inspect import inspect_source, text_report
+from liverrt.data.phantom import PhantomConfig, synth_dataset
+from liverrt.data.sources import ReadOptions, find_cases
+from liverrt.data.splits import kfold_split
 
 
 @click.group()
@@ -38,7 +45,6 @@ def synth(out: Path, cases: int, seed: int, size: int, slices: int, no_lesions: 
 
     Phantoms exercise the pipeline; they are not a substitute for real CT.
     """
-    from liverrt.data.phantom import PhantomConfig, synth_dataset
 
     cfg = PhantomConfig(size=size, slices=slices, lesions=not no_lesions)
     with progress_bar("synthesising", cases) as update:
@@ -55,11 +61,7 @@ def synth(out: Path, cases: int, seed: int, size: int, slices: int, no_lesions: 
 @overwrite_option
 def split(src: Path, folds: int, seed: int, out_file: Path | None, layout: str | None) -> None:
     """Case-level K-fold split of the cases in SRC (slices of one case never in two folds)."""
-    import json
 
-    from liverrt.atomic import check_replaceable, refuse_overwriting_inputs, write_text_atomic
-    from liverrt.data.sources import find_cases
-    from liverrt.data.splits import kfold_split
 
     if out_file is not None:  # before any work
         refuse_overwriting_inputs(out_file, (src,))
@@ -81,10 +83,7 @@ def split(src: Path, folds: int, seed: int, out_file: Path | None, layout: str |
 @kitti_options
 def inspect(src: Path, as_json: bool, layout: str | None, label: str, unannotated: str) -> None:
     """Summarise what SRC holds: layout, slices, annotated range, geometry, two-region slices, warnings."""
-    import json
 
-    from liverrt.data.inspect import inspect_source, text_report
-    from liverrt.data.sources import ReadOptions
 
     report = inspect_source(src, layout=layout, options=ReadOptions(label=label, unannotated=unannotated))
     click.echo(json.dumps(report, indent=2) if as_json else text_report(report))
@@ -99,8 +98,6 @@ def inspect(src: Path, as_json: bool, layout: str | None, label: str, unannotate
 @overwrite_option
 def convert(src: Path, out: Path, to: str, layout: str | None, label: str, unannotated: str) -> None:
     """Convert every case of SRC (any readable layout) to NIfTI or PNG case folders."""
-    from liverrt.data.convert import convert as run_convert
-    from liverrt.data.sources import ReadOptions
     report = run_convert(src, out, to=to, layout=layout, options=ReadOptions(label=label, unannotated=unannotated),
                          on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for note in report["notes"]:

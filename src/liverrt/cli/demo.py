@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from liverrt.cli.common import console, out_dir, overwrite_option, progress_bar, seed_option
+from liverrt.demo import DemoConfig, run_demo
 from liverrt.errors import LiverrtError
 
 
@@ -18,9 +20,7 @@ from liverrt.errors import LiverrtError
 @overwrite_option
 def demo(out: Path, epochs: int | None, cases: int | None, seed: int) -> None:
     """Run the whole pipeline on built-in phantoms: synth -> train -> ONNX -> onnxruntime -> eval -> report."""
-    from dataclasses import replace
 
-    from liverrt.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(seed=seed)
     if epochs is not None:

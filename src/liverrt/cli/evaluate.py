@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
+from liverrt.atomic import check_outputs, refuse_overwriting_inputs, write_text_atomic
 from liverrt.cli.common import any_path, existing_path, overwrite_option
+from liverrt.errors import InputError
+from liverrt.evaluation import evaluate, markdown_table
 
 
 def _parse_spacing(ctx, param, value: str | None):
@@ -41,9 +44,6 @@ def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path |
     """Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 per
     volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice; the same, separately, on slices
     whose liver has two or more regions. Prints a Markdown table."""
-    from liverrt.atomic import check_outputs, refuse_overwriting_inputs, write_text_atomic
-    from liverrt.errors import InputError
-    from liverrt.evaluation import evaluate, markdown_table
 
     if spacing is not None and like is not None:
         raise click.UsageError("give --spacing or --like, not both")

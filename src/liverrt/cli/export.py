@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from liverrt.cli.common import any_path, console, existing_path, layout_option, overwrite_option
+from liverrt.artifacts import artifact_info
+from liverrt.artifacts.metadata import PRECISIONS
+from liverrt.cli.common import (
+    any_path,
+    console,
+    existing_path,
+    given,
+    layout_option,
+    overwrite_option,
+    progress_bar,
+)
+from liverrt.data.sources import load_cases
+from liverrt.export.gate import LIMITS
+from liverrt.export.pipeline import FORMATS, ExportOptions, default_calib_method, run_export
+from liverrt.export.triton import TritonOptions
+from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
 
 
 @click.command()
 @click.argument("checkpoint", type=existing_path)
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "triton"]), default="onnx", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
               help="onnx: a .onnx file; tensorrt: a plan + sidecar in a folder (needs liverrt[trt] and a GPU); "
                    "triton: a model repository.")
 @click.option("--out", type=any_path, required=True, help="The .onnx file, or the folder for tensorrt/triton.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Precision in the graph: fp16 tensors, or INT8 Q/DQ from static calibration.")
 @click.option("--calib", "calib", type=existing_path, default=None,
               help="Cases to calibrate INT8 on (a case-level calibration split, not your test cases).")
@@ -40,8 +56,9 @@ from liverrt.cli.common import any_path, console, existing_path, layout_option, 
 @click.option("--opset", type=click.IntRange(17), default=18, show_default=True)
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |Δoutput| torch vs onnxruntime.")
-@click.option("--batch", default="1:8:32", show_default=True, help="TensorRT profile MIN:OPT:MAX batch.")
-@click.option("--workspace-mb", type=click.IntRange(64), default=4096, show_default=True)
+@click.option("--batch", default=":".join(map(str, DEFAULT_BATCH)), show_default=True,
+              help="TensorRT profile MIN:OPT:MAX batch.")
+@click.option("--workspace-mb", type=click.IntRange(64), default=DEFAULT_WORKSPACE_MB, show_default=True)
 @click.option("--name", default=None, help="Triton model name (default: the checkpoint's stem).")
 @click.option("--max-batch-size", type=click.IntRange(1), default=None, help="Triton max_batch_size.")
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Triton instance count.")
@@ -65,10 +82,6 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
     worst slices); it writes verify.json and verify.md next to the artifact.
     """
-    from liverrt.artifacts import artifact_info
-    from liverrt.cli.common import given, progress_bar
-    from liverrt.data.sources import load_cases
-    from liverrt.export.pipeline import default_calib_method, run_export
 
     for options, needs in ((("batch", "workspace_mb"), "tensorrt"),
                            (("name", "max_batch_size", "instances", "kind"), "triton")):
@@ -82,18 +95,18 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
     if precision != "int8" and any(given(ctx, o) for o in ("calib", "calib_method", "calib_slices", "int8_target")):
         raise click.UsageError("--calib, --calib-method, --calib-slices and --int8-target are for --precision int8")
-    triton = {"name": name, "max_batch_size": max_batch_size, "instances": instances, "kind": kind,
-              "overwrite": overwrite}
     limits = {k: v for k, v in (("mean_delta_dice", max_mean_delta_dice), ("worst_delta_dice", max_worst_delta_dice))
               if v is not None}
+    options = ExportOptions(
+        fmt=fmt, precision=precision, opset=opset, exporter=exporter, atol=atol, verify=not no_verify,
+        limits=replace(LIMITS[precision], **limits) if limits else None, calib_slices=calib_slices,
+        calib_method=calib_method, int8_target=int8_target, maskrcnn_graph=maskrcnn_graph, batch=batch,
+        workspace_mb=workspace_mb,
+        triton=TritonOptions(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind))
     searching = precision == "int8" and (
         calib_method or default_calib_method(artifact_info(checkpoint).kind)) == "search"
     with progress_bar("INT8 range search") if searching else nullcontext() as progress:
-        result = run_export(checkpoint, out, fmt=fmt, precision=precision, opset=opset, exporter=exporter,
-                            verify_volumes=verify_volumes, verify=not no_verify, calib_volumes=calib_volumes,
-                            calib_slices=calib_slices, calib_method=calib_method, int8_target=int8_target,
-                            progress=progress, atol=atol,
-                            batch=batch, workspace_mb=workspace_mb, triton=triton, overwrite=overwrite,
-                            maskrcnn_graph=maskrcnn_graph, limits=limits)
+        result = run_export(checkpoint, out, options, verify_volumes=verify_volumes, calib_volumes=calib_volumes,
+                            progress=progress, overwrite=overwrite)
     click.echo(result.table())
     console.print(f"{fmt} export done: {result.rows[-1].path}")

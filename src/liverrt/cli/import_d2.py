@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from liverrt.cli.common import any_path, console, existing_path, overwrite_option
+from liverrt.data.preprocess import PreprocessSpec
+from liverrt.models.detectron2_import import import_detectron2 as run_import
 
 
 @click.command("import-detectron2")
@@ -25,8 +27,6 @@ from liverrt.cli.common import any_path, console, existing_path, overwrite_optio
 def import_detectron2(model_path: Path, config_path: Path | None, out: Path, trust_pickle: bool, size: int,
                       window: tuple[float, float]) -> None:
     """Convert a Detectron2 Mask R-CNN (R-50/R-101 FPN) checkpoint into a liverrt checkpoint."""
-    from liverrt.data.preprocess import PreprocessSpec
-    from liverrt.models.detectron2_import import import_detectron2 as run_import
 
     spec = PreprocessSpec(window_center=window[0], window_width=window[1], size=size, input_domain="8bit",
                           quantize_8bit=True)

@@ -11,10 +11,13 @@ from liverrt.cli.common import (
     console,
     existing_path,
     fail_if_skipped,
+    given,
     layout_option,
     out_dir,
     overwrite_option,
 )
+from liverrt.runtime.infer import run_inference
+from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
 
 
 @click.command()
@@ -28,7 +31,7 @@ from liverrt.cli.common import (
 @click.option("--device", default=None, help="torch engine: auto, cpu, cuda or cuda:N.")
 @click.option("--trt-cache", type=any_path, default=None,
               help="TensorRT engine cache folder (default $LIVERRT_TRT_CACHE or ~/.cache/liverrt/trt).")
-@click.option("--trt-batch", default="1:8:32", show_default=True, help="TensorRT profile MIN:OPT:MAX batch.")
+@click.option("--trt-batch", default=":".join(map(str, DEFAULT_BATCH)), show_default=True, help="TensorRT profile MIN:OPT:MAX batch.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture and replay CUDA graphs per batch size.")
 @click.option("--input", "src", type=existing_path, required=True,
               help="NIfTI file, slice folder, case folder or folder of cases.")
@@ -50,8 +53,6 @@ def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, d
           trt_batch: str, cuda_graph: bool, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
           overlays: int, fill_holes: bool, keep_largest: bool, denoise: Path | None, layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
-    from liverrt.cli.common import given
-    from liverrt.runtime.infer import run_inference
 
     trt = engine in ("tensorrt", "trt")
     options: dict = {}

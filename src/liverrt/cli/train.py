@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -24,7 +25,17 @@ from liverrt.cli.common import (
     progress_bar,
     seed_option,
 )
+from liverrt.data.preprocess import PreprocessSpec
+from liverrt.data.sources import ReadOptions, load_cases
 from liverrt.errors import InputError
+from liverrt.evaluation import json_safe
+from liverrt.models.maskrcnn import load_backbone_weights
+from liverrt.training.augment import AugmentConfig
+from liverrt.training.degrade import DegradeConfig
+from liverrt.training.dncnn import DnCNNTask, grid_pixel_mm
+from liverrt.training.loop import TrainConfig, fit
+from liverrt.training.maskrcnn import MaskRCNNTask
+from liverrt.training.unet import UNetTask, split_volumes, stored_split
 
 #: what a run writes into --out
 RUN_FILES = ("best.pt", "last.pt", "train_log.csv", "curves.png")
@@ -96,10 +107,6 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
 def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_options: dict | None = None,
             require_mask: bool = True):
     """Load the data, build the PreprocessSpec and TrainConfig from the shared options."""
-    from liverrt.data.preprocess import PreprocessSpec
-    from liverrt.data.sources import ReadOptions, load_cases
-    from liverrt.training.augment import AugmentConfig
-    from liverrt.training.loop import TrainConfig
 
     out: Path = kw["out"]
     refuse_output_in_input(out, [kw["data_path"]])
@@ -136,9 +143,6 @@ def _is_main() -> bool:
 
 
 def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
-    from liverrt.training.loop import fit
-    from liverrt.training.unet import split_volumes, stored_split
-
     split = stored_split(kw["out"]) if kw["resume"] else None
     train_vols, val_vols, split = split_volumes(volumes, None, cfg, split)
     if not train_vols or not val_vols:
@@ -161,7 +165,6 @@ def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
     console.print(f"best checkpoint: {result.best_checkpoint} ({task.monitor} {best.get(task.monitor, float('nan')):.4f}, "
                   f"epoch {best.get('epoch')}); {len(result.history)} epochs{note} on {result.world_size} "
                   f"process(es) in {result.seconds:.0f}s")
-    from liverrt.evaluation import json_safe
 
     click.echo(json.dumps({"best": str(result.best_checkpoint), "metrics": json_safe(best), "split": result.split,
                            "world_size": result.world_size, "stopped_early": result.stopped_early}))
@@ -173,12 +176,9 @@ def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
               help="Scale every layer's channels (1.0 = the study's 16-32-64-128-256).")
 def unet(width_scale: float | None, **kw) -> None:
     """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
-    from liverrt.training.unet import UNetTask
 
     volumes, spec, cfg = _common(kw, model="unet_paper", optimizer="adam", weight_decay=0.0)
     if width_scale is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, width_scale=width_scale)
     _run(UNetTask, volumes, spec, cfg, kw, "U-Net")
 
@@ -198,8 +198,6 @@ def unet(width_scale: float | None, **kw) -> None:
 def maskrcnn(depth: str, norm: str | None, backbone_weights: Path | None, min_instance_area: int,
              score_threshold: float, **kw) -> None:
     """Train the study's Mask R-CNN (ResNet-FPN, one instance per liver region)."""
-    from liverrt.models.maskrcnn import load_backbone_weights
-    from liverrt.training.maskrcnn import MaskRCNNTask
 
     if norm is None:
         norm = "frozen_bn" if backbone_weights else "gn"
@@ -241,8 +239,6 @@ def maskrcnn(depth: str, norm: str | None, backbone_weights: Path | None, min_in
 def dncnn_sr(scale: str, channels: int, noise: str, photons: float, n_angles: int, pixel_mm: float | None,
              image_sigma: float, blur_sigma: float, ssim_weight: float, **kw) -> None:
     """Train DnCNN-SR on pairs degraded on the fly from clean slices (labels not needed)."""
-    from liverrt.training.degrade import DegradeConfig
-    from liverrt.training.dncnn import DnCNNTask, grid_pixel_mm
 
     volumes, spec, cfg = _common(kw, model="dncnn_sr", optimizer="adam", weight_decay=0.0,
                                  model_options={"scale": int(scale), "channels": channels}, require_mask=False)

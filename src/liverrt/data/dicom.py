@@ -91,7 +91,7 @@ def _short(text: object, limit: int = 60) -> str:
 
 def _tag(keyword: str) -> str:
     """``Rows (0028,0010)``."""
-    from pydicom.datadict import tag_for_keyword
+    from pydicom.datadict import tag_for_keyword  # pydicom: slow to import, see _dcmread
 
     tag = tag_for_keyword(keyword)
     return keyword if tag is None else f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
@@ -268,7 +268,7 @@ def holds_dicom(folder: Path, probe: int = 16) -> bool:
 
 def _damage(ds: object) -> str | None:
     """Why a parsed dataset is not a whole DICOM object (pydicom stops quietly at the end of a cut file), or None."""
-    from pydicom.datadict import keyword_for_tag
+    from pydicom.datadict import keyword_for_tag  # pydicom: slow to import, see _dcmread
     from pydicom.dataelem import RawDataElement
     from pydicom.uid import UID
 
@@ -304,6 +304,7 @@ def _dcmread(path: Path, *, with_pixels: bool) -> tuple[object | None, str]:
     Files without the 128-byte preamble and ``DICM`` prefix (old exports) are
     retried with ``force=True``.
     """
+    # pydicom takes ~0.3 s to import; every data source imports this module, few read DICOM
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -487,66 +488,21 @@ class SeriesGeometry:
 
 
 def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> SeriesGeometry:
+    """Order, spacing and orientation of the name-ordered ``slices``; problems that leave a usable volume are warned."""
     names = [p.name for p, _ in slices]
     first_path, first = slices[0]
     iop, normal, positions, ipp = _slice_positions(slices)
-    first_spacing = _pixel_spacing_of(first, first_path)
-    if first_spacing is None:
-        dy = dx = 1.0
-        warnings.append(f"{folder}: no PixelSpacing in {first_path.name}; assumed 1.0 mm pixels.")
-    else:
-        dy, dx = first_spacing
-    for path, ds in slices[1:]:
-        spacing = _pixel_spacing_of(ds, path)
-        if spacing is not None and not np.allclose(spacing, [dy, dx], rtol=1e-3):
-            raise _bad(path, "PixelSpacing", spacing, f"{[dy, dx]} like {first_path.name} (one pixel size per series)")
-
-    order = np.argsort(positions, kind="stable")  # ties keep file-name order
-    keep = [int(order[0])]
-    for i in order[1:]:
-        i = int(i)
-        if abs(positions[i] - positions[keep[-1]]) < 1e-3:
-            warnings.append(
-                f"{folder}: duplicate slice position {positions[i]:.3f} mm in {names[i]} and {names[keep[-1]]}; "
-                f"kept {names[keep[-1]]}."
-            )
-            continue
-        keep.append(i)
-    order = np.asarray(keep, dtype=int)
-    pos = positions[order]
-
+    dy, dx = _series_pixel_spacing(folder, slices, warnings)
+    order = _distinct_positions(folder, names, positions, warnings)
     if len(order) == 1:
-        step = _slice_step_of(first, first_path)
-        if step is None:
-            step = 1.0
+        dz = _slice_step_of(first, first_path)
+        if dz is None:
+            dz = 1.0
             warnings.append(f"{folder}: a single slice without SliceThickness; assumed 1.0 mm.")
-        dz = step
         step = normal * dz
     else:
-        gaps = np.diff(pos)
-        median = float(np.median(gaps))
-        uneven = np.flatnonzero(np.abs(gaps - median) > GAP_TOLERANCE * median)
-        if uneven.size:
-            shown = ", ".join(
-                f"{gaps[j]:.3g} mm between {names[order[j]]} and {names[order[j + 1]]}" for j in uneven[:3]
-            )
-            more = f" and {uneven.size - 3} more" if uneven.size > 3 else ""
-            warnings.append(
-                f"{folder}: uneven slice gaps ({shown}{more}); expected {median:.3g} mm (the median). "
-                "Missing slices? The volume uses the median spacing, so positions past a gap are approximate."
-            )
-            dz = median
-        else:
-            dz = float(pos[-1] - pos[0]) / (len(order) - 1)
-        travel = ipp[order[-1]] - ipp[order[0]]
-        direction = travel / np.linalg.norm(travel)
-        tilt = float(np.degrees(np.arccos(np.clip(abs(direction @ normal), 0.0, 1.0))))
-        if tilt > TILT_TOLERANCE_DEG:
-            warnings.append(
-                f"{folder}: gantry tilt of {tilt:.2f} degrees (slice positions do not move along the slice normal); "
-                "the affine keeps the sheared geometry, distances along slices are approximate."
-            )
-        step = direction * dz / abs(direction @ normal)  # moves dz along the normal per slice
+        dz = _stack_spacing(folder, names, order, positions[order], warnings)
+        step = _slice_step(folder, ipp[order[0]], ipp[order[-1]], normal, dz, warnings)
 
     native = np.eye(4)  # voxel (c, r, k) -> RAS
     native[:3, 0] = _LPS_TO_RAS @ (iop[:3] * dx)
@@ -569,6 +525,73 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
         slice_axis_is_d=int(transform[2, 0]) == 2,
         slice_flipped=bool(transform[2, 1] < 0),
     )
+
+
+def _series_pixel_spacing(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> tuple[float, float]:
+    """``(dy, dx)``: the first slice's PixelSpacing (1 mm if absent), which every other slice must repeat."""
+    first_path, first = slices[0]
+    first_spacing = _pixel_spacing_of(first, first_path)
+    if first_spacing is None:
+        dy = dx = 1.0
+        warnings.append(f"{folder}: no PixelSpacing in {first_path.name}; assumed 1.0 mm pixels.")
+    else:
+        dy, dx = first_spacing
+    for path, ds in slices[1:]:
+        spacing = _pixel_spacing_of(ds, path)
+        if spacing is not None and not np.allclose(spacing, [dy, dx], rtol=1e-3):
+            raise _bad(path, "PixelSpacing", spacing, f"{[dy, dx]} like {first_path.name} (one pixel size per series)")
+    return dy, dx
+
+
+def _distinct_positions(folder: Path, names: list[str], positions: np.ndarray, warnings: list[str]) -> np.ndarray:
+    """Slice indices in ascending position, a duplicate position keeping its first file (warned)."""
+    order = np.argsort(positions, kind="stable")  # ties keep file-name order
+    keep = [int(order[0])]
+    for i in order[1:]:
+        i = int(i)
+        if abs(positions[i] - positions[keep[-1]]) < 1e-3:
+            warnings.append(
+                f"{folder}: duplicate slice position {positions[i]:.3f} mm in {names[i]} and {names[keep[-1]]}; "
+                f"kept {names[keep[-1]]}."
+            )
+            continue
+        keep.append(i)
+    return np.asarray(keep, dtype=int)
+
+
+def _stack_spacing(folder: Path, names: list[str], order: np.ndarray, pos: np.ndarray, warnings: list[str]) -> float:
+    """Slice spacing ``dz`` of two or more ordered slices at ``pos``: the median gap when gaps are uneven (warned)."""
+    gaps = np.diff(pos)
+    median = float(np.median(gaps))
+    uneven = np.flatnonzero(np.abs(gaps - median) > GAP_TOLERANCE * median)
+    if not uneven.size:
+        return float(pos[-1] - pos[0]) / (len(order) - 1)
+    shown = ", ".join(
+        f"{gaps[j]:.3g} mm between {names[order[j]]} and {names[order[j + 1]]}" for j in uneven[:3]
+    )
+    more = f" and {uneven.size - 3} more" if uneven.size > 3 else ""
+    warnings.append(
+        f"{folder}: uneven slice gaps ({shown}{more}); expected {median:.3g} mm (the median). "
+        "Missing slices? The volume uses the median spacing, so positions past a gap are approximate."
+    )
+    return median
+
+
+def _slice_step(folder: Path, first: np.ndarray, last: np.ndarray, normal: np.ndarray, dz: float,
+                warnings: list[str]) -> np.ndarray:
+    """LPS offset from one slice to the next, moving ``dz`` along the normal.
+
+    It follows the line from the first position to the last, so gantry tilt (warned) keeps its shear.
+    """
+    travel = last - first
+    direction = travel / np.linalg.norm(travel)
+    tilt = float(np.degrees(np.arccos(np.clip(abs(direction @ normal), 0.0, 1.0))))
+    if tilt > TILT_TOLERANCE_DEG:
+        warnings.append(
+            f"{folder}: gantry tilt of {tilt:.2f} degrees (slice positions do not move along the slice normal); "
+            "the affine keeps the sheared geometry, distances along slices are approximate."
+        )
+    return direction * dz / abs(direction @ normal)  # moves dz along the normal per slice
 
 
 def _to_lps(stack: np.ndarray, geometry: SeriesGeometry) -> np.ndarray:

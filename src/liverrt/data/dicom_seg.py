@@ -34,7 +34,7 @@ SEG_SERIES_NUMBER = 9901
 
 def _highdicom():
     try:
-        import highdicom
+        import highdicom  # optional (liverrt[dicom]); only writing a SEG needs it
     except ImportError as exc:
         raise BackendUnavailableError("DICOM SEG output needs highdicom: pip install 'liverrt[dicom]'") from exc
     return highdicom
@@ -98,9 +98,6 @@ def write_dicom_seg(
     """
     series_folder, out_path = Path(series_folder), Path(out_path)
     hd = _highdicom()
-    import pydicom
-    from pydicom.sr.coding import Code
-
     series = read_series(series_folder, None, [])
     mask = np.asarray(mask)
     if mask.shape != series.volume.shape:
@@ -111,6 +108,18 @@ def write_dicom_seg(
     order = [int(i) for i in series.geometry.order]
     sources = [series.files[i] for i in order]
     native = _from_lps(mask.astype(bool), series.geometry)  # frame k <-> sources[k]
+    source_images = _source_images(sources, series_folder)
+    description = _segment_description(hd, label, algorithm, version)
+    seg = _segmentation(hd, source_images, native, description, series_folder,
+                        label=label, algorithm=algorithm, version=version)
+    with atomic_path(out_path, suffix=".dcm", protect=tuple(series.files)) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return out_path
+
+
+def _source_images(sources: list[Path], series_folder: Path) -> list:
+    """The source instances as datasets, refused unless each has the UIDs a SEG must reference."""
+    import pydicom  # slow to import (~0.3 s): loaded only when a SEG is written, not with every reader
 
     source_images = [_clean_charset(pydicom.dcmread(p)) for p in sources]
     missing = [a for a in ("StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
@@ -120,7 +129,14 @@ def write_dicom_seg(
             f"DICOM SEG: the series in {series_folder} lacks {', '.join(missing)}; expected complete CT image "
             "objects to reference."
         )
-    description = hd.seg.SegmentDescription(
+    return source_images
+
+
+def _segment_description(hd, label: str, algorithm: str, version: str):
+    """The one segment: category Tissue, type Liver (SNOMED CT), made by ``algorithm`` automatically."""
+    from pydicom.sr.coding import Code  # slow to import, as above
+
+    return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=label,
         segmented_property_category=Code(*TISSUE_CODE),
@@ -132,12 +148,20 @@ def write_dicom_seg(
             version=version,
         ),
     )
+
+
+def _segmentation(hd, source_images: list, native: np.ndarray, description, series_folder: Path, *,
+                  label: str, algorithm: str, version: str):
+    """The SEG object: new series and SOP instance UIDs, empty frames omitted.
+
+    highdicom's refusals of the source series become :class:`InputError`.
+    """
     content_label = re.sub(r"[^A-Z0-9_]+", "_", label.upper()).strip("_")[:16] or "SEGMENTATION"  # a CS value
     try:
         with warnings.catch_warnings():
             # highdicom warns about source PatientNames such as "JANCT000"; they are copied as stored
             warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-            seg = hd.seg.Segmentation(
+            return hd.seg.Segmentation(
                 source_images=source_images,
                 pixel_array=native,
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -157,7 +181,3 @@ def write_dicom_seg(
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"DICOM SEG: highdicom refused the series in {series_folder}: {exc}") from exc
-
-    with atomic_path(out_path, suffix=".dcm", protect=tuple(series.files)) as tmp:
-        seg.save_as(tmp, enforce_file_format=True)
-    return out_path

@@ -10,6 +10,7 @@ import numpy as np
 from liverrt.data.layouts import layout_named, layout_of
 from liverrt.data.sources import DEFAULT_OPTIONS, CaseRef, ReadOptions, find_cases, load_case
 from liverrt.errors import InputError
+from liverrt.metrics import label
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ class _Collect(logging.Handler):
 
 def two_region_slices(mask: np.ndarray) -> list[int]:
     """Indices of slices whose liver has two or more 8-connected regions (the study's hard case)."""
-    from liverrt.metrics import label
-
     if mask is None or not mask.any():
         return []
     _, counts = label(mask, connectivity=8, per_slice=True)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from liverrt.data.io import (
     IMAGE_SUFFIXES,
@@ -36,6 +35,7 @@ from liverrt.data.io import (
 )
 from liverrt.data.volume import Volume, default_affine
 from liverrt.errors import InputError
+from liverrt.metrics import label_by_area
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ SEMANTIC = ("default", "semantic")
 INSTANCE = ("default", "instance")
 EXPORT_IMAGES = ("default", "image_2")
 UNANNOTATED_MODES = ("exclude", "negative")
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -268,19 +267,6 @@ def _read_png(path: Path) -> np.ndarray:
     return arr
 
 
-def components(mask: np.ndarray) -> np.ndarray:
-    """8-connected regions of a 2D bool mask numbered 1.. by decreasing area (0 background)."""
-    lab, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    out = np.zeros(mask.shape, dtype=np.uint16)
-    if n == 0:
-        return out
-    areas = np.bincount(lab.ravel())[1:]
-    order = np.argsort(-areas, kind="stable")
-    remap = np.zeros(n + 1, dtype=np.uint16)
-    remap[order + 1] = np.arange(1, n + 1, dtype=np.uint16)
-    return remap[lab]
-
-
 def _instance_slice(path: Path, mask: np.ndarray, lid: int) -> np.ndarray | None:
     """Instance ids of ``lid`` from a KITTI instance PNG; None if they do not cover ``mask`` exactly."""
     raw = _read_png(path).astype(np.int64)
@@ -317,6 +303,35 @@ def read_kitti_case(
         return _read_kitti_images(folder), []
     case = scan_kitti_case(folder)
     lid = label_id(case.label_names, label)
+    warnings = _coverage_warnings(case, unannotated)
+    files = case.images if unannotated == "negative" else [p for p in case.images if p.stem in case.masks]
+    if not files:
+        raise InputError(
+            f"KITTI case {folder}: no image has a mask in default/semantic/; expected at least one "
+            "annotated slice (or unannotated='negative')."
+        )
+    image = stack_slice_images(files)
+    labels = _read_labels(case, files, lid, image.shape)
+    warnings += labels.warnings()
+    for w in warnings:
+        log.debug("%s: %s", case.case_id, w)
+    spacing = (1.0, 1.0, 1.0)
+    volume = Volume(
+        image=image,
+        spacing=spacing,
+        affine=default_affine(spacing),
+        intensity="8bit",
+        mask=labels.mask,
+        instances=labels.instances,
+        slice_names=tuple(p.stem for p in files),
+        case_id=case.case_id,
+        source=str(folder),
+    )
+    return volume, warnings
+
+
+def _coverage_warnings(case: KittiCase, unannotated: str) -> list[str]:
+    """What the annotation covers: its range and gaps, images without a mask, masks without an image."""
     warnings: list[str] = []
     annotated = case.annotated
     if annotated:
@@ -335,57 +350,56 @@ def read_kitti_case(
         warnings.append(
             f"{len(case.orphan_masks)} masks have no image (first: {case.orphan_masks[0]}): skipped"
         )
-    files = case.images if unannotated == "negative" else [p for p in case.images if p.stem in case.masks]
-    if not files:
-        raise InputError(
-            f"KITTI case {folder}: no image has a mask in default/semantic/; expected at least one "
-            "annotated slice (or unannotated='negative')."
-        )
-    image = stack_slice_images(files)
-    shape = image.shape[1:]
-    mask = np.zeros(image.shape, dtype=bool)
-    instances = np.zeros(image.shape, dtype=np.uint16)
-    missing: list[str] = []
-    mismatched: list[str] = []
+    return warnings
+
+
+@dataclass
+class _Labels:
+    """A case's liver mask and instance map, and the stems whose instances fell back to regions."""
+
+    mask: np.ndarray  # bool (D, H, W)
+    instances: np.ndarray  # uint16 (D, H, W)
+    missing: list[str]  # annotated images without an instance PNG
+    mismatched: list[str]  # instance PNGs that disagree with the semantic mask
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.missing:
+            out.append(
+                f"{len(self.missing)} annotated images have no instance PNG (first: {self.missing[0]}): "
+                "instances are the mask's 8-connected regions"
+            )
+        if self.mismatched:
+            out.append(
+                f"{len(self.mismatched)} instance PNGs disagree with the semantic mask "
+                f"(first: {self.mismatched[0]}): instances are the mask's 8-connected regions"
+            )
+        return out
+
+
+def _read_labels(case: KittiCase, files: list[Path], lid: int, shape: tuple[int, ...]) -> _Labels:
+    """Mask and instances of label ``lid`` for ``files`` (``shape`` is their ``(D, H, W)`` stack).
+
+    Images without a semantic mask stay empty. Instances come from
+    ``default/instance``, or are the mask's 8-connected regions (largest first)
+    where that PNG is missing or does not cover the mask exactly.
+    """
+    labels = _Labels(np.zeros(shape, dtype=bool), np.zeros(shape, dtype=np.uint16), [], [])
     for d, p in enumerate(files):
         sem_path = case.masks.get(p.stem)
         if sem_path is None:
             continue
         sem = _read_png(sem_path)
-        if sem.shape != shape:
-            raise InputError(f"Mask {sem_path} has shape {sem.shape}, expected the image's {shape} ({p.name}).")
-        mask[d] = sem == lid
+        if sem.shape != shape[1:]:
+            raise InputError(f"Mask {sem_path} has shape {sem.shape}, expected the image's {shape[1:]} ({p.name}).")
+        labels.mask[d] = sem == lid
         inst_path = case.instances.get(p.stem)
-        ids = None if inst_path is None else _instance_slice(inst_path, mask[d], lid)
+        ids = None if inst_path is None else _instance_slice(inst_path, labels.mask[d], lid)
         if ids is None:
-            ids = components(mask[d])
-            (missing if inst_path is None else mismatched).append(p.stem)
-        instances[d] = ids
-    if missing:
-        warnings.append(
-            f"{len(missing)} annotated images have no instance PNG (first: {missing[0]}): "
-            "instances are the mask's 8-connected regions"
-        )
-    if mismatched:
-        warnings.append(
-            f"{len(mismatched)} instance PNGs disagree with the semantic mask (first: {mismatched[0]}): "
-            "instances are the mask's 8-connected regions"
-        )
-    for w in warnings:
-        log.debug("%s: %s", case.case_id, w)
-    spacing = (1.0, 1.0, 1.0)
-    volume = Volume(
-        image=image,
-        spacing=spacing,
-        affine=default_affine(spacing),
-        intensity="8bit",
-        mask=mask,
-        instances=instances,
-        slice_names=tuple(p.stem for p in files),
-        case_id=case.case_id,
-        source=str(folder),
-    )
-    return volume, warnings
+            ids = label_by_area(labels.mask[d])
+            (labels.missing if inst_path is None else labels.mismatched).append(p.stem)
+        labels.instances[d] = ids
+    return labels
 
 
 def _read_kitti_images(folder: Path) -> Volume:

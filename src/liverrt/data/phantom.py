@@ -40,6 +40,7 @@ from scipy import ndimage
 from liverrt.atomic import atomic_dir, check_outputs, write_text_atomic, writes_outputs
 from liverrt.data.io import write_nifti, write_png_slices
 from liverrt.data.volume import Volume, default_affine
+from liverrt.metrics import label_by_area
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def synth_case(
         affine=default_affine(spacing),
         intensity="hu",
         mask=mask,
-        instances=label_instances(mask),
+        instances=label_by_area(mask),
         slice_names=tuple(f"slice_{i:03d}" for i in range(config.slices)),
         case_id=case_id,
         source="phantom",
@@ -144,25 +145,6 @@ def synth_case(
 def _check_seed(seed: int) -> None:
     if int(seed) < 0:
         raise ValueError(f"phantom seed: got {seed}, expected a non-negative integer")
-
-
-def label_instances(mask: np.ndarray) -> np.ndarray:
-    """Per-slice 8-connected labels of a ``(D, H, W)`` bool mask, largest region first.
-
-    Returns:
-        uint8 ``(D, H, W)`` (uint16 if a slice has more than 255 regions).
-    """
-    labels = np.zeros(mask.shape, dtype=np.uint16)
-    for d, sl in enumerate(mask):
-        lab, n = ndimage.label(sl, structure=EIGHT_CONNECTED)
-        if n == 0:
-            continue
-        areas = np.bincount(lab.ravel())[1:]
-        order = np.argsort(-areas, kind="stable")  # ties keep raster order
-        remap = np.zeros(n + 1, dtype=np.uint16)
-        remap[order + 1] = np.arange(1, n + 1, dtype=np.uint16)
-        labels[d] = remap[lab]
-    return labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
 
 
 def window_to_uint8(hu: np.ndarray, center: float = 50.0, width: float = 400.0) -> np.ndarray:
@@ -396,11 +378,24 @@ class _Case:
         anatomy_ss, lesion_ss, noise_ss = np.random.SeedSequence(int(seed)).spawn(3)
         rng = np.random.default_rng(anatomy_ss)
         self.noise_rng = np.random.default_rng(noise_ss)
+        # the draws below come in a fixed order: reordering them would change every case of a seed
+        self.h = (np.arange(D) + 0.5) / D + rng.uniform(-0.02, 0.02)
+        self._draw_contrast(rng)
+        self._draw_body(rng)
+        self._draw_organs(rng)
+        self._draw_liver(rng)
+        self._plan_two_region(rng)
+        self.texture = self._texture_waves(rng)
+        self._draw_liver_vessels(rng)
+
+        lesion_rng = np.random.default_rng(lesion_ss)
+        self.lesions = self._draw_lesions(lesion_rng) if config.lesions else []
+
+    # ------------------------------------------------------------------ drawing the anatomy
+
+    def _draw_contrast(self, rng: np.random.Generator) -> None:
+        """Tissue values in HU for one contrast phase ``p``: 0 late arterial .. 1 portal venous; the noise level."""
         u = rng.uniform
-
-        self.h = (np.arange(D) + 0.5) / D + u(-0.02, 0.02)
-
-        # contrast phase p: 0 late arterial .. 1 portal venous
         self.liver_hu = u(60.0, 120.0)
         p = (self.liver_hu - 60.0) / 60.0
         self.aorta_hu = 250.0 - 95.0 * p + u(-10, 10)
@@ -413,15 +408,18 @@ class _Case:
         self.muscle_hu = u(42, 58)
         self.fat_hu = u(-110, -90)
         self.visceral_fat_hu = self.fat_hu + u(0, 15)
-        self.noise_std = config.noise_hu * u(0.85, 1.15)
+        self.noise_std = self.config.noise_hu * u(0.85, 1.15)
 
+    def _draw_body(self, rng: np.random.Generator) -> None:
+        """Body outline, fat and muscle wall; spine, ribs and lung bases; aorta and IVC."""
+        u = rng.uniform
         # body: outline, fat (anterior, lateral, posterior), muscle wall
         self.cx, self.cy = u(-5, 5), u(-12, -4)
         self.body_a, self.body_b, self.body_power = u(148, 168), u(100, 120), u(2.2, 2.6)
         self.body_lobes = _lobes(rng, (3, 4), 0.015)
         self.f_ant, self.f_lat, self.f_post = u(12, 30), u(10, 24), u(8, 16)
         self.wall = u(8, 13)
-        # spine, ribs, lungs, heart
+        # spine, ribs, lungs
         self.vb_a, self.vb_b, self.x_v = u(18, 22), u(15, 18), self.cx + u(-2, 2)
         self.vert_phase = u(0, 37)
         self.rib_step, self.rib_phase, self.rib_twist = math.radians(u(24, 30)), u(0, 7), u(1.5, 3)
@@ -429,7 +427,13 @@ class _Case:
         # great vessels
         self.aorta_dx, self.aorta_r = u(9, 15), u(10, 12.5)
         self.ivc_dx, self.ivc_dy, self.ivc_a, self.ivc_b = u(24, 30), u(5, 11), u(11, 14), u(8, 11)
-        # organs: (centre height, half height, ...) in h; sizes in mm
+
+    def _draw_organs(self, rng: np.random.Generator) -> None:
+        """Kidneys, spleen, stomach, pancreas, colon and small-bowel loops.
+
+        Each organ is ``(centre height, half height, ...)`` in ``h``, sizes in mm.
+        """
+        u = rng.uniform
         self.kidneys = []
         c = u(0.17, 0.25)
         for side, dc in ((-1, 0.0), (1, u(0.04, 0.09))):  # the left kidney sits higher
@@ -456,7 +460,9 @@ class _Case:
             for _ in range(12)
         ]
 
-        # liver: right lobe (RL) and left lobe with segments III/IV (LL)
+    def _draw_liver(self, rng: np.random.Generator) -> None:
+        """The liver's right lobe (RL) and left lobe with segments III/IV (LL); the heart and gallbladder beside it."""
+        u = rng.uniform
         self.h_tip, self.h_max, self.h_top = u(0.2, 0.3), u(0.6, 0.72), u(0.98, 1.06)
         self.rl_a, self.rl_b = u(0.5, 0.58), u(0.8, 0.92)  # fractions of the cavity semi-axes
         self.rl_y, self.rl_ang = u(-0.05, 0.1), u(-0.2, 0.15)
@@ -467,10 +473,13 @@ class _Case:
         self.h_top_l = self.h_top - u(0.02, 0.06)
         self.heart = (self.h_top_l - u(0.0, 0.04), u(0.1, 0.25), u(50, 62), u(40, 50))
         self.gallbladder = (u(11, 16), u(18, 26), u(0, 20))
-        self._plan_two_region(rng)
-        self.texture = self._texture_waves(rng)
-        # vessels: (direction, mm per unit h, h span, radius); hepatic veins run down from
-        # the IVC near the dome, portal branches up from the hilum
+
+    def _draw_liver_vessels(self, rng: np.random.Generator) -> None:
+        """Liver vessels ``(direction, mm per unit h, h span, radius)``.
+
+        Hepatic veins run down from the IVC near the dome, portal branches up from the hilum.
+        """
+        u = rng.uniform
         self.h_hv, self.h_pv = self.h_top - u(0.04, 0.08), u(0.5, 0.6)
         self.veins = [
             (math.radians(ang + u(-10, 10)), u(250, 380), u(0.3, 0.45), u(4.5, 6.5))
@@ -479,9 +488,6 @@ class _Case:
         self.portal = [
             (math.radians(u(110, 270)), u(150, 320), u(0.15, 0.35), u(3.5, 5.5)) for _ in range(6)
         ]
-
-        lesion_rng = np.random.default_rng(lesion_ss)
-        self.lesions = self._draw_lesions(lesion_rng) if config.lesions else []
 
     # ------------------------------------------------------------------ planning
 

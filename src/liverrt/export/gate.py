@@ -44,16 +44,36 @@ from pathlib import Path
 
 import numpy as np
 
+from liverrt.atomic import write_text_atomic
+from liverrt.data.phantom import PhantomConfig, synth_case
+from liverrt.data.preprocess import to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
+from liverrt.evaluation import json_safe
+from liverrt.metrics import dice_from_counts, overlap_counts
+from liverrt.metrics.boundary import slice_metrics
 from liverrt.models import model_class
+from liverrt.runtime import open_engine
+from liverrt.runtime.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class GateLimits:
+    """What the gate accepts: ΔDice limits for mask models, a PSNR floor for image models, and the fp32 band
+    where a flipped pixel is float noise (module docstring). :data:`LIMITS` holds the defaults per precision;
+    ``replace(LIMITS["int8"], mean_delta_dice=...)`` loosens or tightens one."""
+
+    mean_delta_dice: float
+    worst_delta_dice: float
+    min_psnr_db: float
+    undecided_band: float = 0.0
+
+
 LIMITS = {
-    "fp32": {"mean_delta_dice": 1e-4, "worst_delta_dice": 2e-3, "min_psnr_db": 60.0, "undecided_band": 1e-4},
-    "fp16": {"mean_delta_dice": 1e-3, "worst_delta_dice": 1e-2, "min_psnr_db": 45.0, "undecided_band": 0.0},
-    "int8": {"mean_delta_dice": 5e-3, "worst_delta_dice": 2e-2, "min_psnr_db": 35.0, "undecided_band": 0.0},
+    "fp32": GateLimits(mean_delta_dice=1e-4, worst_delta_dice=2e-3, min_psnr_db=60.0, undecided_band=1e-4),
+    "fp16": GateLimits(mean_delta_dice=1e-3, worst_delta_dice=1e-2, min_psnr_db=45.0),
+    "int8": GateLimits(mean_delta_dice=5e-3, worst_delta_dice=2e-2, min_psnr_db=35.0),
 }
 
 
@@ -66,7 +86,7 @@ class VerifyReport:
     kind: str
     cases: int
     slices: int
-    limits: dict
+    limits: GateLimits
     mean: dict = field(default_factory=dict)
     worst: dict = field(default_factory=dict)
     worst_slices: list[dict] = field(default_factory=list)
@@ -94,7 +114,6 @@ class VerifyReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed
-        from liverrt.evaluation import json_safe
 
         return json_safe(d)
 
@@ -105,11 +124,11 @@ class VerifyReport:
                  f"(PyTorch) on {self.cases} cases, {self.slices} slices.", ""]
         if self.gated_by == "psnr":
             lines += [f"mean PSNR of the artifact's output vs PyTorch's: {self.mean['psnr_db']:.2f} dB "
-                      f"(limit {self.limits['min_psnr_db']} dB); worst slice {self.worst['psnr_db']:.2f} dB"]
+                      f"(limit {self.limits.min_psnr_db} dB); worst slice {self.worst['psnr_db']:.2f} dB"]
         else:
             lines += ["| metric | mean | worst slice | limit |", "|---|---|---|---|",
                       f"| ΔDice | {self.mean['delta_dice']:.2e} | {self.worst['delta_dice']:.2e} | "
-                      f"mean ≤ {self.limits['mean_delta_dice']:.2g}, worst ≤ {self.limits['worst_delta_dice']:.2g} |",
+                      f"mean ≤ {self.limits.mean_delta_dice:.2g}, worst ≤ {self.limits.worst_delta_dice:.2g} |",
                       f"| ΔMask IoU | {self.mean['delta_iou']:.2e} | {self.worst['delta_iou']:.2e} | |",
                       f"| ΔBoundary IoU | {self.mean['delta_boundary_iou']:.2e} | "
                       f"{self.worst['delta_boundary_iou']:.2e} | |", "",
@@ -129,7 +148,6 @@ class VerifyReport:
 
     def write(self, out_dir: Path, stem: str | None = None) -> tuple[Path, Path]:
         """``verify.json``/``verify.md`` in ``out_dir``, or ``<stem>.verify.json``/``.md`` next to an artifact."""
-        from liverrt.atomic import write_text_atomic
 
         out_dir = Path(out_dir)
         prefix = f"{stem}." if stem else ""
@@ -140,7 +158,6 @@ class VerifyReport:
 
 def default_volumes(size: int, cases: int = 2, seed: int = 1000) -> list[Volume]:
     """Phantom cases for the gate when the user names no dataset (seeds outside the demo's training range)."""
-    from liverrt.data.phantom import PhantomConfig, synth_case
 
     cfg = PhantomConfig(size=max(64, min(size, 256)), slices=16)
     return [synth_case(seed + k, cfg, case_id=f"verify_{k:02d}") for k in range(cases)]
@@ -148,9 +165,10 @@ def default_volumes(size: int, cases: int = 2, seed: int = 1000) -> list[Volume]
 
 def verify_artifact(reference: Path, artifact: Path, volumes: list[Volume] | None = None, *,
                     engine: str = "onnxruntime", engine_options: dict | None = None,
-                    limits: dict | None = None, batch_size: int = 8, worst: int = 5) -> VerifyReport:
-    """Run ``reference`` (a checkpoint, torch engine) and ``artifact`` (``engine``) on ``volumes``; compare."""
-    from liverrt.runtime import open_engine
+                    limits: GateLimits | None = None, batch_size: int = 8, worst: int = 5) -> VerifyReport:
+    """Run ``reference`` (a checkpoint, torch engine) and ``artifact`` (``engine``) on ``volumes``; compare.
+
+    ``limits`` default to those of the artifact's precision (:data:`LIMITS`)."""
 
     t0 = time.perf_counter()
     ref_engine = open_engine("torch", reference, device="cpu")
@@ -160,7 +178,7 @@ def verify_artifact(reference: Path, artifact: Path, volumes: list[Volume] | Non
         raise InputError(f"{artifact} ({info.kind}, {info.spec}) was not exported from {reference} "
                          f"({ref_engine.info.kind}, {ref_engine.info.spec}); expected the same model and spec.")
     precision = info.precision
-    lim = dict(LIMITS.get(precision, LIMITS["fp32"]), **(limits or {}))
+    lim = limits if limits is not None else LIMITS[precision]
     volumes = volumes or default_volumes(info.spec.size)
     report = VerifyReport(str(artifact), str(reference), engine, precision, info.kind, len(volumes),
                           sum(v.shape[0] for v in volumes), lim)
@@ -175,14 +193,10 @@ def verify_artifact(reference: Path, artifact: Path, volumes: list[Volume] | Non
 
 
 def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_size: int, worst: int) -> None:
-    from liverrt.metrics import dice_from_counts, overlap_counts
-    from liverrt.metrics.boundary import slice_metrics
-    from liverrt.runtime.segmenter import Segmenter
-
     rows, truth = [], {"ref": np.zeros(3), "art": np.zeros(3)}
     ref_seg = Segmenter(ref_engine, batch_size=batch_size, keep_prob=True)
     art_seg = Segmenter(art_engine, batch_size=batch_size)
-    band = float(report.limits.get("undecided_band", 0.0))
+    band = report.limits.undecided_band
     for vol in volumes:
         ref = ref_seg.segment(vol)
         a = ref.mask
@@ -217,17 +231,15 @@ def _compare_masks(ref_engine, art_engine, volumes, report: VerifyReport, batch_
     elif not report.artifact_liver_slices:
         report.failures.append(f"the artifact finds no liver in any of {report.slices} slices, the reference in "
                                f"{report.reference_liver_slices} (an all-empty output, e.g. a broken fp16 engine)")
-    if report.mean["delta_dice"] > lim["mean_delta_dice"]:
-        report.failures.append(f"mean ΔDice {report.mean['delta_dice']:.2e} > {lim['mean_delta_dice']:.2g}")
-    if report.worst["delta_dice"] > lim["worst_delta_dice"]:
+    if report.mean["delta_dice"] > lim.mean_delta_dice:
+        report.failures.append(f"mean ΔDice {report.mean['delta_dice']:.2e} > {lim.mean_delta_dice:.2g}")
+    if report.worst["delta_dice"] > lim.worst_delta_dice:
         w = report.worst_slices[0]
-        report.failures.append(f"worst slice ΔDice {report.worst['delta_dice']:.2e} > {lim['worst_delta_dice']:.2g} "
+        report.failures.append(f"worst slice ΔDice {report.worst['delta_dice']:.2e} > {lim.worst_delta_dice:.2g} "
                                f"({w['case_id']} slice {w['slice']})")
 
 
 def _compare_images(ref_engine, art_engine, volumes, report: VerifyReport, batch_size: int) -> None:
-    from liverrt.data.preprocess import to_input
-
     psnrs, finite = [], True
     spec = ref_engine.info.spec
     (output,) = model_class(report.kind).output_names  # the image
@@ -243,6 +255,6 @@ def _compare_images(ref_engine, art_engine, volumes, report: VerifyReport, batch
     report.worst = {"psnr_db": float(np.min(psnrs))}
     if not finite:
         report.failures.append("the artifact returned NaN or inf pixels")
-    if not report.mean["psnr_db"] >= report.limits["min_psnr_db"]:  # NaN fails too
+    if not report.mean["psnr_db"] >= report.limits.min_psnr_db:  # NaN fails too
         report.failures.append(f"mean PSNR vs PyTorch {report.mean['psnr_db']:.1f} dB < "
-                               f"{report.limits['min_psnr_db']} dB")
+                               f"{report.limits.min_psnr_db} dB")

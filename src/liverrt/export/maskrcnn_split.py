@@ -31,6 +31,10 @@ still run.)
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
@@ -98,9 +102,6 @@ class MaskPart(nn.Module):
 
 def export_parts(model: nn.Module, paths: dict[str, str], opset: int, *, example_batch: int = 2) -> None:
     """Export the three graphs of ``model`` (eval mode) to ``paths[part]`` with the TorchScript-based exporter."""
-    import contextlib
-    import io
-    import warnings
 
     model = model.eval()
     s = model.config["image_size"]

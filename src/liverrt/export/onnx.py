@@ -11,7 +11,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 import liverrt
@@ -21,9 +23,13 @@ from liverrt.artifacts.split import HEADS, SplitArtifact
 from liverrt.atomic import atomic_path
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
-from liverrt.export.verify import ParityReport, parity_check, sample_inputs
+from liverrt.evaluation import json_safe
+from liverrt.export.maskrcnn_split import export_parts
+from liverrt.export.parity import ParityReport, compare_outputs, parity_check, sample_inputs
 from liverrt.hashing import sha256_file
 from liverrt.models import kinds, load_model, model_class
+from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
+from liverrt.runtime.onnxruntime_loader import SingleGraphMaskRCNN, ort_split_runner
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,6 @@ def export_onnx(
     """Export a checkpoint to ONNX (dynamic batch axis) and check it against PyTorch.
 
     The model's class says what is exported (:class:`liverrt.models.LiverrtModel`):
-
     * one graph, ``image`` (N, 1, S, S) float32 -> its one output, traced from
       ``model.onnx_wrapper()``: the U-Net's ``prob`` (N, 1, S, S), DnCNN-SR's
       ``restored`` (N, 1, scale*S, scale*S) in [0, 1] (``dynamic_spatial``: any
@@ -147,8 +152,6 @@ def export_onnx(
 
 
 def _metadata(ckpt: dict, spec, model, checkpoint: Path) -> dict[str, str]:
-    from liverrt.evaluation import json_safe
-
     kind = ckpt["kind"]
     threshold = ckpt["model_config"].get("mask_threshold", ckpt.get("train_config", {}).get("threshold", 0.5))
     return {
@@ -180,9 +183,6 @@ def _finish(path: Path, meta: dict[str, str]) -> None:
 
 
 def _image_parity(wrapper: torch.nn.Module, path: Path, inputs, *, atol: float, output: str) -> ParityReport:
-    import numpy as np
-    import onnxruntime as ort
-
     with torch.no_grad():
         ref = wrapper(torch.from_numpy(inputs)).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -197,13 +197,11 @@ def _image_parity(wrapper: torch.nn.Module, path: Path, inputs, *, atol: float, 
 
 def _export_maskrcnn(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int, atol: float,
                      max_dice_delta: float, t0: float) -> OnnxExport:
-    import contextlib as _cl
 
-    from liverrt.export.maskrcnn_split import export_parts
 
     artifact = SplitArtifact(out)
     paths = artifact.paths
-    with _cl.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         tmps = {part: stack.enter_context(atomic_path(p, suffix=".onnx", protect=(checkpoint,)))
                 for part, p in paths.items()}
         export_parts(model, {k: str(v) for k, v in tmps.items()}, opset)
@@ -223,10 +221,6 @@ def _export_maskrcnn(model, checkpoint: Path, out: Path, meta: dict, inputs, ops
 
 def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_dice_delta: float,
                      threshold: float) -> ParityReport:
-    from liverrt.export.verify import compare_outputs
-    from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
-    from liverrt.runtime.onnxruntime_engine import ort_split_runner
-
     with torch.no_grad():
         ref = model.predict(torch.from_numpy(inputs))["prob"].numpy()
     run = ort_split_runner(paths, ["CPUExecutionProvider"])
@@ -238,8 +232,6 @@ def _maskrcnn_parity(model, paths: dict[str, Path], inputs, *, atol: float, max_
 
 def _export_maskrcnn_single(model, checkpoint: Path, out: Path, meta: dict, inputs, opset: int,
                             max_dice_delta: float, t0: float) -> OnnxExport:
-    from liverrt.export.verify import compare_outputs
-
     wrapper = model.eval().onnx_wrapper().eval()
     outputs = list(model.graph_output_names)
     with atomic_path(out, suffix=".onnx", protect=(checkpoint,)) as tmp:
@@ -250,14 +242,10 @@ def _export_maskrcnn_single(model, checkpoint: Path, out: Path, meta: dict, inpu
                               dynamic_axes={n: {0: "detections"} for n in outputs})
         _finish(tmp, {**meta, "liverrt.graph": "single"})
         seconds = time.perf_counter() - t0
-        import onnxruntime as ort
-
-        from liverrt.runtime.onnxruntime_engine import single_maskrcnn_predict
-
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             ref = model.predict(torch.from_numpy(inputs))["prob"].numpy()
-        cand = single_maskrcnn_predict(sess, inputs, model.config)["prob"]
+        cand = SingleGraphMaskRCNN(sess, model.config).predict(inputs)["prob"]
         report = compare_outputs(ref, cand, threshold=float(meta["liverrt.threshold"]), atol=float("inf"),
                                  max_dice_delta=max_dice_delta)
         if not report.passed:

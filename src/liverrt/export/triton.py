@@ -24,7 +24,6 @@ exactly as in training.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from liverrt.artifacts import onnx_metadata
@@ -41,8 +40,8 @@ from liverrt.export.triton_repo import (  # noqa: F401 (the repository writer's 
     Kind,
     ModelFiles,
     TensorConfig,
+    TritonOptions,
     TritonRepo,
-    check_options,
     check_targets,
     client_example_text,
     config_text,
@@ -59,30 +58,17 @@ log = logging.getLogger(__name__)
 
 
 @writes_outputs("liverrt export")
-def write_triton_repo(
-    artifact: Path,
-    repo: Path,
-    *,
-    name: str | None = None,
-    version: int = 1,
-    max_batch_size: int | None = None,
-    preferred_batch_sizes: tuple[int, ...] | None = None,
-    max_queue_delay_us: int = 100,
-    instances: int = 1,
-    kind: Kind = "KIND_GPU",
-    backend: str | None = None,
-    overwrite: bool = False,
-) -> TritonRepo:
+def write_triton_repo(artifact: Path, repo: Path, options: TritonOptions | None = None, *,
+                      backend: str | None = None, overwrite: bool = False, **fields) -> TritonRepo:
     """Write ``artifact`` as model ``name`` into the Triton model repository ``repo``.
 
     ``artifact`` is a liverrt ``.onnx`` (backend ``onnxruntime``) or a TensorRT
     ``.plan`` with its sidecar ``<plan>.json`` (backend ``tensorrt``; Triton must
     run the TensorRT version and GPU architecture the plan was built for, which
     the sidecar records and ``parameters`` repeat). ``backend`` is inferred from
-    the suffix; if given it must agree. ``name`` defaults to the file stem (less
-    a cached plan's digest). ``max_batch_size`` defaults to 32, for a plan at
-    most its profile's max batch; ``preferred_batch_sizes`` defaults to those of
-    (4, 8, 16) that fit.
+    the suffix; if given it must agree. ``options`` (:class:`TritonOptions`, or
+    its fields as keywords) say how Triton serves the model; their defaults are
+    filled in for the artifact.
 
     A split Mask R-CNN export (the .onnx that names its box and mask graphs)
     is written as four models (module docstring); its graph models take
@@ -94,21 +80,11 @@ def write_triton_repo(
     :class:`InputError` unless ``overwrite``; the artifact itself is never
     overwritten. Every check runs before anything is written.
     """
+    if options is not None and fields:
+        raise TypeError("write_triton_repo: pass a TritonOptions or its fields as keywords, not both")
+    options = options if options is not None else TritonOptions(**fields)
     artifact, repo = Path(artifact), Path(repo)
-    if not artifact.is_file():
-        raise InputError(f"Model {artifact} does not exist; expected a .onnx file or a TensorRT .plan.")
-    by_suffix = {v[2]: k for k, v in BACKENDS.items()}
-    inferred = by_suffix.get(artifact.suffix.lower())
-    if inferred is None:
-        raise InputError(f"Model {artifact}: unknown suffix {artifact.suffix!r}; expected one of {sorted(by_suffix)}.")
-    if backend is not None and backend != inferred:
-        raise InputError(f"backend {backend!r} does not fit {artifact.name}; expected {inferred!r} for a "
-                         f"{artifact.suffix} file (one of {sorted(BACKENDS)}).")
-    backend = inferred
-    if name is None:  # the file stem, without the digest of a cached plan (<stem>.<16 hex>.plan)
-        stem = re.sub(r"\.[0-9a-f]{16}$", "", artifact.stem)
-        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip(".") or "model"
-
+    backend = _backend(artifact, backend)
     first = onnx_metadata(artifact) if backend == "onnxruntime" else {}
     split = SPLIT_KEY in first
     if split:  # a split Mask R-CNN: four models, written below
@@ -117,26 +93,15 @@ def write_triton_repo(
         inputs, outputs, meta, batch_cap = from_onnx(artifact, first.get("liverrt.part"))
     else:
         inputs, outputs, meta, batch_cap = from_plan(artifact)
-    if max_batch_size is None:
-        max_batch_size = min(DEFAULT_MAX_BATCH_SIZE, batch_cap or DEFAULT_MAX_BATCH_SIZE)
-    if batch_cap is not None and max_batch_size > batch_cap:
-        raise InputError(f"max_batch_size {max_batch_size} exceeds the plan's optimisation profile (max batch "
-                         f"{batch_cap}); expected <= {batch_cap}, or rebuild the plan with a larger profile.")
-    if preferred_batch_sizes is None:
-        preferred_batch_sizes = tuple(b for b in DEFAULT_PREFERRED_BATCH_SIZES if b <= max_batch_size)
-    preferred = tuple(int(b) for b in preferred_batch_sizes)
-    check_options(max_batch_size, preferred, max_queue_delay_us, instances, kind, version, name)
-
+    options = options.resolved(artifact, batch_cap)
     if split:
-        return write_maskrcnn_models(artifact, repo, name=name, version=version, max_batch_size=max_batch_size,
-                                     preferred=preferred, max_queue_delay_us=max_queue_delay_us,
-                                     instances=instances, kind=kind, overwrite=overwrite)
+        return write_maskrcnn_models(artifact, repo, options, overwrite=overwrite)
+    name, version, max_batch_size = options.name, options.version, options.max_batch_size
     model_dir = repo / name
     version_dir = model_dir / str(version)
     model_file = BACKENDS[backend][1]
     parameters = {**meta, "liverrt.artifact_sha256": sha256_file(artifact)}
-    text = config_text(name, backend, max_batch_size, inputs, outputs, preferred_batch_sizes=preferred,
-                       max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, parameters=parameters)
+    text = options.config_text(name, backend, max_batch_size, inputs, outputs, parameters)
     example = client_example_text(name, inputs[0], outputs[0], max_batch_size, parameters)
     model = ModelFiles(name, text, example, {model_file: artifact})
     check_targets(repo, [model], version, overwrite,
@@ -149,6 +114,20 @@ def write_triton_repo(
                       max_batch_size=max_batch_size, model_dir=model_dir, config=model_dir / "config.pbtxt",
                       model=version_dir / model_file, client_example=model_dir / "client_example.py",
                       inputs=tuple(inputs), outputs=tuple(outputs))
+
+
+def _backend(artifact: Path, asked: str | None) -> str:
+    """The Triton backend of ``artifact``, by its suffix; ``asked`` (if given) must agree."""
+    if not artifact.is_file():
+        raise InputError(f"Model {artifact} does not exist; expected a .onnx file or a TensorRT .plan.")
+    by_suffix = {v[2]: k for k, v in BACKENDS.items()}
+    inferred = by_suffix.get(artifact.suffix.lower())
+    if inferred is None:
+        raise InputError(f"Model {artifact}: unknown suffix {artifact.suffix!r}; expected one of {sorted(by_suffix)}.")
+    if asked is not None and asked != inferred:
+        raise InputError(f"backend {asked!r} does not fit {artifact.name}; expected {inferred!r} for a "
+                         f"{artifact.suffix} file (one of {sorted(BACKENDS)}).")
+    return inferred
 
 
 # ----------------------------------------------------------------------------- client example

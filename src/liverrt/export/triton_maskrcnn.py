@@ -12,15 +12,15 @@ from pathlib import Path
 
 import liverrt
 from liverrt.artifacts import SplitArtifact
-from liverrt.artifacts.info import PART_KEY, SPLIT_KEY  # noqa: F401
+from liverrt.artifacts.info import SPLIT_KEY
 from liverrt.export.triton_repo import (
     PYTHON_PLATFORM,
     ModelFiles,
     TensorConfig,
+    TritonOptions,
     TritonRepo,
     check_targets,
     client_example_text,
-    config_text,
     install,
     read_graph,
     record,
@@ -31,13 +31,12 @@ from liverrt.runtime.triton_maskrcnn import INPUT, MODEL_PY, OUTPUTS, PARTS_PARA
 log = logging.getLogger(__name__)
 
 
-def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int, max_batch_size: int,
-                          preferred: tuple[int, ...], max_queue_delay_us: int, instances: int, kind: str,
-                          overwrite: bool) -> TritonRepo:
+def write_maskrcnn_models(artifact: Path, repo: Path, options: TritonOptions, *, overwrite: bool) -> TritonRepo:
     """Write the split Mask R-CNN whose rpn graph is ``artifact`` as models ``name`` and ``name_rpn|box|mask``.
 
-    Options are checked by the caller (:func:`liverrt.export.triton.write_triton_repo`).
+    ``options`` come resolved and checked (:func:`liverrt.export.triton.write_triton_repo`).
     """
+    name, version, max_batch_size = options.name, options.version, options.max_batch_size
     paths = SplitArtifact.open(artifact).paths  # the box and mask graphs beside it, checked against their sha256
     models, parts = [], {}
     params = {}
@@ -49,10 +48,8 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
         meta = {key: v for key, v in meta.items() if key != SPLIT_KEY}
         if part == "rpn":
             params = dict(meta)
-        text = config_text(model_name, "onnxruntime", max_batch_size if batched else 0, inputs, outputs,
-                           preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
-                           instances=instances, kind=kind,
-                           parameters={**meta, "liverrt.artifact_sha256": sha256_file(path)})
+        text = options.config_text(model_name, "onnxruntime", max_batch_size if batched else 0, inputs, outputs,
+                                   {**meta, "liverrt.artifact_sha256": sha256_file(path)})
         models.append(ModelFiles(model_name, text, None, {"model.onnx": path}))
     config = json.loads(params["liverrt.model"])["config"]  # read and checked with the rpn graph above
     size = int(config["image_size"])  # what the Python model checks requests by
@@ -62,9 +59,7 @@ def write_maskrcnn_models(artifact: Path, repo: Path, *, name: str, version: int
     outputs = [TensorConfig(o, "TYPE_FP32", shapes[o]) for o in OUTPUTS]
     params.pop("liverrt.part", None)
     params.update({PARTS_PARAMETER: json.dumps(parts, sort_keys=True), "liverrt.artifact_sha256": sha256_file(artifact)})
-    text = config_text(name, PYTHON_PLATFORM, max_batch_size, inputs, outputs, preferred_batch_sizes=preferred,
-                       max_queue_delay_us=max_queue_delay_us, instances=instances, kind="KIND_CPU",
-                       parameters=params)
+    text = options.config_text(name, PYTHON_PLATFORM, max_batch_size, inputs, outputs, params, kind="KIND_CPU")
     example = client_example_text(name, inputs[0], outputs[0], max_batch_size, params)
     models.insert(0, ModelFiles(name, text, example, {"model.py": MODEL_PY.replace("__VERSION__", liverrt.__version__)}))
     check_targets(repo, models, version, overwrite, list(paths.values()))

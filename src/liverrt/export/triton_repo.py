@@ -12,9 +12,14 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
+
+import onnx
+from google.protobuf import text_encoding, text_format  # protobuf ships with onnx
+from onnx import TensorProto as T
+from onnx.external_data_helper import uses_external_data
 
 import liverrt
 from liverrt.artifacts import artifact_info
@@ -65,8 +70,6 @@ class TritonRepo:
 
 
 def _onnx_type_names() -> dict[int, str]:
-    from onnx import TensorProto as T
-
     return {T.FLOAT: "TYPE_FP32", T.FLOAT16: "TYPE_FP16", T.BFLOAT16: "TYPE_BF16", T.DOUBLE: "TYPE_FP64",
             T.INT8: "TYPE_INT8", T.INT16: "TYPE_INT16", T.INT32: "TYPE_INT32", T.INT64: "TYPE_INT64",
             T.UINT8: "TYPE_UINT8", T.UINT16: "TYPE_UINT16", T.UINT32: "TYPE_UINT32", T.UINT64: "TYPE_UINT64",
@@ -96,8 +99,6 @@ def read_graph(path: Path, *, batched: bool = True):
     With ``batched`` every input and output must have a dynamic first axis (Triton batches requests
     along it); without, dims are the whole shape (Triton's max_batch_size 0).
     """
-    import onnx
-    from onnx.external_data_helper import uses_external_data
 
     artifact_info(path)  # raises ArtifactError unless it carries liverrt metadata
     model = onnx.load(str(path), load_external_data=False)
@@ -168,8 +169,6 @@ def from_plan(plan: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[
 
 
 def _q(text: str) -> str:
-    from google.protobuf import text_encoding  # protobuf ships with onnx
-
     return '"' + text_encoding.CEscape(text.encode("utf-8"), as_utf8=True) + '"'
 
 
@@ -209,8 +208,9 @@ def read_config(path: Path):
     if not path.is_file():
         raise InputError(f"{path} does not exist; expected a Triton config.pbtxt or a model folder holding one.")
     try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
+        from tritonclient.grpc import (
+            model_config_pb2,  # optional (tritonclient): only reading a config needs it
+        )
     except ImportError as exc:
         raise BackendUnavailableError(f"Reading Triton configs needs tritonclient ({exc}); expected "
                                       "`pip install 'tritonclient[grpc]'`.") from exc
@@ -225,24 +225,69 @@ def read_config(path: Path):
 # ----------------------------------------------------------------------------- writing
 
 
-def check_options(max_batch_size: int, preferred: tuple[int, ...], max_queue_delay_us: int, instances: int,
-                   kind: str, version: int, name: str) -> None:
-    if not _NAME_RE.fullmatch(name):
-        raise InputError(f"Model name {name!r}: expected letters, digits, '_', '-' or '.' (a folder name for Triton).")
-    if version < 1:
-        raise InputError(f"Model version {version}: expected an integer >= 1 (Triton's version folders).")
-    if max_batch_size < 1:
-        raise InputError(f"max_batch_size {max_batch_size}: expected >= 1 (liverrt models batch slices).")
-    bad = [b for b in preferred if not 1 <= b <= max_batch_size]
-    if bad:
-        raise InputError(f"Preferred batch sizes {bad} exceed max_batch_size {max_batch_size} (or are < 1); "
-                         f"expected sizes in 1..{max_batch_size}.")
-    if max_queue_delay_us < 0:
-        raise InputError(f"max_queue_delay_us {max_queue_delay_us}: expected >= 0 microseconds.")
-    if instances < 1:
-        raise InputError(f"instances {instances}: expected at least 1 model instance.")
-    if kind not in KINDS:
-        raise InputError(f"Instance kind {kind!r}: expected one of {KINDS}.")
+@dataclass(frozen=True)
+class TritonOptions:
+    """How Triton serves a model: what ``config.pbtxt`` says beyond the model's own inputs and outputs.
+
+    ``None`` fields are filled for the artifact by :meth:`resolved`: ``name`` from its file stem (less a
+    cached plan's digest), ``max_batch_size`` 32 (for a plan at most its profile's max batch),
+    ``preferred_batch_sizes`` those of (4, 8, 16) that fit.
+    """
+
+    name: str | None = None
+    version: int = 1
+    max_batch_size: int | None = None
+    preferred_batch_sizes: tuple[int, ...] | None = None
+    max_queue_delay_us: int = 100
+    instances: int = 1
+    kind: Kind = "KIND_GPU"
+
+    def resolved(self, artifact: Path, batch_cap: int | None) -> TritonOptions:
+        """Every default filled in for ``artifact`` (whose engine takes at most ``batch_cap``), and checked."""
+        name = self.name
+        if name is None:  # the file stem, without the digest of a cached plan (<stem>.<16 hex>.plan)
+            stem = re.sub(r"\.[0-9a-f]{16}$", "", Path(artifact).stem)
+            name = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip(".") or "model"
+        max_batch = self.max_batch_size
+        if max_batch is None:
+            max_batch = min(DEFAULT_MAX_BATCH_SIZE, batch_cap or DEFAULT_MAX_BATCH_SIZE)
+        if batch_cap is not None and max_batch > batch_cap:
+            raise InputError(f"max_batch_size {max_batch} exceeds the plan's optimisation profile (max batch "
+                             f"{batch_cap}); expected <= {batch_cap}, or rebuild the plan with a larger profile.")
+        preferred = self.preferred_batch_sizes
+        if preferred is None:
+            preferred = tuple(b for b in DEFAULT_PREFERRED_BATCH_SIZES if b <= max_batch)
+        options = replace(self, name=name, max_batch_size=max_batch,
+                          preferred_batch_sizes=tuple(int(b) for b in preferred))
+        options._check()
+        return options
+
+    def _check(self) -> None:
+        if not _NAME_RE.fullmatch(self.name):
+            raise InputError(f"Model name {self.name!r}: expected letters, digits, '_', '-' or '.' (a folder name "
+                             "for Triton).")
+        if self.version < 1:
+            raise InputError(f"Model version {self.version}: expected an integer >= 1 (Triton's version folders).")
+        if self.max_batch_size < 1:
+            raise InputError(f"max_batch_size {self.max_batch_size}: expected >= 1 (liverrt models batch slices).")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise InputError(f"Preferred batch sizes {bad} exceed max_batch_size {self.max_batch_size} (or are < 1); "
+                             f"expected sizes in 1..{self.max_batch_size}.")
+        if self.max_queue_delay_us < 0:
+            raise InputError(f"max_queue_delay_us {self.max_queue_delay_us}: expected >= 0 microseconds.")
+        if self.instances < 1:
+            raise InputError(f"instances {self.instances}: expected at least 1 model instance.")
+        if self.kind not in KINDS:
+            raise InputError(f"Instance kind {self.kind!r}: expected one of {KINDS}.")
+
+    def config_text(self, name: str, backend: str, max_batch_size: int, inputs: list[TensorConfig],
+                    outputs: list[TensorConfig], parameters: dict[str, str], *, kind: str | None = None) -> str:
+        """``config.pbtxt`` of model ``name`` with these options (``kind`` overrides the instance kind)."""
+        return config_text(name, backend, max_batch_size, inputs, outputs,
+                           preferred_batch_sizes=self.preferred_batch_sizes,
+                           max_queue_delay_us=self.max_queue_delay_us, instances=self.instances,
+                           kind=kind or self.kind, parameters=parameters)
 
 
 @dataclass(frozen=True)
@@ -368,7 +413,6 @@ also in config.pbtxt parameter "liverrt.preprocess"). With liverrt installed,
 liverrt.data.preprocess.to_input applies it (window, resize/letterbox/pad) and
 the mask is restored to the source grid. Without liverrt the documented
 windowing formula is used, and slices must already be SIZE x SIZE pixels:
-
     x = clip((HU - (window_center - window_width / 2)) / window_width, 0, 1)
     (8-bit slices: x = pixel / 255; with quantize_8bit: x = round(255 x) / 255)
 """

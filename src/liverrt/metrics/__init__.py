@@ -56,7 +56,7 @@ from liverrt.metrics.overlap import (
     ravd,
     ravd_from_counts,
 )
-from liverrt.metrics.postprocess import fill_holes, label, largest_components
+from liverrt.metrics.postprocess import fill_holes, label, label_by_area, largest_components
 from liverrt.metrics.surface import (
     SurfaceDistances,
     assd,
@@ -88,6 +88,7 @@ __all__ = [
     "hd95",
     "iou_from_counts",
     "label",
+    "label_by_area",
     "largest_components",
     "mask_iou",
     "mssd",

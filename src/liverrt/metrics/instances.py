@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from liverrt.errors import InputError
+from liverrt.metrics.postprocess import label
 
 
 def region_count(mask: np.ndarray, min_area: int = 1) -> np.ndarray:
     """Per-slice number of 8-connected regions of at least ``min_area`` pixels in ``(N, H, W)``."""
-    from liverrt.metrics import label
-
     m = np.asarray(mask, dtype=bool)
     if m.ndim == 2:
         m = m[None]

@@ -74,24 +74,24 @@ feeds ``size x size`` slices.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
-from liverrt.atomic import writes_outputs
+from liverrt.artifacts.checkpoint import save_checkpoint
+from liverrt.atomic import check_replaceable, refuse_overwriting_inputs, writes_outputs
+from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
-
-if TYPE_CHECKING:
-    from liverrt.data.preprocess import PreprocessSpec
+from liverrt.hashing import sha256_file
+from liverrt.models.maskrcnn import LiverMaskRCNN
 
 log = logging.getLogger(__name__)
 
@@ -345,14 +345,11 @@ def read_detectron2_config(path: Path) -> dict:
     return _read_yaml(Path(path), ())
 
 
-def _yaml_loader():
-    import yaml
+class _Loader(yaml.SafeLoader):
+    """Safe loading, plus the ``!!python/tuple`` tag that ``yaml.dump`` writes for tuples."""
 
-    class Loader(yaml.SafeLoader):
-        """Safe loading, plus the ``!!python/tuple`` tag that ``yaml.dump`` writes for tuples."""
 
-    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
-    return yaml, Loader
+_Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -364,9 +361,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
                          "writes a self-contained config without _BASE_.")
     if path.resolve() in chain:
         raise InputError(f"Detectron2 config {path}: _BASE_ chain loops back to itself.")
-    yaml, loader = _yaml_loader()
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"Detectron2 config {path} is not valid YAML ({_first_line(exc)}).") from exc
     data = {} if data is None else data
@@ -456,8 +452,6 @@ def convert_detectron2_state_dict(
     and its shape was checked against ``LiverMaskRCNN(**model_config)``.
     Raises :class:`ArtifactError` on any mismatch, unknown key or missing weight.
     """
-    from liverrt.models.maskrcnn import LiverMaskRCNN
-
     state = {str(k): (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v) for k, v in d2_state.items()}
     if not any(k.startswith("backbone.bottom_up.") for k in state):
         raise ArtifactError(_not_detectron2_message(state))
@@ -747,14 +741,6 @@ def _first_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- the whole import
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @writes_outputs("liverrt import-detectron2")
 def import_detectron2(
     model_path: Path,
@@ -776,11 +762,6 @@ def import_detectron2(
     ``"detectron2"`` entry records the source file, its sha256, the config
     values used and the notes. Nothing is written if anything fails.
     """
-    from liverrt.artifacts.checkpoint import save_checkpoint
-    from liverrt.atomic import check_replaceable, refuse_overwriting_inputs
-    from liverrt.data.preprocess import PreprocessSpec
-    from liverrt.models.maskrcnn import LiverMaskRCNN
-
     model_path, out = Path(model_path), Path(out)
     inputs = tuple(p for p in (model_path, config_path) if p is not None)
     refuse_overwriting_inputs(out, inputs)
@@ -801,9 +782,9 @@ def import_detectron2(
     for note in notes:
         (on_note or log.info)(note)
     record = {
-        "source": model_path.name, "sha256": file_sha256(model_path), "author": ckpt.author,
+        "source": model_path.name, "sha256": sha256_file(model_path), "author": ckpt.author,
         "iteration": ckpt.iteration, "config": Path(config_path).name if config_path is not None else None,
-        "config_sha256": file_sha256(Path(config_path)) if config_path is not None else None,
+        "config_sha256": sha256_file(Path(config_path)) if config_path is not None else None,
         **report.to_dict(), "notes": notes,
     }
     return save_checkpoint(out, model, model_name=f"detectron2_mask_rcnn_R_{model_config['depth']}_FPN", spec=spec,

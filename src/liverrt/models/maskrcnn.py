@@ -34,17 +34,20 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from functools import partial
+from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import LevelMapper
 
-from liverrt.errors import InputError
+from liverrt.errors import ArtifactError, InputError
 from liverrt.models.base import LiverrtModel
 
 _DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
@@ -65,8 +68,6 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         if not self.aligned:
             return super().forward(x, boxes, image_shapes)
-        from torchvision.ops.poolers import LevelMapper
-
         feats = [x[name] for name in self.featmap_names]
         if self.scales is None or self.map_levels is None:
             # feature stride of each level, a power of two (as torchvision infers it)
@@ -186,25 +187,8 @@ class LiverMaskRCNN(LiverrtModel):
     ) -> None:
         super().__init__()
         pixel_mean, pixel_std = [float(v) for v in pixel_mean], [float(v) for v in pixel_std]
-        if in_channels not in (1, 3):
-            raise InputError(f"in_channels: got {in_channels}, expected 1 (CT) or 3 (imported RGB/BGR weights).")
-        if len(pixel_mean) != in_channels or len(pixel_std) != in_channels:
-            raise InputError(
-                f"pixel_mean has {len(pixel_mean)} and pixel_std {len(pixel_std)} values for {in_channels} input "
-                "channel(s); expected one of each per channel (a 1-channel image against 3-value statistics "
-                "would broadcast silently)."
-            )
-        if any(s <= 0 for s in pixel_std):
-            raise InputError(f"pixel_std: got {pixel_std}, expected positive values.")
-        if input_format not in ("L", "RGB", "BGR") or (input_format == "L") != (in_channels == 1):
-            raise InputError(f"input_format: got {input_format!r} for {in_channels} channel(s); expected 'L' for 1, "
-                             "'RGB' or 'BGR' for 3.")
-        if num_classes < 2:
-            raise InputError(f"num_classes: got {num_classes}, expected >= 2 (background + liver).")
-        if not (0 < score_threshold < 1 and 0 < mask_threshold < 1):
-            raise InputError("score_threshold and mask_threshold must lie in (0, 1).")
-        if image_size < 32 or image_size % 32:
-            raise InputError(f"image_size: got {image_size}, expected a multiple of 32 (FPN strides up to 32).")
+        _check_input(in_channels, pixel_mean, pixel_std, input_format)
+        _check_heads(num_classes, score_threshold, mask_threshold, image_size)
         self.config = {
             "depth": depth, "num_classes": num_classes, "norm": norm, "in_channels": in_channels,
             "input_scale": float(input_scale), "pixel_mean": pixel_mean, "pixel_std": pixel_std,
@@ -218,35 +202,8 @@ class LiverMaskRCNN(LiverrtModel):
         }
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
-        backbone = _backbone(depth, norm, in_channels, stride_in_1x1, fpn_channels)
-        names = ["0", "1", "2", "3"]
-        from torchvision.models.detection.faster_rcnn import TwoMLPHead
-        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-
-        self.net = MaskRCNN(
-            backbone,
-            num_classes=None,  # set by the predictors below
-            # normalisation happens in normalize(); the transform only batches
-            min_size=image_size, max_size=image_size,
-            image_mean=[0.0] * in_channels, image_std=[1.0] * in_channels,
-            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-            box_roi_pool=AlignedMultiScaleRoIAlign(names, 7, sampling_ratio, aligned=roi_aligned),
-            box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_dim),
-            box_predictor=torchvision.models.detection.faster_rcnn.FastRCNNPredictor(box_head_dim, num_classes),
-            box_batch_size_per_image=box_batch_size_per_image,
-            box_detections_per_img=max_instances,
-            mask_roi_pool=AlignedMultiScaleRoIAlign(names, 14, sampling_ratio, aligned=roi_aligned),
-            mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1),
-            mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
-        )
-        # Detectron2's predictor initialisation: small logits at the start, so a
-        # from-scratch run does not begin with saturated mask and class losses
-        heads = self.net.roi_heads
-        nn.init.normal_(heads.box_predictor.cls_score.weight, std=0.01)
-        nn.init.normal_(heads.box_predictor.bbox_pred.weight, std=0.001)
-        nn.init.normal_(heads.mask_predictor.mask_fcn_logits.weight, std=0.001)
-        for layer in (heads.box_predictor.cls_score, heads.box_predictor.bbox_pred, heads.mask_predictor.mask_fcn_logits):
-            nn.init.zeros_(layer.bias)
+        self.net = _mask_rcnn(self.config)
+        _init_predictors(self.net)
 
     # -- input ---------------------------------------------------------------------------------
     def normalize(self, images: Tensor) -> Tensor:
@@ -279,6 +236,66 @@ class LiverMaskRCNN(LiverrtModel):
 
     def onnx_wrapper(self) -> nn.Module:
         return _SingleImage(self)
+
+
+def _check_input(in_channels: int, pixel_mean: list[float], pixel_std: list[float], input_format: str) -> None:
+    """Channel count, normalisation statistics and channel order must agree (torchvision would broadcast)."""
+    if in_channels not in (1, 3):
+        raise InputError(f"in_channels: got {in_channels}, expected 1 (CT) or 3 (imported RGB/BGR weights).")
+    if len(pixel_mean) != in_channels or len(pixel_std) != in_channels:
+        raise InputError(
+            f"pixel_mean has {len(pixel_mean)} and pixel_std {len(pixel_std)} values for {in_channels} input "
+            "channel(s); expected one of each per channel (a 1-channel image against 3-value statistics "
+            "would broadcast silently)."
+        )
+    if any(s <= 0 for s in pixel_std):
+        raise InputError(f"pixel_std: got {pixel_std}, expected positive values.")
+    if input_format not in ("L", "RGB", "BGR") or (input_format == "L") != (in_channels == 1):
+        raise InputError(f"input_format: got {input_format!r} for {in_channels} channel(s); expected 'L' for 1, "
+                         "'RGB' or 'BGR' for 3.")
+
+
+def _check_heads(num_classes: int, score_threshold: float, mask_threshold: float, image_size: int) -> None:
+    """Class count, thresholds and an input size the FPN strides divide."""
+    if num_classes < 2:
+        raise InputError(f"num_classes: got {num_classes}, expected >= 2 (background + liver).")
+    if not (0 < score_threshold < 1 and 0 < mask_threshold < 1):
+        raise InputError("score_threshold and mask_threshold must lie in (0, 1).")
+    if image_size < 32 or image_size % 32:
+        raise InputError(f"image_size: got {image_size}, expected a multiple of 32 (FPN strides up to 32).")
+
+
+def _mask_rcnn(config: dict) -> MaskRCNN:
+    """torchvision's MaskRCNN with this model's backbone, RoIAlign and head sizes (``config`` as stored)."""
+    c = config
+    backbone = _backbone(c["depth"], c["norm"], c["in_channels"], c["stride_in_1x1"], c["fpn_channels"])
+    names = ["0", "1", "2", "3"]
+    return MaskRCNN(
+        backbone,
+        num_classes=None,  # set by the predictors below
+        # normalisation happens in normalize(); the transform only batches
+        min_size=c["image_size"], max_size=c["image_size"],
+        image_mean=[0.0] * c["in_channels"], image_std=[1.0] * c["in_channels"],
+        rpn_pre_nms_top_n_test=c["rpn_pre_nms_top_n_test"], rpn_post_nms_top_n_test=c["rpn_post_nms_top_n_test"],
+        box_roi_pool=AlignedMultiScaleRoIAlign(names, 7, c["sampling_ratio"], aligned=c["roi_aligned"]),
+        box_head=TwoMLPHead(c["fpn_channels"] * 7 * 7, c["box_head_dim"]),
+        box_predictor=FastRCNNPredictor(c["box_head_dim"], c["num_classes"]),
+        box_batch_size_per_image=c["box_batch_size_per_image"],
+        box_detections_per_img=c["max_instances"],
+        mask_roi_pool=AlignedMultiScaleRoIAlign(names, 14, c["sampling_ratio"], aligned=c["roi_aligned"]),
+        mask_head=MaskRCNNHeads(c["fpn_channels"], [c["mask_head_channels"]] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(c["mask_head_channels"], c["mask_head_channels"], c["num_classes"]),
+    )
+
+
+def _init_predictors(net: MaskRCNN) -> None:
+    """Detectron2's predictor initialisation: small logits, so training from scratch starts unsaturated."""
+    heads = net.roi_heads
+    nn.init.normal_(heads.box_predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(heads.box_predictor.bbox_pred.weight, std=0.001)
+    nn.init.normal_(heads.mask_predictor.mask_fcn_logits.weight, std=0.001)
+    for layer in (heads.box_predictor.cls_score, heads.box_predictor.bbox_pred, heads.mask_predictor.mask_fcn_logits):
+        nn.init.zeros_(layer.bias)
 
 
 class _SingleImage(nn.Module):
@@ -326,10 +343,6 @@ def load_backbone_weights(model: LiverMaskRCNN, path) -> dict[str, list[str]]:
     ``norm="frozen_bn"`` or ``"bn"``: GroupNorm has no place for the
     BatchNorm statistics those weights carry.
     """
-    from pathlib import Path
-
-    from liverrt.errors import ArtifactError
-
     path = Path(path)
     if model.config["norm"] == "gn":
         raise InputError("--backbone-weights: ImageNet ResNet weights carry BatchNorm statistics; expected "

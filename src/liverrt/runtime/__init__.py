@@ -6,28 +6,12 @@ from pathlib import Path
 
 from liverrt.errors import InputError
 from liverrt.runtime.base import Engine, InputSpec, require_task
+from liverrt.runtime.onnxruntime_engine import OnnxRuntimeEngine
+from liverrt.runtime.tensorrt_engine import TensorRTEngine
+from liverrt.runtime.torch_engine import TorchEngine
 
-
-def _torch(path: Path, **kw) -> Engine:
-    from liverrt.runtime.torch_engine import TorchEngine
-
-    return TorchEngine(path, **kw)
-
-
-def _onnxruntime(path: Path, **kw) -> Engine:
-    from liverrt.runtime.onnxruntime_engine import OnnxRuntimeEngine
-
-    return OnnxRuntimeEngine(path, **kw)
-
-
-def _tensorrt(path: Path, **kw) -> Engine:
-    from liverrt.runtime.tensorrt_engine import TensorRTEngine
-
-    return TensorRTEngine(path, **kw)
-
-
-#: engine name -> factory(path, **options); backends are imported lazily.
-ENGINES = {"torch": _torch, "onnxruntime": _onnxruntime, "tensorrt": _tensorrt}
+#: engine name -> its class (constructed as ``cls(path, **options)``; nothing heavy loads before activation)
+ENGINES: dict[str, type[Engine]] = {"torch": TorchEngine, "onnxruntime": OnnxRuntimeEngine, "tensorrt": TensorRTEngine}
 #: other names users type for an engine
 ALIASES = {"trt": "tensorrt", "ort": "onnxruntime"}
 
@@ -39,10 +23,10 @@ def engine_names() -> list[str]:
 def open_engine(name: str, path: Path, **options) -> Engine:
     """An (inactive) engine of backend ``name`` for the artifact at ``path``."""
     try:
-        factory = ENGINES[ALIASES.get(name, name)]
+        engine = ENGINES[ALIASES.get(name, name)]
     except KeyError:
         raise InputError(f"Unknown engine {name!r}; expected one of {engine_names()}.") from None
-    return factory(Path(path), **options)
+    return engine(Path(path), **options)
 
 
 __all__ = ["ENGINES", "Engine", "InputSpec", "engine_names", "open_engine", "require_task"]

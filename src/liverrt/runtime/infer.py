@@ -20,7 +20,7 @@ from liverrt.errors import InputError, skipped_case
 from liverrt.runtime import open_engine
 from liverrt.runtime.base import require_task
 from liverrt.runtime.outputs import FORMATS, case_summary, write_case
-from liverrt.runtime.segmenter import Segmenter
+from liverrt.runtime.segmenter import Segmenter, check_denoiser
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,6 @@ def run_inference(
         else:
             device = opts.get("device", "cuda" if engine in ("tensorrt", "trt") else "auto")
             den = open_engine("torch", denoise, device=str(device))
-        from liverrt.runtime.segmenter import check_denoiser
 
         check_denoiser(den, eng)
     report = InferReport(engine=engine, model=str(model))

@@ -28,8 +28,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import torch  # the rounding must be torch's (round half to even in float32)
 
 from liverrt.kernels.detection import batched_nms, paste_masks
+from liverrt.models.maskrcnn import instances_to_outputs
 
 #: graph name, inputs -> outputs
 RunGraph = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -46,7 +48,6 @@ BOX_MIN_SIZE = 1e-2
 
 def base_anchors(size: float, ratios=ASPECT_RATIOS) -> np.ndarray:
     """torchvision ``AnchorGenerator.generate_anchors`` for one size: (A, 4), rounded, float32."""
-    import torch  # the rounding must be torch's (round half to even in float32)
 
     scales = torch.as_tensor([size], dtype=torch.float32)
     r = torch.as_tensor(ratios, dtype=torch.float32)
@@ -119,7 +120,7 @@ class SplitMaskRCNN:
 
     ``per_level``: the box and mask graphs take each FPN level's RoIs as ``rois_0..3`` (this
     version's export); False for graphs of the first version, which take one ``rois`` input.
-    None: read from ``run.inputs`` (``{part: input names}``, as :func:`liverrt.runtime.onnxruntime_engine.ort_split_runner`
+    None: read from ``run.inputs`` (``{part: input names}``, as :func:`liverrt.runtime.onnxruntime_loader.ort_split_runner`
     gives) where ``run`` has it, else True. ``empty_levels``: the backend takes (0, 5) RoI
     inputs (onnxruntime, PyTorch); otherwise an empty level gets one placeholder RoI, whose
     head output (about 0.5 G multiply-adds in the mask head) is computed and dropped.
@@ -237,9 +238,7 @@ class SplitMaskRCNN:
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The runtime outputs of :class:`liverrt.models.maskrcnn.LiverMaskRCNN.predict`."""
-        import torch
 
-        from liverrt.models.maskrcnn import instances_to_outputs
 
         dets = [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()} for d in self.detect(images)]
         out = instances_to_outputs(dets, images.shape[-2:], self.config["score_threshold"], self.max_instances)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from liverrt.atomic import atomic_dir
+from liverrt.data.dicom_seg import write_dicom_seg
 from liverrt.data.io import write_nifti, write_png_slices
-from liverrt.data.preprocess import normalize
+from liverrt.data.preprocess import PreprocessSpec, normalize
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
 from liverrt.runtime.segmenter import Segmentation
@@ -47,14 +48,11 @@ def write_case(volume: Volume, seg: Segmentation, out_dir: Path, *, formats: tup
         if "png" in formats:
             write_png_slices(seg.mask, tmp / "masks", volume.names)
         if "dicom-seg" in formats:  # a DICOM SEG referencing the source series' instances
-            from liverrt.data.dicom_seg import write_dicom_seg
 
             if not volume.source or not Path(volume.source).is_dir():
                 raise InputError(f"{volume.case_id}: DICOM SEG output needs a DICOM series folder as input.")
             write_dicom_seg(seg.mask, Path(volume.source), tmp / "seg.dcm")
         if overlays:
-            from liverrt.data.preprocess import PreprocessSpec
-
             view = PreprocessSpec(window_center=window[0], window_width=window[1])
             names = volume.names
             for i in pick_slices(seg.mask, overlays):

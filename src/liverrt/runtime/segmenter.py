@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from liverrt import metrics
 from liverrt.data.preprocess import restore, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError, LiverrtError
@@ -98,7 +99,6 @@ class Segmenter:
 
     def postprocess(self, mask: np.ndarray) -> np.ndarray:
         """The enabled post-processing steps on a ``(D, H, W)`` bool mask."""
-        from liverrt import metrics
 
         if self.fill_holes:
             mask = metrics.fill_holes(mask)

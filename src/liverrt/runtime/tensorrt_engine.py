@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from liverrt.artifacts import ArtifactInfo, artifact_info
 from liverrt.errors import ArtifactError, LiverrtError
@@ -38,15 +39,14 @@ _TRT_LOGGER = None
 def _trt_logger():
     global _TRT_LOGGER
     if _TRT_LOGGER is None:
-        import tensorrt as trt
+        import tensorrt as trt  # optional (liverrt[trt]): imported only when a plan is loaded
 
         _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
     return _TRT_LOGGER
 
 
 def _torch_dtype(trt_dtype):
-    import tensorrt as trt
-    import torch
+    import tensorrt as trt  # optional, as above
 
     table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
              "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
@@ -139,8 +139,7 @@ class TensorRTEngine(Engine):
         self.plan = plan
 
     def _load(self, plan: Path, key) -> None:
-        import tensorrt as trt
-        import torch
+        import tensorrt as trt  # optional, as above
 
         self._torch_device = torch.device("cuda", self.device)
         with torch.cuda.device(self._torch_device):
@@ -178,8 +177,6 @@ class TensorRTEngine(Engine):
         return {name: np.concatenate([p[name] for p in parts]) for name in self._outputs}
 
     def _run(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
-
         n = len(chunk)
         b = max(n, self._min_batch)
         if b > n:  # below the profile's min: pad with zeros, drop them after
@@ -224,8 +221,6 @@ class TensorRTEngine(Engine):
             raise LiverrtError("TensorRT execute_async_v3 failed (see the TensorRT log above).")
 
     def _capture(self, b: int) -> None:
-        import torch
-
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):

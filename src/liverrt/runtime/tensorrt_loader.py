@@ -20,7 +20,6 @@ functions that need them.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -30,18 +29,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
 import liverrt
-from liverrt.artifacts import artifact_info
+from liverrt.artifacts import artifact_info, onnx_metadata
 from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.artifacts.plan import SIDECAR_FORMAT, plan_info, read_sidecar, sidecar_path  # noqa: F401 (API)
 from liverrt.artifacts.split import SplitArtifact
 from liverrt.atomic import atomic_path, overwrite_allowed
 from liverrt.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
-from liverrt.hashing import sha256_file
+from liverrt.hashing import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install liverrt[trt] on a machine with an NVIDIA GPU and driver"
+#: the optimisation profile (min, opt, max batch) of every plan unless asked: export, infer, the cache
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_MB = 4096
 
@@ -58,8 +63,9 @@ Compiler = Callable[..., bytes]
 
 # -- what a plan is built for ------------------------------------------------
 def parse_batch_profile(text: str | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
-    """``"1:8:32"`` (or ``(1, 8, 32)``) -> ``(1, 8, 32)``: min/opt/max batch of the optimisation profile."""
-    expected = "expected MIN:OPT:MAX batch sizes with 1 <= MIN <= OPT <= MAX, e.g. '1:8:32'"
+    """``"1:8:32"`` (or ``(1, 8, 32)``) -> ``(1, 8, 32)``: min/opt/max batch of the optimisation profile
+    (:data:`DEFAULT_BATCH` unless asked)."""
+    expected = f"expected MIN:OPT:MAX batch sizes with 1 <= MIN <= OPT <= MAX, e.g. '{':'.join(map(str, DEFAULT_BATCH))}'"
     parts = text.split(":") if isinstance(text, str) else list(text)
     try:
         values = tuple(int(p) for p in parts)
@@ -110,7 +116,7 @@ class EngineKey:
     def digest(self) -> str:
         """A short, stable hash of every field (16 hex characters)."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return sha256_bytes(text.encode())[:16]
 
     def diff(self, other: EngineKey) -> list[str]:
         """Names of the fields whose values differ, in declaration order."""
@@ -133,13 +139,12 @@ def describe_mismatch(built: Machine, here: Machine) -> str:
 def current_machine(device: int = 0) -> dict[str, str]:
     """TensorRT version, GPU name and compute capability here; :class:`BackendUnavailableError` without them."""
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # optional (liverrt[trt]): this is where its absence is reported
     except Exception as exc:  # ImportError, or OSError when libnvinfer is missing
         raise BackendUnavailableError(
             f"TensorRT is not usable here (import tensorrt: {type(exc).__name__}: {str(exc)[:120]}); "
             f"expected TensorRT >= 10: {INSTALL_HINT}."
         ) from None
-    import torch
 
     if not torch.cuda.is_available() or device >= torch.cuda.device_count():
         raise BackendUnavailableError(
@@ -153,7 +158,6 @@ def current_machine(device: int = 0) -> dict[str, str]:
 
 def onnx_input_name(onnx_path: Path, size: int) -> str:
     """The single graph input of a liverrt ONNX file; checks its static H = W = ``size``."""
-    import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
@@ -169,7 +173,6 @@ def onnx_input_name(onnx_path: Path, size: int) -> str:
 
 def check_single_graph(onnx_path: Path) -> None:
     """Refuse ONNX files a plan cannot stand for: the split Mask R-CNN is three graphs plus a runtime."""
-    from liverrt.artifacts import onnx_metadata
 
     meta = onnx_metadata(onnx_path)
     if SplitArtifact.is_split(meta):
@@ -181,9 +184,6 @@ def check_single_graph(onnx_path: Path) -> None:
 
 def check_zero_points(onnx_path: Path) -> None:
     """Refuse an INT8 graph with non-zero zero points: TensorRT's Q/DQ layers take zero points of 0 only."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
@@ -242,7 +242,7 @@ def write_plan(out_dir: Path, onnx_path: Path, key: EngineKey, plan: bytes, *, i
     sidecar = {
         "format": SIDECAR_FORMAT,
         "plan": path.name,
-        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "plan_sha256": sha256_bytes(plan),
         **key.to_dict(),
         "input_name": input_name,
         "build_seconds": round(float(build_seconds), 3),
@@ -293,7 +293,7 @@ def check_plan(plan: Path, machine: Machine) -> tuple[EngineKey, dict]:
 # -- building ------------------------------------------------------------------
 def compile_plan(onnx_path: Path, key: EngineKey, *, input_name: str, timing_cache: Path | None) -> bytes:
     """The TensorRT part: parse the ONNX strongly typed, one profile, workspace limit -> serialised plan."""
-    import tensorrt as trt
+    import tensorrt as trt  # optional (liverrt[trt]), with Polygraphy: needed only to build a plan
     from polygraphy.backend.trt import (
         CreateConfig,
         EngineBytesFromNetwork,

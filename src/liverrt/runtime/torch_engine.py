@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liverrt.device import resolve_device
 from liverrt.errors import ArtifactError
+from liverrt.models import load_model
 from liverrt.runtime.base import Engine
 
 
@@ -24,9 +26,6 @@ class TorchEngine(Engine):
         self._device: torch.device | None = None
 
     def _activate(self) -> None:
-        from liverrt.device import resolve_device
-        from liverrt.models import load_model
-
         self._device = resolve_device(self.device_name)
         model, _, _ = load_model(self.path)
         self._model = model.to(self._device).eval()

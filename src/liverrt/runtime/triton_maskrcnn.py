@@ -33,10 +33,12 @@ import json
 from typing import Any
 
 import numpy as np
+from torch.utils import dlpack
 
 import liverrt
 from liverrt.artifacts.metadata import from_props
 from liverrt.errors import ArtifactError
+from liverrt.kernels.detection import batched_nms, paste_masks
 from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 
 INPUT = "image"
@@ -155,14 +157,12 @@ def _to_numpy(tensor: Any) -> np.ndarray:
     """A pb_utils.Tensor as a NumPy array, copied to the host when Triton left it on a GPU."""
     if not hasattr(tensor, "is_cpu") or tensor.is_cpu():
         return tensor.as_numpy()
-    from torch.utils import dlpack
 
     return dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
 
 
 def _warm_up() -> None:
     """Run the NMS and mask-pasting kernels once on a tiny input."""
-    from liverrt.kernels.detection import batched_nms, paste_masks
 
     boxes = np.array([[0, 0, 4, 4], [1, 1, 5, 5]], np.float32)
     batched_nms(boxes, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64), 0.5)

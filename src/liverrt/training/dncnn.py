@@ -22,9 +22,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from liverrt.data.preprocess import PreprocessSpec, to_input
+from liverrt.data.preprocess import PreprocessSpec, mask_to_input, placement, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
+from liverrt.metrics import iou_from_counts, per_slice_counts
 from liverrt.metrics.image import psnr, ssim
 from liverrt.models import build
 from liverrt.models.dncnn_sr import bicubic_upsample
@@ -56,8 +57,6 @@ def clean_slices(volumes: list[Volume], spec: PreprocessSpec) -> tuple[torch.Ten
 
 def grid_pixel_mm(volumes: list[Volume], spec: PreprocessSpec) -> float:
     """Median in-plane pixel size in mm on the network grid (the path length unit of projection noise)."""
-    from liverrt.data.preprocess import placement
-
     sizes = []
     for v in volumes:
         p = placement(v.shape[1:], spec)
@@ -165,9 +164,6 @@ def denoise_effect(denoiser: torch.nn.Module, volumes: list[Volume], spec: Prepr
     liver mask, also the volume Mask IoU of its masks on clean, degraded and
     denoised slices.
     """
-    from liverrt.data.preprocess import mask_to_input
-    from liverrt.metrics import iou_from_counts, per_slice_counts
-
     device = torch.device(device)
     rows = []
     for k, vol in enumerate(volumes):

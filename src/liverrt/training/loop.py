@@ -39,10 +39,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
 
+from liverrt.artifacts.checkpoint import read_checkpoint, save_checkpoint
+from liverrt.atomic import atomic_path
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.device import resolve_device
 from liverrt.errors import InputError, LiverrtError
+from liverrt.plots import plot_training
 from liverrt.training.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -303,8 +307,6 @@ def _gather(obj: Any, info: DistInfo) -> list:
 
 def shard_order(n: int, epoch: int, info: DistInfo, seed: int) -> torch.Tensor:
     """This rank's sample order for ``epoch`` (a DistributedSampler: shuffled, padded to equal length)."""
-    from torch.utils.data.distributed import DistributedSampler
-
     sampler = DistributedSampler(range(n), num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
@@ -312,6 +314,51 @@ def shard_order(n: int, epoch: int, info: DistInfo, seed: int) -> torch.Tensor:
 
 
 # -- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What every epoch of one :func:`fit` call works with, set up once before the first."""
+
+    task: Task
+    config: TrainConfig
+    info: DistInfo
+    device: torch.device
+    out_dir: Path
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator
+    dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    steps: int  # optimiser steps per epoch
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper that the loss runs through
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * self.config.epochs
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+
+@dataclass
+class _TrainState:
+    """What changes from epoch to epoch and ``last.pt`` carries across a ``--resume``."""
+
+    history: list[dict]
+    best: dict
+    since_best: int = 0
+    start_epoch: int = 1
 
 
 def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
@@ -324,7 +371,37 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
     """
     t_start = time.perf_counter()
     info, device = setup_distributed(config.device)
-    out_dir = Path(out_dir)
+    run = _prepare(task, Path(out_dir), config, info, device)
+    state = _restore(run) if resume else _TrainState(history=[], best={task.monitor: -math.inf})
+    run.net = _parallel(run)
+    train_config = {**config.to_dict(), **task.describe(), "task": task.name, "world_size": info.world_size}
+    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
+    stopped_early = False
+
+    for epoch in range(state.start_epoch, config.epochs + 1):
+        t_epoch = time.perf_counter()
+        row = _train_epoch(run, epoch, progress)
+        rng = _rng_states(run)
+        stop = _close_epoch(run, state, epoch, row, rng, train_config, t_epoch, progress) if info.is_main else False
+        out_of_time = deadline is not None and time.perf_counter() > deadline and epoch < config.epochs
+        stop, out_of_time = _broadcast((stop, out_of_time), info)
+        if stop:
+            log.info("early stopping: %s did not improve for %d epochs", task.monitor, config.patience)
+            stopped_early = True
+            break
+        if out_of_time:
+            log.warning("time budget of %.1f min reached after epoch %d; stopping", config.max_minutes, epoch)
+            break
+
+    history, best = _broadcast((state.history, state.best), info)
+    if info.enabled:
+        dist.barrier()
+    return TrainResult(run.best_path, run.last_path, best, history, task.split, time.perf_counter() - t_start,
+                       stopped_early, info.world_size)
+
+
+def _prepare(task: Task, out_dir: Path, config: TrainConfig, info: DistInfo, device: torch.device) -> _Run:
+    """The model (on ``device``, channels_last where it pays), optimiser, schedule, scaler and generator."""
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     if len(task) == 0:
@@ -342,117 +419,106 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
     per_rank = math.ceil(len(task) / info.world_size)
     micro = config.batch_size * config.grad_accum
     steps = config.steps_per_epoch or max(1, per_rank // micro)
-    total_steps = steps * config.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps * config.epochs))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     gen = torch.Generator().manual_seed(config.seed + 1_000_003 * info.rank)
+    return _Run(task, config, info, device, out_dir, model, opt, sched, scaler, gen, dtype, memory_format,
+                steps, net=model)
 
-    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    history: list[dict] = []
-    best: dict = {task.monitor: -math.inf}
-    start_epoch, since_best = 1, 0
-    if resume:
-        state = _restore(last_path, task, config, model, opt, sched, scaler, gen, info)
-        history, best, since_best = state["history"], state["best"], int(state.get("since_best", 0))
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d (%s so far %.4f)", task.name, start_epoch, config.epochs,
-                 task.monitor, best.get(task.monitor, float("nan")))
 
-    net: nn.Module = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=task.find_unused_parameters)
-    train_config = {**config.to_dict(), **task.describe(), "task": task.name, "world_size": info.world_size}
-    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
-    stopped_early = False
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+def _parallel(run: _Run) -> nn.Module:
+    """The module the loss runs through: the model itself, or (under torchrun) its DDP wrapper.
 
-    for epoch in range(start_epoch, config.epochs + 1):
-        model.train()
-        t_epoch = time.perf_counter()
-        order = shard_order(len(task), epoch, info, config.seed)
-        parts_sum: dict[str, float] = {}
-        losses = []
-        for step in range(steps):
-            opt.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for k in range(config.grad_accum):
-                start = ((step * config.grad_accum + k) * config.batch_size) % len(order)
-                idx = order[start:][: config.batch_size]
-                if idx.numel() < config.batch_size:  # wrap around for a full batch
-                    idx = torch.cat([idx, order[: config.batch_size - idx.numel()]])
-                batch = task.batch(idx, gen, device, memory_format)
-                sync = k == config.grad_accum - 1 or not info.enabled
-                with (nullcontext() if sync else net.no_sync()), autocast():
-                    loss, parts = task.loss(net, batch)
-                scaler.scale(loss / config.grad_accum).backward()
-                step_loss += float(loss.detach()) / config.grad_accum
-                for name, v in parts.items():
-                    parts_sum[name] = parts_sum.get(name, 0.0) + v / config.grad_accum
-            if not _all_finite(step_loss, info, device):  # every rank stops at the same step
-                raise TrainingDiverged(
-                    f"{task.name}: the loss became non-finite at epoch {epoch} step {step + 1} (here {step_loss}); "
-                    "expected a finite loss: lower --lr, or use --amp off. last.pt holds the last good epoch.")
-            if config.clip_grad_norm:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            losses.append(step_loss)
-            if progress and info.is_main:
-                progress("train", (epoch - 1) * steps + step + 1, total_steps, {"epoch": epoch, "loss": step_loss})
+    Wrapped after :func:`_restore`, since DDP broadcasts rank 0's weights when it is built.
+    """
+    if not run.info.enabled:
+        return run.model
+    return nn.parallel.DistributedDataParallel(
+        run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        find_unused_parameters=run.task.find_unused_parameters)
 
-        row = {"epoch": epoch, "loss": _mean_across(sum(losses) / len(losses), info, device),
-               **{f"loss_{k}": _mean_across(v / steps, info, device) for k, v in parts_sum.items()},
-               "lr": opt.param_groups[0]["lr"]}
-        # every rank's augmentation stream and global RNGs (dropout), for --resume
-        rng = _gather({"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                       "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0,
-                                                                                                          dtype=torch.uint8)},
-                      info)
-        if info.is_main:
-            scores = task.validate(model, device)
-            row.update(scores)
-            row["seconds"] = time.perf_counter() - t_epoch
-            history.append(row)
-            improved = scores[task.monitor] > best.get(task.monitor, -math.inf) + config.min_delta
-            since_best = 0 if improved else since_best + 1
-            metrics = {"epoch": epoch, **scores}
-            common = {"model_name": task.model_name or config.model, "spec": task.spec, "split": task.split,
-                      "train_config": train_config}
-            if improved:
-                best = dict(metrics)
-                from liverrt.artifacts.checkpoint import save_checkpoint
 
-                save_checkpoint(best_path, model, metrics=metrics, **common)
-            stop = since_best >= config.patience if config.patience else False
-            _save_last(last_path, model, opt, sched, scaler, rng, epoch, history, best, since_best, info,
-                       common, metrics)
-            _write_log(history, out_dir / "train_log.csv")
-            _plot(history, out_dir / "curves.png", task)
-            log.info("%s epoch %d/%d loss %.4f %s %.4f (%.1fs)", task.name, epoch, config.epochs, row["loss"],
-                     task.monitor, scores[task.monitor], row["seconds"])
-            if progress:
-                progress("epoch", epoch, config.epochs, row)
-        else:
-            stop = False
-        out_of_time = deadline is not None and time.perf_counter() > deadline and epoch < config.epochs
-        stop, out_of_time = _broadcast((stop, out_of_time), info)
-        if stop:
-            log.info("early stopping: %s did not improve for %d epochs", task.monitor, config.patience)
-            stopped_early = True
-            break
-        if out_of_time:
-            log.warning("time budget of %.1f min reached after epoch %d; stopping", config.max_minutes, epoch)
-            break
+def _train_epoch(run: _Run, epoch: int, progress: Progress | None) -> dict:
+    """``run.steps`` optimiser steps; the epoch's log row (losses averaged over steps and ranks, lr)."""
+    run.model.train()
+    order = shard_order(len(run.task), epoch, run.info, run.config.seed)
+    parts_sum: dict[str, float] = {}
+    losses = []
+    for step in range(run.steps):
+        run.opt.zero_grad(set_to_none=True)
+        step_loss = _accumulate_gradients(run, order, step, parts_sum)
+        if not _all_finite(step_loss, run.info, run.device):  # every rank stops at the same step
+            raise TrainingDiverged(
+                f"{run.task.name}: the loss became non-finite at epoch {epoch} step {step + 1} (here {step_loss}); "
+                "expected a finite loss: lower --lr, or use --amp off. last.pt holds the last good epoch.")
+        if run.config.clip_grad_norm:
+            run.scaler.unscale_(run.opt)
+            nn.utils.clip_grad_norm_(run.model.parameters(), run.config.clip_grad_norm)
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step()
+        losses.append(step_loss)
+        if progress and run.info.is_main:
+            progress("train", (epoch - 1) * run.steps + step + 1, run.total_steps, {"epoch": epoch, "loss": step_loss})
+    return {"epoch": epoch, "loss": _mean_across(sum(losses) / len(losses), run.info, run.device),
+            **{f"loss_{k}": _mean_across(v / run.steps, run.info, run.device) for k, v in parts_sum.items()},
+            "lr": run.opt.param_groups[0]["lr"]}
 
-    history, best = _broadcast((history, best), info)
-    if info.enabled:
-        dist.barrier()
-    return TrainResult(best_path, last_path, best, history, task.split, time.perf_counter() - t_start,
-                       stopped_early, info.world_size)
+
+def _accumulate_gradients(run: _Run, order: torch.Tensor, step: int, parts_sum: dict[str, float]) -> float:
+    """Backward passes of the ``grad_accum`` micro-batches of optimiser step ``step``; their mean loss.
+
+    The loss parts are added to ``parts_sum``. Under DDP only the last
+    micro-batch synchronises gradients.
+    """
+    config = run.config
+    step_loss = 0.0
+    for k in range(config.grad_accum):
+        start = ((step * config.grad_accum + k) * config.batch_size) % len(order)
+        idx = order[start:][: config.batch_size]
+        if idx.numel() < config.batch_size:  # wrap around for a full batch
+            idx = torch.cat([idx, order[: config.batch_size - idx.numel()]])
+        batch = run.task.batch(idx, run.gen, run.device, run.memory_format)
+        sync = k == config.grad_accum - 1 or not run.info.enabled
+        with (nullcontext() if sync else run.net.no_sync()), run.autocast():
+            loss, parts = run.task.loss(run.net, batch)
+        run.scaler.scale(loss / config.grad_accum).backward()
+        step_loss += float(loss.detach()) / config.grad_accum
+        for name, v in parts.items():
+            parts_sum[name] = parts_sum.get(name, 0.0) + v / config.grad_accum
+    return step_loss
+
+
+def _rng_states(run: _Run) -> list[dict]:
+    """Every rank's augmentation stream and global RNGs (dropout), gathered for ``last.pt`` (--resume)."""
+    cuda = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else torch.zeros(0, dtype=torch.uint8)
+    return _gather({"generator": run.gen.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}, run.info)
+
+
+def _close_epoch(run: _Run, state: _TrainState, epoch: int, row: dict, rng: list[dict], train_config: dict,
+                 t_epoch: float, progress: Progress | None) -> bool:
+    """Rank 0 after an epoch: validate, write checkpoints, log and curves; True when early stopping is due."""
+    task, config = run.task, run.config
+    scores = task.validate(run.model, run.device)
+    row.update(scores)
+    row["seconds"] = time.perf_counter() - t_epoch
+    state.history.append(row)
+    improved = scores[task.monitor] > state.best.get(task.monitor, -math.inf) + config.min_delta
+    state.since_best = 0 if improved else state.since_best + 1
+    metrics = {"epoch": epoch, **scores}
+    common = {"model_name": task.model_name or config.model, "spec": task.spec, "split": task.split,
+              "train_config": train_config}
+    if improved:
+        state.best = dict(metrics)
+        save_checkpoint(run.best_path, run.model, metrics=metrics, **common)
+    _save_last(run, state, rng, epoch, common, metrics)
+    _write_log(state.history, run.out_dir / "train_log.csv")
+    _plot(state.history, run.out_dir / "curves.png", task)
+    log.info("%s epoch %d/%d loss %.4f %s %.4f (%.1fs)", task.name, epoch, config.epochs, row["loss"],
+             task.monitor, scores[task.monitor], row["seconds"])
+    if progress:
+        progress("epoch", epoch, config.epochs, row)
+    return state.since_best >= config.patience if config.patience else False
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -464,28 +530,26 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _save_last(path, model, opt, sched, scaler, rng, epoch, history, best, since_best, info, common, metrics):
-    from liverrt.artifacts.checkpoint import save_checkpoint
-
-    state = {
+def _save_last(run: _Run, state: _TrainState, rng: list[dict], epoch: int, common: dict, metrics: dict) -> None:
+    train_state = {
         "epoch": epoch,
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "generators": [r["generator"] for r in rng],
         "torch_rng": [r["torch"] for r in rng],
         "cuda_rng": [r["cuda"] for r in rng],
-        "history": history,
-        "best": best,
-        "since_best": since_best,
-        "world_size": info.world_size,
+        "history": state.history,
+        "best": state.best,
+        "since_best": state.since_best,
+        "world_size": run.info.world_size,
     }
-    save_checkpoint(path, model, metrics=metrics, extra={"train_state": state}, **common)
+    save_checkpoint(run.last_path, run.model, metrics=metrics, extra={"train_state": train_state}, **common)
 
 
-def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, scaler, gen, info) -> dict:
-    from liverrt.artifacts.checkpoint import read_checkpoint
-
+def _restore(run: _Run) -> _TrainState:
+    """Weights, optimiser, scheduler, scaler and random streams from ``last.pt``; where the run stood."""
+    path, task, config, model = run.last_path, run.task, run.config, run.model
     if not path.is_file():
         raise InputError(f"--resume: {path} does not exist; expected the last.pt of an earlier run in this folder.")
     ckpt = read_checkpoint(path)
@@ -493,6 +557,26 @@ def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, sca
     if not isinstance(state, dict):
         raise InputError(f"--resume: {path} has no training state (it is a best/exported checkpoint); "
                          "expected the last.pt written by `liverrt train`.")
+    _check_resumable(path, ckpt, run)
+    if int(state["epoch"]) >= config.epochs:
+        raise InputError(f"--resume: {path} already finished epoch {state['epoch']} of {config.epochs}; "
+                         "raise --epochs to train longer.")
+    model.load_state_dict(ckpt["state_dict"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    _restore_rng(state, run)
+    resumed = _TrainState(history=state["history"], best=state["best"], since_best=int(state.get("since_best", 0)),
+                        start_epoch=int(state["epoch"]) + 1)
+    log.info("resuming %s at epoch %d of %d (%s so far %.4f)", task.name, resumed.start_epoch, config.epochs,
+             task.monitor, resumed.best.get(task.monitor, float("nan")))
+    return resumed
+
+
+def _check_resumable(path: Path, ckpt: dict, run: _Run) -> None:
+    """Refuse a ``last.pt`` of another task, model, preprocessing or training settings."""
+    task, config, model = run.task, run.config, run.model
     stored = ckpt.get("train_config", {})
     if stored.get("task") != task.name:
         raise InputError(f"--resume: {path} is a {stored.get('task')!r} run; this is {task.name!r}.")
@@ -506,17 +590,14 @@ def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, sca
         if key in stored and stored[key] != getattr(config, key):
             raise InputError(f"--resume: {key} was {stored[key]!r} in {path}, now {getattr(config, key)!r}; "
                              "expected the same training settings (only --epochs may grow).")
-    if int(state["epoch"]) >= config.epochs:
-        raise InputError(f"--resume: {path} already finished epoch {state['epoch']} of {config.epochs}; "
-                         "raise --epochs to train longer.")
-    model.load_state_dict(ckpt["state_dict"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+
+
+def _restore_rng(state: dict, run: _Run) -> None:
+    """This rank's random streams, when the run had as many processes; else they restart from the seed."""
+    info = run.info
     gens = state.get("generators") or []
     if int(state.get("world_size", 1)) == info.world_size and info.rank < len(gens):
-        gen.set_state(gens[info.rank])
+        run.gen.set_state(gens[info.rank])
         torch.set_rng_state(state["torch_rng"][info.rank])
         cuda = state["cuda_rng"][info.rank]
         if cuda.numel() and torch.cuda.is_available():
@@ -524,12 +605,9 @@ def _restore(path: Path, task: Task, config: TrainConfig, model, opt, sched, sca
     else:
         log.warning("--resume: run had %s process(es), now %d; random streams restart from the seed",
                     state.get("world_size"), info.world_size)
-    return state
 
 
 def _write_log(history: list[dict], path: Path) -> None:
-    from liverrt.atomic import atomic_path
-
     fields: list[str] = []
     for row in history:
         fields += [k for k in row if k not in fields]
@@ -540,8 +618,6 @@ def _write_log(history: list[dict], path: Path) -> None:
 
 
 def _plot(history: list[dict], path: Path, task: Task) -> None:
-    from liverrt.plots import plot_training
-
     try:
         plot_training(history, path, metrics=task.curve_metrics)
     except Exception as exc:  # a plot must never cost a training run

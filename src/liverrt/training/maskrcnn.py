@@ -23,6 +23,7 @@ import torch
 from liverrt.data.preprocess import PreprocessSpec, mask_to_input, to_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
+from liverrt.metrics import iou_from_counts, label_by_area, per_slice_counts
 from liverrt.metrics.instances import instances_from_labels, match_instances
 from liverrt.models import build
 from liverrt.training.augment import augment_batch
@@ -65,12 +66,10 @@ class InstanceSliceSet:
 
 def _grid_labels(vol: Volume, place, min_area: int) -> np.ndarray:
     """(D, S, S) uint8 instance labels on the network grid, regions >= ``min_area`` px, largest first."""
-    from liverrt.data.phantom import label_instances
-
     if vol.instances is not None:
         source = np.where(vol.mask, vol.instances, 0)
     else:
-        source = label_instances(vol.mask)
+        source = label_by_area(vol.mask)
     out = np.zeros((vol.shape[0], place.size, place.size), np.uint8)
     for d in range(vol.shape[0]):
         ids = [i for i in np.unique(source[d]) if i != 0]
@@ -169,8 +168,6 @@ class MaskRCNNTask(Task):
 def score_instances(model, data: InstanceSliceSet, device: torch.device, *, batch_size: int = 4,
                     iou_threshold: float = 0.5) -> dict[str, float]:
     """Semantic and instance scores of a Mask R-CNN on labelled slices (see the module docstring)."""
-    from liverrt.metrics import iou_from_counts, per_slice_counts
-
     model.eval()
     cfg = model.config
     semantic = np.zeros((len(data), *data.labels.shape[1:]), bool)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liverrt.artifacts.checkpoint import read_checkpoint
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.data.splits import case_split
 from liverrt.data.volume import Volume
@@ -113,8 +114,6 @@ def split_volumes(volumes: list[Volume], val_volumes: list[Volume] | None, confi
 
 def stored_split(out_dir: Path) -> dict | None:
     """The case split of the run in ``out_dir`` (from its last.pt), for ``--resume``."""
-    from liverrt.artifacts.checkpoint import read_checkpoint
-
     path = Path(out_dir) / "last.pt"
     if not path.is_file():
         raise InputError(f"--resume: {path} does not exist; expected the last.pt of an earlier run in this folder.")

@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
+from liverrt.data.phantom import PhantomConfig, synth_case
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
 from liverrt.metrics import per_slice_dice
@@ -40,8 +42,6 @@ def sample_inputs(spec: PreprocessSpec, volumes: list[Volume] | None, *, samples
     """``samples`` preprocessed slices (N, 1, S, S): liver-bearing slices of ``volumes`` when given,
     otherwise slices of a seeded phantom case (never a random tensor)."""
     if not volumes:
-        from liverrt.data.phantom import PhantomConfig, synth_case
-
         volumes = [synth_case(seed, PhantomConfig(size=max(64, min(spec.size, 256)), slices=max(samples, 8)))]
     rng = np.random.default_rng(seed)
     picks: list[np.ndarray] = []
@@ -96,7 +96,6 @@ def parity_check(
     model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray, *, threshold: float, atol: float, max_dice_delta: float
 ) -> ParityReport:
     """Run PyTorch (float32, eval) and onnxruntime (CPU) on ``inputs`` and compare."""
-    import onnxruntime as ort
 
     with torch.no_grad():
         ref = torch.sigmoid(model.eval()(torch.from_numpy(inputs))).numpy()
