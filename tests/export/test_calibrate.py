@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from liverrt.export.calibrate import equalize, fit_ranges, tie_scales
+from liverrt.export.graph import edit_graph
 from liverrt.export.precision import to_int8
 
 S = 32
@@ -208,6 +209,7 @@ def test_fallback_removes_only_the_qdq_pairs_of_its_scale(tiny_onnx, tmp_path):
     _bypass(model, {cat_scale})
     after = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == skip]
     assert len(after) == 1 and after[0].input[1] != cat_scale
+    concat = next(n for n in model.graph.node if n.name == concat.name)  # _bypass rewrote the graph
     assert skip in concat.input  # the Concat reads the float skip tensor
     onnx.checker.check_model(model, full_check=True)
 
@@ -275,3 +277,34 @@ def test_a_missed_worst_slice_target_alone_triggers_the_fallback(tiny_onnx, tmp_
                      target_delta_dice=1.0, target_worst_delta_dice=0.0)
     assert fit.worst_delta_dice_ranges > 0 and len(fit.float_tensors) >= 1
     assert fit.worst_delta_dice < fit.worst_delta_dice_ranges
+
+
+# --------------------------------------------------------------------------- graph edits
+
+
+def test_edit_graph_replaces_the_graph_alone_and_keeps_its_annotations(tiny_onnx):
+    """onnx-graphsurgeon exports a new model without the metadata: edit_graph writes back the graph only."""
+    model = onnx.load(str(tiny_onnx))
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    model.graph.input.append(helper.make_tensor_value_info("spare", TensorProto.FLOAT, [1]))
+    before = onnx.ModelProto.FromString(model.SerializeToString())
+    assert model.metadata_props and model.graph.metadata_props and model.graph.node[0].metadata_props
+    with edit_graph(model) as graph:
+        relu = next(n for n in graph.nodes if n.op == "Relu")
+        relu.op = "LeakyRelu"
+    assert "unused" not in {t.name for t in model.graph.initializer}  # the cleanup
+    assert [i.name for i in model.graph.input] == ["image", "spare"]  # unused graph inputs stay
+    for name in ("ir_version", "opset_import", "metadata_props", "producer_name", "producer_version", "domain",
+                 "model_version", "doc_string"):
+        assert getattr(model, name) == getattr(before, name), name
+    assert model.graph.metadata_props == before.graph.metadata_props
+    assert list(model.graph.input) == list(before.graph.input) and list(model.graph.output) == list(before.graph.output)
+    assert [(n.name, n.metadata_props) for n in model.graph.node] == [
+        (n.name, n.metadata_props) for n in before.graph.node]
+    assert [n.op_type for n in model.graph.node] == [
+        "LeakyRelu" if n.name == relu.name else n.op_type for n in before.graph.node]
+    edited = model.SerializeToString()
+    with pytest.raises(RuntimeError), edit_graph(model) as graph:
+        graph.nodes.clear()
+        raise RuntimeError
+    assert model.SerializeToString() == edited  # an error inside the block leaves the model as it was

@@ -97,6 +97,19 @@ def test_fp16_carries_the_metadata_over(fp16_onnx, tiny_onnx, tiny_spec):
     assert info.precision == "fp16" and info.spec == tiny_spec and info.metrics == {"val_mask_iou": 0.5}
 
 
+def test_variants_keep_the_sources_ir_version_opsets_and_node_annotations(fp16_onnx, int8_onnx, tiny_onnx):
+    """The graph rewrites (onnx-graphsurgeon) replace the graph alone: what the model says about itself stays."""
+    src = onnx.load(str(tiny_onnx))
+    annotated = {n.name: n.metadata_props for n in src.graph.node if n.metadata_props}
+    assert annotated and src.graph.metadata_props
+    for path in (fp16_onnx, int8_onnx):
+        model = onnx.load(str(path))
+        assert model.ir_version == src.ir_version and model.opset_import == src.opset_import
+        assert model.graph.metadata_props == src.graph.metadata_props
+        kept = {n.name: n.metadata_props for n in model.graph.node if n.name in annotated}
+        assert kept and all(kept[name] == annotated[name] for name in kept)
+
+
 def test_fp16_probabilities_match_fp32(fp16_onnx, tiny_onnx, calib):
     x = np.concatenate([calib, np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)])
     ref, got = run(tiny_onnx, x), run(fp16_onnx, x)

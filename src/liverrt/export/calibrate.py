@@ -54,10 +54,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from liverrt.errors import ExportError
-from liverrt.export.graph import sort_topologically
+from liverrt.export.graph import edit_graph, producer, reroute
 from liverrt.metrics import per_slice_dice
 
 #: Candidate clips, as percentiles of |x| over the calibration slices (100: the maximum).
@@ -143,90 +145,145 @@ def fit_ranges(
     if method not in ("minmax", "percentile", "search"):
         raise ExportError(f"Range method {method!r}: expected 'minmax', 'percentile' or 'search'.")
     if method in ("minmax", "percentile"):
-        fit = RangeFit(method)
         at = 100.0 if method == "minmax" else float(percentile)
-        for g in _groups(model, fp32_path, calibration, batch_size, input_name, (at,)):
-            _set_scale(model, g, g.candidates[0])
-            fit.percentiles[g.scale] = at
-        return fit
+        return _fixed_ranges(fp32_path, model, calibration, method, at, batch_size, input_name)
     groups = _groups(model, fp32_path, calibration, batch_size, input_name, PERCENTILES)
     fit = RangeFit(method)
     if not groups:
         return fit
-    pct = np.asarray(PERCENTILES)
-
     # evenly spaced (adding the calibration's smallest livers, whose ΔDice is largest, made the held-out
     # worst slice worse on a trained U-Net: 0.120 against 0.067, with 4 more tensors left float)
     idx = np.unique(np.linspace(0, calibration.shape[0] - 1, min(eval_slices, calibration.shape[0])).round()
                     .astype(int))
     search = _Search(fp32_path, model, groups, calibration[idx], batch_size, threshold, input_name)
-    state = {g.scale: 0 for g in groups}  # index into PERCENTILES
-    floats: set[str] = set()
-    total = len(pct) + len(groups) * (len(pct) - 1) + max(sweeps - 1, 0) * len(groups) * 2  # an upper bound
-    done = 0
+    n = len(PERCENTILES)
+    steps = _Steps(progress, n + len(groups) * (n - 1) + max(sweeps - 1, 0) * len(groups) * 2)  # an upper bound
+    point = search.at(dict.fromkeys((g.scale for g in groups), 0), frozenset())
+    steps("min-max ranges")
+    fit.objective_minmax, fit.delta_dice_minmax = point.objective, _mean(point.deltas)
+    point = _one_clip_for_all(search, point, steps)
+    point = _sweep(search, groups, point, sweeps, steps)
+    fit.delta_dice_ranges, fit.worst_delta_dice_ranges = _mean(point.deltas), _worst(point.deltas)
+    targets = _Targets(target_delta_dice, target_worst_delta_dice)
+    if point.deltas is not None and targets.violation(point.deltas) > 1 and max_float > 0:
+        point = _float_fallback(search, groups, point, targets, max_float, steps)
+    _apply(model, groups, point, fit)
+    fit.evaluations = search.runs
+    steps.finish()
+    return fit
 
-    def step(info: str) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, total, info)
 
-    best, dd = search.evaluate(state, floats)
-    step("min-max ranges")
-    fit.objective_minmax, fit.delta_dice_minmax = best, _mean(dd)
-    for k in range(1, len(pct)):  # one clip for all
-        trial = dict.fromkeys(state, k)
-        e, d = search.evaluate(trial, floats)
-        step(f"all activations at p{pct[k]:g}")
-        if e < best:
-            best, dd, state = e, d, trial
+def _fixed_ranges(fp32_path: Path, model: onnx.ModelProto, calibration: np.ndarray, method: str, at: float,
+                  batch_size: int, input_name: str) -> RangeFit:
+    """Every scale from its own tensor's ``at`` percentile of |x| (100: the maximum), no search."""
+    fit = RangeFit(method)
+    for g in _groups(model, fp32_path, calibration, batch_size, input_name, (at,)):
+        _set_scale(model, g, g.candidates[0])
+        fit.percentiles[g.scale] = at
+    return fit
+
+
+@dataclass(frozen=True)
+class _Point:
+    """A point of the search: an index into PERCENTILES per scale, the scales left float, what they measured."""
+
+    state: dict[str, int]
+    floats: frozenset[str]
+    objective: float
+    deltas: np.ndarray | None  # per-slice ΔDice of ``prob`` against fp32; None without a ``prob`` output
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The calibration ΔDice targets (mean and worst slice) the float fallback works towards."""
+
+    mean: float
+    worst: float
+
+    def violation(self, deltas: np.ndarray) -> float:
+        """> 1: a target is missed."""
+        return max(_mean(deltas) / max(self.mean, 1e-12), _worst(deltas) / max(self.worst, 1e-12))
+
+
+class _Steps:
+    """Counts the search's evaluations for ``progress(done, total, info)``; ``total`` is an upper bound."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, info: str) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total, info)
+
+    def finish(self) -> None:
+        if self.progress:
+            self.progress(self.done, self.done, "done")
+
+
+def _one_clip_for_all(search: _Search, point: _Point, steps: _Steps) -> _Point:
+    """The best single percentile for all scales: where the coordinate descent starts."""
+    for k in range(1, len(PERCENTILES)):
+        trial = search.at(dict.fromkeys(point.state, k), point.floats)
+        steps(f"all activations at p{PERCENTILES[k]:g}")
+        if trial.objective < point.objective:
+            point = trial
+    return point
+
+
+def _sweep(search: _Search, groups: list[_Group], point: _Point, sweeps: int, steps: _Steps) -> _Point:
+    """Coordinate descent: each scale in graph order tries every candidate (first pass) or its two neighbours."""
+    n = len(PERCENTILES)
     for sweep in range(sweeps):
         for g in groups:
-            here = state[g.scale]
-            tries = range(len(pct)) if sweep == 0 else (here - 1, here + 1)
-            for k in tries:
-                if k == here or not 0 <= k < len(pct):
+            here = point.state[g.scale]
+            for k in range(n) if sweep == 0 else (here - 1, here + 1):
+                if k == here or not 0 <= k < n:
                     continue
-                trial = dict(state, **{g.scale: k})
-                e, d = search.evaluate(trial, floats)
-                step(f"sweep {sweep + 1}/{sweeps}: {g.tensors[0]}")
-                if e < best:
-                    best, dd, state = e, d, trial
-    fit.delta_dice_ranges, fit.worst_delta_dice_ranges = _mean(dd), _worst(dd)
+                trial = search.at({**point.state, g.scale: k}, point.floats)
+                steps(f"sweep {sweep + 1}/{sweeps}: {g.tensors[0]}")
+                if trial.objective < point.objective:
+                    point = trial
+    return point
 
-    def violation(d: np.ndarray) -> float:  # > 1: a calibration target is missed
-        return max(_mean(d) / max(target_delta_dice, 1e-12), _worst(d) / max(target_worst_delta_dice, 1e-12))
 
-    if dd is not None and violation(dd) > 1 and max_float > 0:
-        total_macs = max(sum(g.macs for g in groups), 1.0)
-        if progress:
-            total += max_float * len(groups)
-        for _ in range(max_float):
-            trials = []
-            for g in groups:
-                if g.scale in floats:
-                    continue
-                e, d = search.evaluate(state, floats | {g.scale})
-                step(f"float fallback: {g.tensors[0]}")
-                if violation(d) < violation(dd):  # gained per share of the multiply-adds that turn float
-                    trials.append(((violation(dd) - violation(d)) / (g.macs / total_macs + 0.01), e, g.scale, d))
-            if not trials:
-                break
-            _, e, scale, d = max(trials, key=lambda t: (t[0], -t[1]))
-            floats.add(scale)
-            best, dd = e, d
-            if violation(dd) <= 1:
-                break
+def _float_fallback(search: _Search, groups: list[_Group], point: _Point, targets: _Targets, max_float: int,
+                    steps: _Steps) -> _Point:
+    """Leave up to ``max_float`` scales float, one at a time, until the targets are met.
+
+    Each round floats the scale that lowers the violation the most per share of the network's
+    multiply-adds it turns float (ties: the lower objective).
+    """
+    total_macs = max(sum(g.macs for g in groups), 1.0)
+    steps.total += max_float * len(groups)
+    for _ in range(max_float):
+        now = targets.violation(point.deltas)
+        trials = []
+        for g in groups:
+            if g.scale in point.floats:
+                continue
+            trial = search.at(point.state, point.floats | {g.scale})
+            steps(f"float fallback: {g.tensors[0]}")
+            if targets.violation(trial.deltas) < now:
+                trials.append(((now - targets.violation(trial.deltas)) / (g.macs / total_macs + 0.01), trial))
+        if not trials:
+            break
+        point = max(trials, key=lambda t: (t[0], -t[1].objective))[1]
+        if targets.violation(point.deltas) <= 1:
+            break
+    return point
+
+
+def _apply(model: onnx.ModelProto, groups: list[_Group], point: _Point, fit: RangeFit) -> None:
+    """Write the chosen scales into ``model``, remove the float scales' Q/DQ pairs, record both in ``fit``."""
     for g in groups:
-        fit.percentiles[g.scale] = float(pct[state[g.scale]])
-        _set_scale(model, g, g.candidates[state[g.scale]])
-    fit.float_tensors = sorted(t for g in groups if g.scale in floats for t in g.tensors)
-    fit.float_scales = sorted(floats)
-    _bypass(model, floats)
-    fit.objective, fit.delta_dice, fit.worst_delta_dice, fit.evaluations = best, _mean(dd), _worst(dd), search.runs
-    if progress:
-        progress(done, done, "done")
-    return fit
+        fit.percentiles[g.scale] = float(PERCENTILES[point.state[g.scale]])
+        _set_scale(model, g, g.candidates[point.state[g.scale]])
+    fit.float_tensors = sorted(t for g in groups if g.scale in point.floats for t in g.tensors)
+    fit.float_scales = sorted(point.floats)
+    _bypass(model, set(point.floats))
+    fit.objective, fit.delta_dice, fit.worst_delta_dice = (point.objective, _mean(point.deltas),
+                                                           _worst(point.deltas))
 
 
 def _mean(deltas: np.ndarray | None) -> float | None:
@@ -235,6 +292,16 @@ def _mean(deltas: np.ndarray | None) -> float | None:
 
 def _worst(deltas: np.ndarray | None) -> float | None:
     return None if deltas is None else float(np.max(deltas))
+
+
+# --------------------------------------------------------------------------- graph edits
+
+
+def _read_by_only(tensor: gs.Tensor, node: gs.Node) -> bool:
+    return len(tensor.outputs) == 1 and tensor.outputs[0] is node
+
+
+# --------------------------------------------------------------------------- scale ties
 
 
 def tie_scales(model: onnx.ModelProto) -> int:
@@ -254,58 +321,68 @@ def tie_scales(model: onnx.ModelProto) -> int:
     without a DQ/Q round trip. Measured on the demo U-Net with the search:
     calibration ΔDice 0.054 untied, 0.038 with the Relu ties alone.
     """
-    graph = model.graph
-    # with dedicated Q/DQ pairs a tensor may have several Qs; quantize_static gives them one scale, and
-    # a Q that only a Concat reads takes the Concat's scale below: the "main" Q is one that does not
-    q_list: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for q in _activation_qs(model):
-        q_list[q.input[0]].append(q)
-    concat_scales = {q.input[1] for n in graph.node if n.op_type == "Concat" for q in q_list.get(n.output[0], [])}
-    qs = {t: next((q for q in lst if q.input[1] not in concat_scales), lst[0]) for t, lst in q_list.items()}
-    q_of_output = {q.output[0]: q for lst in q_list.values() for q in lst}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    def tie(node: onnx.NodeProto, name: str, q_out: onnx.NodeProto) -> bool:
-        dq = producer.get(name)
-        if dq is None or dq.op_type != "DequantizeLinear" or consumers[name] != [node]:
+    with edit_graph(model) as graph:  # the scales no Q/DQ reads any more leave with the cleanup
+        ties = _ScaleTies(graph)
+        tied = 0
+        for node in graph.nodes:
+            if node.op == "MaxPool":
+                tied += ties.output(node)
+            elif node.op in ("Relu", "Concat"):
+                tied += ties.inputs(node)
+    return tied
+
+
+class _ScaleTies:
+    """The activation Q nodes of a QDQ graph by the tensor they quantise, and the ties :func:`tie_scales` makes."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        # with dedicated Q/DQ pairs a tensor may have several Qs; quantize_static gives them one scale, and
+        # a Q that only a Concat reads takes the Concat's scale below: the "main" Q is one that does not
+        self.qs: dict[str, list[gs.Node]] = defaultdict(list)
+        for q in _activation_qs(graph):
+            self.qs[q.inputs[0].name].append(q)
+        concat_scales = {q.inputs[1].name for n in graph.nodes if n.op == "Concat"
+                         for q in self.qs.get(n.outputs[0].name, [])}
+        self.main = {t: next((q for q in qs if q.inputs[1].name not in concat_scales), qs[0])
+                     for t, qs in self.qs.items()}
+        self.activation = {id(q) for qs in self.qs.values() for q in qs}
+
+    def inputs(self, node: gs.Node) -> int:
+        """Relu, Concat: each input's Q/DQ pair that only ``node`` reads takes the scale of ``node``'s output."""
+        q_out = self.main.get(node.outputs[0].name)
+        if q_out is None or len(q_out.inputs) < 3:
+            return 0
+        return sum(self._tie(node, tensor, q_out) for tensor in node.inputs)
+
+    def _tie(self, node: gs.Node, tensor: gs.Tensor, q_out: gs.Node) -> bool:
+        dq = producer(tensor)
+        if dq is None or dq.op != "DequantizeLinear" or not _read_by_only(tensor, node):
             return False
-        q_in = q_of_output.get(dq.input[0])
-        if q_in is None or len(q_in.input) < 3 or consumers[q_in.output[0]] != [dq]:
+        q_in = producer(dq.inputs[0])
+        if q_in is None or id(q_in) not in self.activation or len(q_in.inputs) < 3:
             return False
-        if q_in.input[1] == q_out.input[1]:
-            return False  # tied already
+        if not _read_by_only(q_in.outputs[0], dq) or q_in.inputs[1] is q_out.inputs[1]:
+            return False  # read by another node too, or tied already
         for n in (q_in, dq):
-            n.input[1], n.input[2] = q_out.input[1], q_out.input[2]
+            n.inputs[1], n.inputs[2] = q_out.inputs[1], q_out.inputs[2]
         return True
 
-    def tie_output(node: onnx.NodeProto) -> int:
+    def output(self, node: gs.Node) -> int:
         """MaxPool: its output takes its input's scale, so it can run on int8 values unchanged."""
-        dq = producer.get(node.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+        dq = producer(node.inputs[0])
+        if dq is None or dq.op != "DequantizeLinear" or len(dq.inputs) < 3:
             return 0
         tied = 0
-        for q_out in q_list.get(node.output[0], []):
-            if len(q_out.input) < 3 or q_out.input[1] == dq.input[1]:
+        for q_out in self.qs.get(node.outputs[0].name, []):
+            if len(q_out.inputs) < 3 or q_out.inputs[1] is dq.inputs[1]:
                 continue
-            for n in (q_out, *(c for c in consumers[q_out.output[0]] if c.op_type == "DequantizeLinear")):
-                n.input[1], n.input[2] = dq.input[1], dq.input[2]
+            for n in (q_out, *(c for c in q_out.outputs[0].outputs if c.op == "DequantizeLinear")):
+                n.inputs[1], n.inputs[2] = dq.inputs[1], dq.inputs[2]
             tied += 1
         return tied
 
-    tied = 0
-    for node in graph.node:
-        if node.op_type == "MaxPool":
-            tied += tie_output(node)
-            continue
-        q_out = qs.get(node.output[0]) if node.op_type in ("Relu", "Concat") else None
-        if q_out is None or len(q_out.input) < 3:
-            continue
-        tied += sum(tie(node, name, q_out) for name in node.input)
-    drop_unused_initializers(graph)
-    return tied
+
+# --------------------------------------------------------------------------- channel equalisation
 
 
 #: Ops that commute with a positive per-channel scale and pass channels through unchanged.
@@ -329,37 +406,74 @@ def equalize(model: onnx.ModelProto, calibration: np.ndarray, *, batch_size: int
     instead of inferred from batch norm. Measured on the demo U-Net with the
     search: held-out mean ΔDice 0.008 without, 0.0025 with.
     """
-    graph = model.graph
-    weights = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for n in graph.node:
-        for i, name in enumerate(n.input):
-            consumers[name].append((n, i))
-    outputs = {o.name for o in graph.output}
-    channels: dict[str, int] = {}
-    convs = []
-    for n in graph.node:
-        if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in weights and _group(n) == 1:
-            dims = weights[n.input[1]].dims
-            channels[n.output[0]] = dims[0] if n.op_type == "Conv" else dims[1]
-            if len(n.input) < 3 or n.input[2] in weights:
-                convs.append(n)
-        elif n.op_type in _CHANNEL_PASS and n.input[0] in channels:
-            channels[n.output[0]] = channels[n.input[0]]
-        elif n.op_type == "Concat" and all(i in channels for i in n.input) and _axis(n) == 1:
-            channels[n.output[0]] = sum(channels[i] for i in n.input)
+    plan = _Channels(gs.import_onnx(model)).plan()  # the graph is read only: weights change in place below
+    if not plan:
+        return 0
+    weights = {t.name: t for t in model.graph.initializer}
+    ranges = _channel_max(model, [r.tensor for r in plan], calibration, batch_size, input_name)
+    arrays = {name: numpy_helper.to_array(weights[name]).astype(np.float64)
+              for r in plan for name in (_weight(r.producer), *(_weight(n) for n, _ in r.readers))}
+    for r in plan:  # in graph order: a reader rescaled here may be a producer further down
+        _rescale(r, _balancing_scales(r, ranges[r.tensor], arrays), arrays, weights)
+    for name, arr in arrays.items():
+        weights[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+    return len(plan)
 
-    def readers(tensor: str, offset: int) -> list[tuple[onnx.NodeProto, int]] | None:
+
+@dataclass
+class _Rescaling:
+    """A convolution whose ``channels`` output channels equalize() divides by s, and (reader, channel offset)
+    of the convolutions that multiply those input channels by s."""
+
+    producer: gs.Node
+    channels: int
+    readers: list[tuple[gs.Node, int]]
+
+    @property
+    def tensor(self) -> str:
+        return self.producer.outputs[0].name
+
+
+class _Channels:
+    """The channel count of each tensor a convolution's channels reach through Relu, MaxPool and Concat."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.outputs = {t.name for t in graph.outputs}
+        self.count: dict[str, int] = {}
+        self.convs: list[gs.Node] = []  # ungrouped, with constant weights (and bias): equalize may rescale them
+        for n in graph.nodes:
+            if (n.op in ("Conv", "ConvTranspose") and isinstance(n.inputs[1], gs.Constant)
+                    and n.attrs.get("group", 1) == 1):
+                dims = n.inputs[1].shape
+                self.count[n.outputs[0].name] = dims[0] if n.op == "Conv" else dims[1]
+                if len(n.inputs) < 3 or isinstance(n.inputs[2], gs.Constant):
+                    self.convs.append(n)
+            elif n.op in _CHANNEL_PASS and n.inputs[0].name in self.count:
+                self.count[n.outputs[0].name] = self.count[n.inputs[0].name]
+            elif (n.op == "Concat" and all(t.name in self.count for t in n.inputs)
+                  and n.attrs.get("axis", 0) == 1):
+                self.count[n.outputs[0].name] = sum(self.count[t.name] for t in n.inputs)
+        self.conv_ids = {id(n) for n in self.convs}
+
+    def plan(self) -> list[_Rescaling]:
+        """The convolutions whose output reaches convolutions only, in graph order."""
+        plan = []
+        for conv in self.convs:
+            if readers := self.readers(conv.outputs[0], 0):
+                plan.append(_Rescaling(conv, self.count[conv.outputs[0].name], readers))
+        return plan
+
+    def readers(self, tensor: gs.Tensor, offset: int) -> list[tuple[gs.Node, int]] | None:
         """The convolutions that read ``tensor`` (and the channel offset there), or None if another op does."""
-        if tensor in outputs or not consumers[tensor]:
+        if tensor.name in self.outputs or not tensor.outputs:
             return None
         found = []
-        for node, i in consumers[tensor]:
-            if node.op_type in _CHANNEL_PASS:
-                more = readers(node.output[0], offset)
-            elif node.op_type == "Concat" and node.output[0] in channels:
-                more = readers(node.output[0], offset + sum(channels[t] for t in node.input[:i]))
-            elif node.op_type in ("Conv", "ConvTranspose") and i == 0 and node in convs:
+        for node, i in _uses(tensor):
+            if node.op in _CHANNEL_PASS:
+                more = self.readers(node.outputs[0], offset)
+            elif node.op == "Concat" and node.outputs[0].name in self.count:
+                more = self.readers(node.outputs[0], offset + sum(self.count[t.name] for t in node.inputs[:i]))
+            elif node.op in ("Conv", "ConvTranspose") and i == 0 and id(node) in self.conv_ids:
                 more = [(node, offset)]
             else:
                 return None
@@ -368,46 +482,46 @@ def equalize(model: onnx.ModelProto, calibration: np.ndarray, *, batch_size: int
             found += more
         return found
 
-    plan = [(p, r) for p in convs if (r := readers(p.output[0], 0))]
-    if not plan:
-        return 0
-    ranges = _channel_max(model, [p.output[0] for p, _ in plan], calibration, batch_size, input_name)
-    arrays = {name: numpy_helper.to_array(weights[name]).astype(np.float64)
-              for p, r in plan for name in (p.input[1], *(n.input[1] for n, _ in r))}
-    for producer, read in plan:
-        c = channels[producer.output[0]]
-        a = np.maximum(ranges[producer.output[0]], 1e-12)
-        w = np.zeros(c)
-        for node, off in read:
-            k = arrays[node.input[1]]
-            cols = k if node.op_type == "ConvTranspose" else k.transpose(1, 0, 2, 3)  # (in, out, kh, kw)
-            rows = np.abs(cols).max(axis=(0, 2, 3))  # per output channel of the reader
-            w = np.maximum(w, (np.abs(cols[off:off + c]) / np.maximum(rows, 1e-12)[None, :, None, None])
-                           .max(axis=(1, 2, 3)))
-        s = np.sqrt(a / np.maximum(w, 1e-3 * max(w.max(), 1e-12)))  # a zero column must not set the scale
-        s = np.clip(s / s.max(), 1e-4, None)
-        pw = arrays[producer.input[1]]
-        pw /= s[:, None, None, None] if producer.op_type == "Conv" else s[None, :, None, None]
-        if len(producer.input) > 2 and producer.input[2]:
-            b = numpy_helper.to_array(weights[producer.input[2]]).astype(np.float64) / s
-            weights[producer.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32), producer.input[2]))
-        for node, off in read:
-            k = arrays[node.input[1]]
-            if node.op_type == "Conv":
-                k[:, off:off + c] *= s[None, :, None, None]
-            else:
-                k[off:off + c] *= s[:, None, None, None]
-    for name, arr in arrays.items():
-        weights[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
-    return len(plan)
+
+def _uses(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
+    """(node, input index) for each input of a node that ``tensor`` is, in graph order."""
+    readers = {id(n): n for n in tensor.outputs}  # a node reading it twice is listed twice
+    return [(n, i) for n in readers.values() for i, t in enumerate(n.inputs) if t is tensor]
 
 
-def _group(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+def _weight(conv: gs.Node) -> str:
+    return conv.inputs[1].name
 
 
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 0)
+def _balancing_scales(r: _Rescaling, top: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """s_c = sqrt(a_c / w_c) for the producer's channels (see :func:`equalize`), the largest 1."""
+    a = np.maximum(top, 1e-12)
+    w = np.zeros(r.channels)
+    for node, off in r.readers:
+        k = arrays[_weight(node)]
+        cols = k if node.op == "ConvTranspose" else k.transpose(1, 0, 2, 3)  # (in, out, kh, kw)
+        rows = np.abs(cols).max(axis=(0, 2, 3))  # per output channel of the reader
+        w = np.maximum(w, (np.abs(cols[off:off + r.channels]) / np.maximum(rows, 1e-12)[None, :, None, None])
+                       .max(axis=(1, 2, 3)))
+    s = np.sqrt(a / np.maximum(w, 1e-3 * max(w.max(), 1e-12)))  # a zero column must not set the scale
+    return np.clip(s / s.max(), 1e-4, None)
+
+
+def _rescale(r: _Rescaling, s: np.ndarray, arrays: dict[str, np.ndarray],
+             weights: dict[str, onnx.TensorProto]) -> None:
+    """Divide the producer's output channels (weights, bias) by ``s``; multiply its readers' input channels."""
+    conv = r.producer
+    arrays[_weight(conv)] /= s[:, None, None, None] if conv.op == "Conv" else s[None, :, None, None]
+    if len(conv.inputs) > 2 and conv.inputs[2].name:
+        bias = conv.inputs[2].name
+        b = numpy_helper.to_array(weights[bias]).astype(np.float64) / s
+        weights[bias].CopyFrom(numpy_helper.from_array(b.astype(np.float32), bias))
+    for node, off in r.readers:
+        k = arrays[_weight(node)]
+        if node.op == "Conv":
+            k[:, off:off + r.channels] *= s[None, :, None, None]
+        else:
+            k[off:off + r.channels] *= s[:, None, None, None]
 
 
 def _channel_max(model: onnx.ModelProto, tensors: list[str], calibration: np.ndarray, batch_size: int,
@@ -423,7 +537,6 @@ def _channel_max(model: onnx.ModelProto, tensors: list[str], calibration: np.nda
 def _intermediates(model: onnx.ModelProto, tensors: list[str], calibration: np.ndarray, batch_size: int,
                    input_name: str):
     """Yield {tensor: value} for each calibration batch, ``tensors`` read out of the (float) ``model``."""
-    import onnxruntime as ort
 
     m = copy.deepcopy(model)
     outputs = {o.name for o in m.graph.output}
@@ -435,12 +548,7 @@ def _intermediates(model: onnx.ModelProto, tensors: list[str], calibration: np.n
         yield dict(zip(tensors, sess.run(tensors, {input_name: calibration[i:i + batch_size]}), strict=True))
 
 
-def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove the initializers no node reads (after a rewrite removed their readers)."""
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+# --------------------------------------------------------------------------- unsigned ranges
 
 
 def unsigned_relu_ranges(model: onnx.ModelProto) -> int:
@@ -455,70 +563,73 @@ def unsigned_relu_ranges(model: onnx.ModelProto) -> int:
     read by Relus only. TensorRT accepts zero points of 0 only, so graphs for
     TensorRT keep symmetric ranges (``liverrt.calibration`` records which).
     """
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    members: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for q in _activation_qs(model):
-        members[q.input[1]].append(q)
-
-    def non_negative(q: onnx.NodeProto) -> bool:
-        src = producer.get(q.input[0])
-        if src is not None and src.op_type in ("Relu", "MaxPool"):
-            return src.op_type == "Relu" or _maxpool_reads_scale(src, producer, q.input[1])
-        readers = [c for d in consumers[q.output[0]] if d.op_type == "DequantizeLinear" for c in consumers[d.output[0]]]
-        return bool(readers) and all(c.op_type == "Relu" for c in readers)
-
+    members: dict[str, list[gs.Node]] = defaultdict(list)
+    for q in _activation_qs(gs.import_onnx(model)):  # read only: the zero points change in place below
+        members[q.inputs[1].name].append(q)
+    inits = {t.name: t for t in model.graph.initializer}
     changed = 0
     for scale, qs in members.items():
-        if not all(len(q.input) > 2 and q.input[2] in inits and non_negative(q) for q in qs):
-            continue
-        zps = {q.input[2] for q in qs} | {d.input[2] for q in qs for d in consumers[q.output[0]]
-                                          if d.op_type == "DequantizeLinear" and len(d.input) > 2}
-        if len(zps) != 1 or numpy_helper.to_array(inits[next(iter(zps))]).dtype != np.int8:
-            continue
-        zp = next(iter(zps))
-        if any(n.input[2] == zp and n.input[1] != scale for n in graph.node
-               if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2):
-            continue  # shared with another scale
-        inits[zp].CopyFrom(numpy_helper.from_array(np.array(-128, np.int8), zp))
-        changed += 1
+        zp = _unsigned_zero_point(scale, qs)
+        if zp is not None:
+            inits[zp].CopyFrom(numpy_helper.from_array(np.array(-128, np.int8), zp))
+            changed += 1
     return changed
 
 
-def _maxpool_reads_scale(node: onnx.NodeProto, producer: dict, scale: str) -> bool:
-    dq = producer.get(node.input[0])
-    return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] == scale
+def _unsigned_zero_point(scale: str, qs: list[gs.Node]) -> str | None:
+    """The int8 zero point of ``scale``'s Q/DQ nodes if their tensors are never negative and it is theirs alone."""
+    if not all(len(q.inputs) > 2 and isinstance(q.inputs[2], gs.Constant) and _non_negative(q) for q in qs):
+        return None
+    dqs = [d for q in qs for d in q.outputs[0].outputs if d.op == "DequantizeLinear" and len(d.inputs) > 2]
+    zp = qs[0].inputs[2]
+    if {q.inputs[2].name for q in qs} | {d.inputs[2].name for d in dqs} != {zp.name} or zp.dtype != np.int8:
+        return None
+    if any(n.inputs[2] is zp and n.inputs[1].name != scale for n in zp.outputs
+           if n.op in ("QuantizeLinear", "DequantizeLinear") and len(n.inputs) > 2):
+        return None  # shared with another scale
+    return zp.name
+
+
+def _non_negative(q: gs.Node) -> bool:
+    """Whether what ``q`` quantises is never negative: a Relu output, a MaxPool output read at the
+    MaxPool input's scale, or a tensor that Relus alone read (through the DQs)."""
+    src = producer(q.inputs[0])
+    if src is not None and src.op in ("Relu", "MaxPool"):
+        if src.op == "Relu":
+            return True
+        dq = producer(src.inputs[0])
+        return dq is not None and dq.op == "DequantizeLinear" and dq.inputs[1] is q.inputs[1]
+    readers = [c for d in q.outputs[0].outputs if d.op == "DequantizeLinear" for c in d.outputs[0].outputs]
+    return bool(readers) and all(c.op == "Relu" for c in readers)
 
 
 # --------------------------------------------------------------------------- groups and samples
 
 
-def _activation_qs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    inits = {t.name for t in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
-            and n.input[1] in inits]
+def _activation_qs(graph: gs.Graph) -> list[gs.Node]:
+    return [n for n in graph.nodes if _is_activation_q(n)]
+
+
+def _is_activation_q(n: gs.Node) -> bool:
+    return (n.op == "QuantizeLinear" and not isinstance(n.inputs[0], gs.Constant)
+            and isinstance(n.inputs[1], gs.Constant))
 
 
 def _groups(model: onnx.ModelProto, fp32_path: Path, calibration: np.ndarray, batch_size: int,
             input_name: str, percentiles: tuple[float, ...]) -> list[_Group]:
-    inits = {t.name: t for t in model.graph.initializer}
-    by_scale: dict[str, list[str]] = defaultdict(list)
-    for q in _activation_qs(model):
-        if numpy_helper.to_array(inits[q.input[1]]).size == 1 and q.input[0] not in by_scale[q.input[1]]:
-            by_scale[q.input[1]].append(q.input[0])
-    zero_points = {q.input[1]: int(numpy_helper.to_array(inits[q.input[2]])) for q in _activation_qs(model)
-                   if len(q.input) > 2 and q.input[2] in inits}
+    qs = _activation_qs(gs.import_onnx(model))
+    by_scale: dict[str, dict[str, gs.Tensor]] = defaultdict(dict)  # scale -> {tensor name: tensor}, in order
+    for q in qs:
+        if q.inputs[1].values.size == 1:
+            by_scale[q.inputs[1].name].setdefault(q.inputs[0].name, q.inputs[0])
+    zero_points = {q.inputs[1].name: int(q.inputs[2].values) for q in qs
+                   if len(q.inputs) > 2 and isinstance(q.inputs[2], gs.Constant)}
     tensors = sorted({t for ts in by_scale.values() for t in ts})
     samples = _sample(fp32_path, tensors, calibration, batch_size, input_name,
                       keep_values=any(p < 100 for p in percentiles))
     groups = []
-    for scale, ts in by_scale.items():  # model order: the Q nodes are topologically sorted
-        ts = [t for t in ts if t in samples]
+    for scale, by_name in by_scale.items():  # model order: the Q nodes are topologically sorted
+        ts = [t for t in by_name if t in samples]
         if not ts:
             continue
         unsigned = zero_points.get(scale) == -128  # [0, amax]: only the positive part is representable
@@ -527,30 +638,26 @@ def _groups(model: onnx.ModelProto, fp32_path: Path, calibration: np.ndarray, ba
         top = max(top, max(samples[t][0][1] if unsigned else max(-samples[t][0][0], samples[t][0][1])
                            for t in ts))
         amax = [top if p >= 100 else float(np.percentile(values, p)) for p in percentiles]
-        macs = sum(_reader_macs(model, t, samples[t][2], scale) for t in ts)
+        macs = sum(_reader_macs(by_name[t], samples[t][2], scale) for t in ts)
         groups.append(_Group(scale, ts, np.maximum(np.asarray(amax, np.float64), 1e-8), macs,
                              255.0 if unsigned else 127.0))
     return groups
 
 
-def _reader_macs(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...], scale: str) -> float:
+def _reader_macs(tensor: gs.Tensor, shape: tuple[int, ...], scale: str) -> float:
     """Multiply-adds per image of the Conv/ConvTranspose nodes reading ``tensor`` through its Q/DQ at ``scale``."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    qs = {n.output[0] for n in _activation_qs(model) if n.input[0] == tensor and n.input[1] == scale}
+    qs = [q for q in tensor.outputs if _is_activation_q(q) and q.inputs[0] is tensor and q.inputs[1].name == scale]
     if not qs or len(shape) != 4:
         return 0.0
-    dqs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in qs}
+    dqs = [d.outputs[0] for q in qs for d in q.outputs[0].outputs if d.op == "DequantizeLinear"]
+    convs = {id(n): n for t in dqs for n in t.outputs if n.op in ("Conv", "ConvTranspose") and n.inputs[0] is t}
     total = 0.0
-    for node in graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose") or node.input[0] not in dqs:
-            continue
-        w = producer.get(node.input[1])
-        dims = inits[w.input[0]].dims if w is not None and w.input[0] in inits else inits.get(node.input[1]).dims
-        strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-        per_pixel = float(np.prod(dims))  # (out, in/groups, kh, kw): already per group
-        total += shape[2] * shape[3] * per_pixel / (1 if node.op_type == "ConvTranspose" else np.prod(strides))
+    for conv in convs.values():
+        w = producer(conv.inputs[1])  # the weights' DQ
+        weights = w.inputs[0] if w is not None and isinstance(w.inputs[0], gs.Constant) else conv.inputs[1]
+        strides = conv.attrs.get("strides", [1, 1])
+        per_pixel = float(np.prod(weights.shape))  # (out, in/groups, kh, kw): already per group
+        total += shape[2] * shape[3] * per_pixel / (1 if conv.op == "ConvTranspose" else np.prod(strides))
     return total
 
 
@@ -594,27 +701,16 @@ def _bypass(model: onnx.ModelProto, scales: set[str]) -> None:
     By scale, as the search bypassed them (a tensor may also have a Q/DQ pair at
     another scale, e.g. the skip tensor's pair for the Concat, which stays).
     """
-    graph = model.graph
-    outputs = {o.name for o in graph.output}
-    for q in [n for n in _activation_qs(model) if n.input[1] in scales]:
-        for d in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]:
-            if d.output[0] in outputs:  # a graph output keeps its name: the DQ becomes an Identity
-                d.op_type = "Identity"
-                del d.input[:]
-                del d.attribute[:]
-                d.input.append(q.input[0])
-                continue
-            for n in graph.node:
-                for i, name in enumerate(n.input):
-                    if name == d.output[0]:
-                        n.input[i] = q.input[0]
-            graph.node.remove(d)
-        graph.node.remove(q)
-    drop_unused_initializers(graph)
-    names = {o for n in graph.node for o in n.output}
-    keep_vi = [v for v in graph.value_info if v.name in names]
-    del graph.value_info[:]
-    graph.value_info.extend(keep_vi)
+    with edit_graph(model) as graph:  # the Qs and DQs nothing reads any more leave with the cleanup
+        for q in [n for n in _activation_qs(graph) if n.inputs[1].name in scales]:
+            for dq in [n for n in q.outputs[0].outputs if n.op == "DequantizeLinear"]:
+                if dq.outputs[0] in graph.outputs:  # a graph output keeps its name: the DQ becomes an Identity
+                    dq.op = "Identity"
+                    dq.attrs.clear()
+                    dq.inputs.clear()
+                    dq.inputs.append(q.inputs[0])
+                else:
+                    reroute(dq.outputs[0], q.inputs[0])
 
 
 # --------------------------------------------------------------------------- the search session
@@ -625,8 +721,6 @@ class _Search:
 
     def __init__(self, fp32_path: Path, model: onnx.ModelProto, groups: list[_Group], slices: np.ndarray,
                  batch_size: int, threshold: float, input_name: str) -> None:
-        import onnxruntime as ort
-
         self.groups, self.batch_size, self.threshold, self.input_name = groups, batch_size, threshold, input_name
         self.batches = [slices[i:i + batch_size] for i in range(0, slices.shape[0], batch_size)]
         ref = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
@@ -638,7 +732,10 @@ class _Search:
                                          providers=["CPUExecutionProvider"])
         self.runs = 0
 
-    def evaluate(self, state: dict[str, int], floats: set[str]) -> tuple[float, np.ndarray | None]:
+    def at(self, state: dict[str, int], floats: frozenset[str]) -> _Point:
+        return _Point(state, floats, *self.evaluate(state, floats))
+
+    def evaluate(self, state: dict[str, int], floats: frozenset[str]) -> tuple[float, np.ndarray | None]:
         """(objective, per-slice ΔDice of ``prob`` or None) for the scales/flags given."""
         feed = {}
         for g in self.groups:
@@ -669,32 +766,25 @@ def _flag_input(scale: str) -> str:
 
 
 def _search_graph(model: onnx.ModelProto, groups: list[_Group]) -> onnx.ModelProto:
+    """A copy of ``model`` whose group scales are graph inputs and whose Q/DQ pairs at them a flag bypasses."""
     m = copy.deepcopy(model)
-    graph = m.graph
-    scales = {g.scale for g in groups}
-    keep = [t for t in graph.initializer if t.name not in scales]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    for g in groups:
-        graph.input.append(helper.make_tensor_value_info(_scale_input(g.scale), TensorProto.FLOAT, []))
-        graph.input.append(helper.make_tensor_value_info(_flag_input(g.scale), TensorProto.BOOL, []))
-    group_of = {g.scale: g for g in groups}
-    extra = []
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1 and node.input[1] in scales:
-            node.input[1] = _scale_input(node.input[1])
-    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
-        scale = q.input[1][len(_scale_input("")):] if q.input[1].startswith(_scale_input("")) else None
-        if scale not in group_of:
-            continue
-        for d in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]]:
-            # the Where takes over the DQ's output name, so consumers and graph outputs stay as they are
-            name = d.output[0]
-            d.output[0] = name + "::search"
-            extra.append(helper.make_node("Where", [_flag_input(scale), q.input[0], d.output[0]], [name]))
-    graph.node.extend(extra)
-    del graph.value_info[:]
-    sort_topologically(graph)
+    with edit_graph(m) as graph:  # the scale initializers, now unread, leave with the cleanup
+        inputs = {g.scale: (gs.Variable(_scale_input(g.scale), np.float32, []),
+                            gs.Variable(_flag_input(g.scale), np.bool_, [])) for g in groups}
+        graph.inputs.extend(t for pair in inputs.values() for t in pair)
+        for node in graph.nodes:
+            if node.op in ("QuantizeLinear", "DequantizeLinear") and node.inputs[1].name in inputs:
+                node.inputs[1] = inputs[node.inputs[1].name][0]
+        searched = {id(scale): flag for scale, flag in inputs.values()}
+        for q in [n for n in graph.nodes if n.op == "QuantizeLinear" and id(n.inputs[1]) in searched]:
+            for dq in [n for n in q.outputs[0].outputs if n.op == "DequantizeLinear"]:
+                # the Where takes over the DQ's output, so consumers and graph outputs stay as they are
+                out = dq.outputs[0]
+                dq.outputs[0] = gs.Variable(out.name + "::search")
+                graph.nodes.append(gs.Node("Where", inputs=[searched[id(q.inputs[1])], q.inputs[0], dq.outputs[0]],
+                                           outputs=[out]))
+        graph.toposort()
+    del m.graph.value_info[:]
     return m
 
 

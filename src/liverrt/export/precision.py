@@ -34,16 +34,21 @@ import json
 import logging
 import tempfile
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx import TensorProto, helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 import liverrt
 from liverrt.artifacts import ArtifactInfo, artifact_info
+from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.atomic import atomic_path
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
@@ -52,18 +57,18 @@ from liverrt.evaluation import json_safe
 from liverrt.export.calibrate import (
     Progress,
     RangeFit,
-    drop_unused_initializers,
     equalize,
     fit_ranges,
     tie_scales,
     unsigned_relu_ranges,
 )
-from liverrt.export.graph import sort_topologically
+from liverrt.export.graph import edit_graph, producer, reroute
 from liverrt.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16", "int8")
+#: the precision variants made from an fp32 ONNX
+VARIANTS = tuple(p for p in PRECISIONS if p != "fp32")
 CALIBRATION_METHODS = ("search", "percentile", "minmax")
 #: onnxruntime: Relu outputs in [0, amax] (zero point -128), Relus fused away; tensorrt: zero points 0 only.
 INT8_TARGETS = ("onnxruntime", "tensorrt")
@@ -209,7 +214,7 @@ def convert_precision(src_onnx: Path, out_onnx: Path, precision: str, **kwargs) 
         if kwargs.get("calibration") is None:
             raise InputError("INT8 needs calibration slices (calibration=...); see calibration_slices().")
         return to_int8(src_onnx, out_onnx, **kwargs)
-    raise InputError(f"Precision {precision!r}: expected one of {PRECISIONS} "
+    raise InputError(f"Precision {precision!r}: expected one of {VARIANTS} "
                      "(fp32 is the plain `liverrt export` output).")
 
 
@@ -314,8 +319,6 @@ def _write(model: onnx.ModelProto, meta: dict[str, str], out: Path, src: Path, s
 
 
 def _check_runs(path: Path, sample: np.ndarray, precision: str, out: Path) -> None:
-    import onnxruntime as ort
-
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
@@ -343,20 +346,20 @@ def _round_robin(pools: list[list[int]], want: int, picks: list[set[int]]) -> No
 
 
 def _fp16_model(model: onnx.ModelProto, keep_fp32_ops: frozenset[str]) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
     _name_nodes(model.graph)
     converted = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | keep_fp32_ops),
         node_block_list=_input_normalisation(model.graph),
     )
     converted = onnx.shape_inference.infer_shapes(converted)
-    _drop_cast_round_trips(converted.graph)
-    sort_topologically(converted.graph)
+    with edit_graph(converted) as graph:
+        _drop_cast_round_trips(graph)
+        graph.toposort()  # the converter appends its Casts at the end
     return converted
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Give each node a name: the converter's node_block_list names nodes (hand-written: no library call)."""
     used = {n.name for n in graph.node}
     for i, node in enumerate(graph.node):
         if not node.name:
@@ -368,7 +371,10 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 
 
 def _input_normalisation(graph: onnx.GraphProto) -> list[str]:
-    """Names of the elementwise nodes computed from the graph input and constants only."""
+    """Names of the elementwise nodes computed from the graph input and constants only.
+
+    Hand-written: a forward walk no onnx or onnx-graphsurgeon call makes.
+    """
     consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     frontier = {i.name for i in graph.input} - consts
     kept = []
@@ -381,78 +387,33 @@ def _input_normalisation(graph: onnx.GraphProto) -> list[str]:
     return kept
 
 
-def _is_cast(node: onnx.NodeProto, to: int) -> bool:
-    return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
+def _is_cast(node: gs.Node, to: int) -> bool:
+    return node.op == "Cast" and node.attrs.get("to") == to
 
 
-def _drop_cast_round_trips(graph: onnx.GraphProto) -> None:
+def _drop_cast_round_trips(graph: gs.Graph) -> None:
     """Remove float32 -> float16 -> float32 Cast pairs.
 
     The converter puts them between two float32 regions (a kept Sigmoid feeding
     the float32 graph output; the float32 input feeding a kept normalisation),
-    where they would only round the values to fp16.
+    where they would only round the values to fp16. The float16 Cast goes with
+    the graph's cleanup once nothing else reads it.
     """
-    types = _elem_types(graph)
-    graph_inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
-    changed = True
-    while changed:
-        changed = False
-        producer = {o: n for n in graph.node for o in n.output}
-        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in graph.node:
-            for i in n.input:
-                consumers[i].append(n)
-        for back in graph.node:
-            if not _is_cast(back, TensorProto.FLOAT):
-                continue
-            down = producer.get(back.input[0])
-            if down is None or not _is_cast(down, TensorProto.FLOAT16) or types.get(down.input[0]) != TensorProto.FLOAT:
-                continue
-            x, y, z = down.input[0], down.output[0], back.output[0]
-            if z in graph_outputs:
-                if x in graph_inputs or x in graph_outputs:
-                    back.op_type, back.input[0] = "Identity", x
-                    del back.attribute[:]
-                else:  # the float32 producer writes the graph output itself
-                    _rename(graph, x, z)
-                    graph.node.remove(back)
-            else:
-                _replace_input(graph, z, x)
-                graph.node.remove(back)
-            if y not in graph_outputs and len(consumers[y]) == 1:
-                graph.node.remove(down)
-            changed = True
-            break
-    _prune_value_info(graph)
-
-
-def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
-    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    return types
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-    _replace_input(graph, old, new)
-
-
-def _replace_input(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-
-
-def _prune_value_info(graph: onnx.GraphProto) -> None:
-    produced = {o for n in graph.node for o in n.output}
-    keep = [v for v in graph.value_info if v.name in produced and v.name not in {o.name for o in graph.output}]
-    del graph.value_info[:]
-    graph.value_info.extend(keep)
+    for back in [n for n in graph.nodes if _is_cast(n, TensorProto.FLOAT)]:
+        down = producer(back.inputs[0])
+        if down is None or not _is_cast(down, TensorProto.FLOAT16) or down.inputs[0].dtype != np.float32:
+            continue
+        x, z = down.inputs[0], back.outputs[0]
+        if z not in graph.outputs:
+            reroute(z, x)
+        elif x in graph.inputs or x in graph.outputs or isinstance(x, gs.Constant):
+            back.op, back.inputs[0] = "Identity", x
+            back.attrs.clear()
+        else:  # the float32 producer writes the graph output itself
+            back.outputs.clear()
+            reroute(x, z)
+            src = producer(x)
+            src.outputs[src.outputs.index(x)] = z
 
 
 # --------------------------------------------------------------------------- int8
@@ -489,9 +450,6 @@ class _SliceReader:
 def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: bool, method: str,
                 batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool, threshold: float,
                 target: str, progress: Progress | None) -> tuple[onnx.ModelProto, RangeFit]:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
     # shape inference only: ORT's graph optimisations would add ORT-specific opset imports. ONNX's own
     # shape inference, not onnxruntime's symbolic one: that gives up on DnCNN-SR's dynamic H/W and then
@@ -525,7 +483,8 @@ def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: b
             nodes_to_exclude=heads + input_layer, extra_options=extra,
         )
     model = onnx.load(str(quantized))
-    _float_logits(model.graph, heads)
+    with edit_graph(model) as qdq:
+        _float_logits(qdq, heads)
     tie_scales(model)
     unsigned = unsigned_relu_ranges(model) if target == "onnxruntime" else 0
     # min-max ranges are where quantize_static leaves them; the method replaces them (calibrate.py)
@@ -535,22 +494,13 @@ def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: b
     return model, fit
 
 
-def _float_logits(graph: onnx.GraphProto, heads: Sequence[str]) -> None:
+def _float_logits(graph: gs.Graph, heads: Sequence[str]) -> None:
     """Drop the Q/DQ pair between the logits and an excluded output head (see OUTPUT_HEAD_OPS)."""
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    for head in (n for n in graph.node if n.name in heads):
-        dq = producer.get(head.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or len(consumers[dq.output[0]]) != 1:
+    for head in [n for n in graph.nodes if n.name in heads]:
+        dq = producer(head.inputs[0])
+        if dq is None or dq.op != "DequantizeLinear" or len(dq.outputs[0].outputs) != 1:
             continue
-        q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or len(consumers[q.output[0]]) != 1:
+        q = producer(dq.inputs[0])
+        if q is None or q.op != "QuantizeLinear" or len(q.outputs[0].outputs) != 1:
             continue
-        head.input[0] = q.input[0]
-        graph.node.remove(dq)
-        graph.node.remove(q)
-    _prune_value_info(graph)
-    drop_unused_initializers(graph)
+        head.inputs[0] = q.inputs[0]  # the pair, now unread, leaves with the graph's cleanup

@@ -208,9 +208,8 @@ def read_config(path: Path):
     if not path.is_file():
         raise InputError(f"{path} does not exist; expected a Triton config.pbtxt or a model folder holding one.")
     try:
-        from tritonclient.grpc import (
-            model_config_pb2,  # optional (tritonclient): only reading a config needs it
-        )
+        # optional (tritonclient): only reading a config needs it
+        from tritonclient.grpc import model_config_pb2
     except ImportError as exc:
         raise BackendUnavailableError(f"Reading Triton configs needs tritonclient ({exc}); expected "
                                       "`pip install 'tritonclient[grpc]'`.") from exc
