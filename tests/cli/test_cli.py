@@ -198,3 +198,22 @@ def test_output_that_is_a_file_and_bad_training_options_exit_2(tiny_onnx, tmp_pa
         r = run("train", "unet", "--data", tmp_path / "ph", "--out", tmp_path / "run", "--size", 32, *extra)
         assert_clean_error(r, 2)
     assert not (tmp_path / "run").exists()
+
+
+def test_val_data_validates_on_other_cases_and_a_resumed_run_keeps_them(tmp_path):
+    from liverrt.artifacts.checkpoint import read_checkpoint
+
+    assert run("data", "synth", "--out", tmp_path / "tr", "--cases", 2, "--size", 64, "--slices", 4).exit_code == 0
+    assert run("data", "synth", "--out", tmp_path / "va", "--cases", 1, "--size", 64, "--slices", 4,
+               "--seed", 9).exit_code == 0
+    # the phantoms of another seed are other cases; rename so that no id is shared with --data
+    (tmp_path / "va" / "phantom_000").rename(tmp_path / "va" / "held_out")
+    base = ("train", "unet", "--data", tmp_path / "tr", "--val-data", tmp_path / "va", "--out", tmp_path / "run",
+            "--size", 32, "--batch-size", 4, "--device", "cpu")
+    r = run(*base, "--epochs", 1)
+    assert r.exit_code == 0, r.output
+    split = read_checkpoint(tmp_path / "run" / "last.pt")["split"]
+    assert split == {"train": ["phantom_000", "phantom_001"], "val": ["held_out"]}
+    r = run(*base, "--epochs", 2, "--resume")
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["split"] == split

@@ -76,6 +76,9 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
                          metavar="CENTER WIDTH", help="HU window for HU inputs."),
             click.option("--val-fraction", type=float, default=0.2, show_default=True,
                          help="Share of cases for validation (split by case)."),
+            click.option("--val-data", "val_path", type=existing_path, default=None,
+                         help="Validate on these cases instead of a share of --data (e.g. other patients "
+                              "than the ones --data's cases were made from)."),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
             click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
                          show_default=True, help="Mixed precision; auto = bf16 (or fp16) on CUDA, off on CPU."),
@@ -116,8 +119,13 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
     # before any work (a resumed run too): the run's files are replaced only if this command wrote them
     # (a run copied with new file times, or made before liverrt kept its list: --resume --overwrite)
     check_outputs(out / name for name in RUN_FILES)
-    loaded = load_cases(kw["data_path"], require_mask=require_mask, layout=kw["layout"],
-                        options=ReadOptions(label=kw["label"], unannotated=kw["unannotated"]))
+    options = ReadOptions(label=kw["label"], unannotated=kw["unannotated"])
+    loaded = load_cases(kw["data_path"], require_mask=require_mask, layout=kw["layout"], options=options)
+    kw["val_volumes"] = None
+    if kw["val_path"] is not None:
+        refuse_output_in_input(out, [kw["val_path"]])
+        kw["val_volumes"] = load_cases(kw["val_path"], require_mask=require_mask, layout=kw["layout"],
+                                       options=options).volumes
     if _is_main():
         for source, reason in loaded.skipped:
             console.print(f"[yellow]skipped[/] {source}: {reason}")
@@ -144,7 +152,10 @@ def _is_main() -> bool:
 
 def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
     split = stored_split(kw["out"]) if kw["resume"] else None
-    train_vols, val_vols, split = split_volumes(volumes, None, cfg, split)
+    if split:  # resuming: the stored split names cases of --data and --val-data
+        train_vols, val_vols, split = split_volumes([*volumes, *(kw["val_volumes"] or [])], None, cfg, split)
+    else:
+        train_vols, val_vols, split = split_volumes(volumes, kw["val_volumes"], cfg)
     if not train_vols or not val_vols:
         raise InputError(f"{len(volumes)} case(s) give {len(train_vols)} training and {len(val_vols)} validation "
                          "case(s); expected at least one of each (add cases or change --val-fraction).")

@@ -1,0 +1,190 @@
+"""CT synthesised from label maps: the expert liver kept, intensities drawn per phase, organs placed only
+where the map says "body", reproducible per seed, and the command's bad-input promises."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from liverrt.cli import cli
+from liverrt.data.io import read_nifti, write_nifti
+from liverrt.data.sources import load_cases
+from liverrt.data.volume import default_affine
+from liverrt.errors import InputError
+from liverrt.training import synth_ct
+from liverrt.training.synth_ct import PHASES, LabelMap, SynthConfig, synth_from_labels, synth_sample
+
+SPACING = (2.0, 3.5, 3.5)  # 96 px: a 336 mm field of view, an adult abdomen
+QUIET = SynthConfig(size=48, photons=(1e12, 1e12), psf_px=(0.0, 0.0), thickness_mm=(2.0, 2.0), lesion_p=0.0,
+                    hard_p=0.0)
+
+
+def _label_map(d: int = 10, n: int = 96, *, organs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A small abdomen: body ellipse, a vertebra (ring, posterior), the liver on the image left with a
+    portal vein and a lesion; optionally a labelled spleen (so that it is not placed)."""
+    yy, xx = np.mgrid[:n, :n]
+    body = ((yy - n / 2) / (0.42 * n)) ** 2 + ((xx - n / 2) / (0.46 * n)) ** 2 <= 1
+    vertebra = (np.hypot(yy - 0.72 * n, xx - n / 2) <= 0.09 * n) & (np.hypot(yy - 0.72 * n, xx - n / 2) >= 0.05 * n)
+    liver = ((yy - 0.45 * n) / (0.2 * n)) ** 2 + ((xx - 0.32 * n) / (0.18 * n)) ** 2 <= 1
+    labels = np.zeros((d, n, n), np.uint8)
+    labels[:] = np.where(body, 1, 0)
+    labels[:, vertebra] = 2
+    liver3 = np.zeros((d, n, n), bool)
+    liver3[2:d - 2] = liver  # liver-free slices at both ends
+    labels[liver3] = 11
+    labels[2:d - 2][:, np.hypot(yy - 0.45 * n, xx - 0.32 * n) <= 0.03 * n] = 12
+    labels[4:6][:, np.hypot(yy - 0.4 * n, xx - 0.25 * n) <= 0.04 * n] = 15
+    if organs:
+        spleen = ((yy - 0.55 * n) / (0.1 * n)) ** 2 + ((xx - 0.78 * n) / (0.06 * n)) ** 2 <= 1
+        labels[3:7][:, spleen & body] = 5
+    return labels, liver3
+
+
+def _write_map(folder, labels, liver):
+    folder.mkdir(parents=True)
+    write_nifti(labels, default_affine(SPACING), folder / "labels.nii.gz")
+    write_nifti(liver.astype(np.uint8), default_affine(SPACING), folder / "liver.nii.gz")
+    return folder
+
+
+@pytest.fixture
+def maps(tmp_path):
+    root = tmp_path / "maps"
+    for i, organs in enumerate((False, True)):
+        _write_map(root / f"map{i}", *_label_map(organs=organs))
+    return root
+
+
+def test_the_liver_mask_is_the_maps_expert_liver(maps):
+    lm = LabelMap.read(maps / "map0")
+    volume, _ = synth_sample(lm, 1, replace(QUIET, size=96))
+    assert volume.image.dtype == np.int16 and volume.image.shape == lm.labels.shape
+    assert np.array_equal(volume.mask, lm.liver)
+    assert volume.spacing == pytest.approx(SPACING)
+    small, _ = synth_sample(lm, 1, QUIET)  # averaged down 2x: the liver is the voxels at least half liver
+    assert small.mask.shape == (10, 48, 48) and small.spacing == pytest.approx((2.0, 7.0, 7.0))
+    expected = lm.liver.reshape(10, 48, 2, 48, 2).mean(axis=(2, 4)) >= 0.5
+    assert np.array_equal(small.mask, expected)
+
+
+def test_tissue_means_come_from_the_drawn_phase(maps):
+    lm = LabelMap.read(maps / "map0")
+    for seed in range(6):
+        volume, drawn = synth_sample(lm, seed, replace(QUIET, size=96))
+        liver_hu = volume.image[lm.labels == 11].mean()
+        lo, hi = PHASES[drawn["phase"]]["liver"]
+        assert lo - 25 <= liver_hu <= hi + 25, (drawn["phase"], liver_hu)  # texture and bias: within a margin
+        assert abs(liver_hu - drawn["means"]["liver"]) < 20
+        assert volume.image[lm.labels == 0].mean() < -900  # air stays air
+        assert volume.image[lm.labels == 2].mean() > 250  # bone stays bright
+
+
+def test_the_hard_case_puts_the_liver_next_to_a_neighbours_hu(maps):
+    lm = LabelMap.read(maps / "map0")
+    hard = replace(QUIET, hard_p=1.0, size=96)
+    for seed in range(4):
+        _, drawn = synth_sample(lm, seed, hard)
+        neighbour = drawn["hard"]
+        assert neighbour in synth_ct.HARD_NEIGHBOURS
+        assert abs(drawn["means"]["liver"] - drawn["means"][neighbour]) <= 12.0 + 1e-9
+
+
+def test_missing_organs_are_placed_over_body_voxels_only(maps, monkeypatch):
+    seen = {}
+    real_intensities = synth_ct._intensities
+
+    def keep(tissue, *args):
+        seen["tissue"] = tissue.copy()
+        return real_intensities(tissue, *args)
+
+    monkeypatch.setattr(synth_ct, "_intensities", keep)
+    for name, expect_spleen_placed in (("map0", True), ("map1", False)):
+        lm = LabelMap.read(maps / name)
+        _, drawn = synth_sample(lm, 3, replace(QUIET, missing_organ_p=1.0, size=96))
+        tissue = seen["tissue"]
+        assert ("spleen" in drawn["placed"]) is expect_spleen_placed
+        kept = lm.labels != 1  # every labelled voxel (and air) keeps its label
+        assert np.array_equal(tissue[kept], lm.labels[kept])
+        if expect_spleen_placed:
+            placed = tissue == synth_ct._ID["spleen"]
+            assert placed.any() and (lm.labels[placed] == 1).all()
+            assert placed.nonzero()[2].mean() > 48  # patient's left: the image right
+
+
+def test_a_seed_gives_the_same_ct_and_another_seed_another(maps):
+    lm = LabelMap.read(maps / "map0")
+    config = replace(QUIET, photons=(1e5, 1e5), psf_px=(0.5, 1.0), lesion_p=1.0)
+    a, da = synth_sample(lm, 7, config)
+    b, _ = synth_sample(lm, 7, config)
+    c, _ = synth_sample(lm, 8, config)
+    assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, c.image)
+    assert da["lesions"] >= 1
+
+
+def test_noise_grows_as_the_dose_falls(maps):
+    lm = LabelMap.read(maps / "map0")
+    liver = LabelMap.read(maps / "map0").labels == 11
+    spread = []
+    for photons in (1e6, 2e4):
+        volume, _ = synth_sample(lm, 2, replace(QUIET, size=96, photons=(photons, photons)))
+        spread.append(volume.image[liver].std())
+    assert spread[1] > 1.5 * spread[0]
+
+
+def test_the_command_writes_readable_cases_a_manifest_and_a_sheet(maps, tmp_path):
+    out = tmp_path / "synth"
+    r = CliRunner().invoke(cli, ["data", "synth", "--from-labels", str(maps), "--out", str(out), "--samples", "2",
+                                 "--size", "48", "--seed", "3", "--sheet", str(tmp_path / "sheet.png")])
+    assert r.exit_code == 0, r.output
+    cases = load_cases(out).volumes
+    assert sorted(v.case_id for v in cases) == ["map0_s00", "map0_s01", "map1_s00", "map1_s01"]
+    assert all(v.mask is not None and v.mask.any() and v.intensity == "hu" for v in cases)
+    manifest = json.loads((out / "synth.json").read_text())
+    assert manifest["samples_per_map"] == 2 and len(manifest["cases"]) == 4
+    assert {c["drawn"]["phase"] for c in manifest["cases"]} <= set(PHASES)
+    assert "CC BY-NC-ND" in manifest["note"]
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    image, _, spacing = read_nifti(out / "map0_s00" / "image.nii.gz")
+    assert image.shape == (10, 48, 48) and spacing == pytest.approx((2.0, 7.0, 7.0))
+
+
+@pytest.mark.parametrize("case", ["no liver file", "foreign labels", "empty liver", "phantom option",
+                                  "sheet inside the output"])
+def test_bad_label_maps_and_options_exit_2_without_output(maps, tmp_path, case):
+    src = maps
+    extra = []
+    if case == "no liver file":
+        (maps / "map1" / "liver.nii.gz").unlink()
+    elif case == "foreign labels":
+        labels, liver = _label_map()
+        labels[0, 0, 0] = 40
+        src = _write_map(tmp_path / "bad" / "m", labels, liver).parent
+    elif case == "empty liver":
+        labels, liver = _label_map()
+        src = _write_map(tmp_path / "bad" / "m", labels, np.zeros_like(liver)).parent
+    elif case == "phantom option":
+        extra = ["--cases", "3"]
+    else:
+        extra = ["--sheet", str(tmp_path / "out" / "sheet.png")]
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["data", "synth", "--from-labels", str(src), "--out", str(out), "--size", "48",
+                                 *extra])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.output.count("Error:") == 1
+    assert not (out / "synth.json").exists()
+
+
+def test_config_ranges_are_checked():
+    with pytest.raises(InputError, match="thickness_mm"):
+        SynthConfig(thickness_mm=(3.0, 1.0))
+    with pytest.raises(InputError, match="photons"):
+        SynthConfig(photons=(0.0, 1.0))
+
+
+def test_no_label_maps_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no label maps"):
+        synth_from_labels(tmp_path, tmp_path / "out")
