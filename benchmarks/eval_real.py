@@ -48,7 +48,7 @@ def score(model: Path, cases=CASES, *, engine: str = "torch", keep_largest: bool
             extra[cid] = {"liver_free_slices": int(free.sum()),
                           "fp_slices": int((pred.any(axis=(1, 2)) & free).sum()),
                           "pred_ml": float(pred.sum() * voxel_ml), "true_ml": float(vol.mask.sum() * voxel_ml),
-                          "ms_per_slice": 1000.0 * seconds / vol.shape[0], "slices": vol.shape[0]}
+                          "ms_per_slice": 1000.0 * seconds / vol.shape[0], "n_slices": vol.shape[0]}
             if overlays is not None:
                 tiles = [overlay(np.clip((vol.image[k] + 150.0) / 400.0, 0, 1), pred[k], vol.mask[k])  # 50/400
                          for k in pick_slices(vol.mask | pred, 4)]
@@ -66,12 +66,12 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cid, c in result["cases"].items():
         v, s = c["volume"], c["slices"]
-        lines.append(f"| {cid} | {v['dice']:.4f} | {v['mask_iou']:.4f} | {100 * v['ravd']:.1f} | {v['assd']:.2f} | "
+        lines.append(f"| {cid} | {v['dice']:.4f} | {v['mask_iou']:.4f} | {v['ravd']:.1f} | {v['assd']:.2f} | "
                      f"{v['hd95']:.2f} | {s['mask_iou']:.4f} | {s['trimap_iou']:.4f} | {s['boundary_iou']:.4f} | "
                      f"{s['f_measure']:.4f} | {s['boundary_f']:.4f} | {c['fp_slices']} / {c['liver_free_slices']} | "
                      f"{c['pred_ml']:.0f} / {c['true_ml']:.0f} | {c['ms_per_slice']:.1f} |")
     m = result["mean"]
-    lines.append(f"| **mean** | {m['dice']:.4f} | {m['mask_iou']:.4f} | {100 * m['ravd']:.1f} | {m['assd']:.2f} | "
+    lines.append(f"| **mean** | {m['dice']:.4f} | {m['mask_iou']:.4f} | {m['ravd']:.1f} | {m['assd']:.2f} | "
                  f"{m['hd95']:.2f} | | | | | | | | |")
     return "\n".join(lines)
 
