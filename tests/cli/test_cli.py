@@ -217,3 +217,22 @@ def test_val_data_validates_on_other_cases_and_a_resumed_run_keeps_them(tmp_path
     r = run(*base, "--epochs", 2, "--resume")
     assert r.exit_code == 0, r.output
     assert read_checkpoint(tmp_path / "run" / "last.pt")["split"] == split
+
+
+def test_init_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
+    from liverrt.artifacts.checkpoint import read_checkpoint
+
+    assert run("data", "synth", "--out", tmp_path / "ph", "--cases", 3, "--size", 64, "--slices", 4).exit_code == 0
+    base = ("train", "unet", "--data", tmp_path / "ph", "--size", 32, "--batch-size", 4, "--val-fraction", 0.34,
+            "--device", "cpu", "--epochs", 1, "--steps-per-epoch", 2)
+    assert run(*base, "--out", tmp_path / "a", "--warmup-steps", 0).exit_code == 0  # full lr: far from seed 0's init
+    start = read_checkpoint(tmp_path / "a" / "best.pt")["state_dict"]
+    r = run(*base, "--out", tmp_path / "b", "--init", tmp_path / "a" / "best.pt", "--lr", 1e-12, "--warmup-steps", 0)
+    assert r.exit_code == 0, r.output
+    tuned = read_checkpoint(tmp_path / "b" / "best.pt")["state_dict"]
+    weights = [k for k in start if k.endswith("weight")]
+    assert all(torch.allclose(tuned[k], start[k], atol=1e-6) for k in weights)  # lr 1e-12: still the init
+    assert run(*base, "--out", tmp_path / "c", "--width-scale", 0.5,
+               "--init", tmp_path / "a" / "best.pt").exit_code == 2  # another width: refused
+    r = run(*base, "--out", tmp_path / "a", "--init", tmp_path / "a" / "best.pt", "--resume")
+    assert r.exit_code == 2 and "--init" in r.output

@@ -90,6 +90,9 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
             click.option("--max-minutes", type=float, default=None,
                          help="Stop after the epoch that passes this time budget."),
             click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+            click.option("--init", "init", type=existing_path, default=None,
+                         help="Start from this checkpoint's weights (same network; fine-tuning). A new run: the "
+                              "optimiser, schedule and epochs start afresh."),
             overwrite_option(help="Start a new run in --out even if it holds one (its files are replaced), "
                                   "or replace files liverrt did not write."),
             click.option("--no-augment", is_flag=True, help="Disable augmentations."),
@@ -113,6 +116,8 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
 
     out: Path = kw["out"]
     refuse_output_in_input(out, [kw["data_path"]])
+    if kw["init"] is not None and kw["resume"]:
+        raise click.UsageError("--init starts a new run from a checkpoint's weights; --resume continues this run")
     if not kw["resume"] and (out / "last.pt").exists() and not overwriting():
         raise InputError(f"{out} already holds a training run (last.pt); pass --resume to continue it, "
                          "--overwrite to start it again, or choose another --out.")
@@ -141,7 +146,7 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
         val_fraction=kw["val_fraction"], seed=kw["seed"], device=kw["device"], max_minutes=kw["max_minutes"],
         steps_per_epoch=kw["steps_per_epoch"],
         augment=AugmentConfig(enabled=not kw["no_augment"], flip_p=kw["flip_p"]),
-        model_options=model_options or {},
+        model_options=model_options or {}, init=str(kw["init"]) if kw["init"] else None,
     )
     return loaded.volumes, spec, cfg
 

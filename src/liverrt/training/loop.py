@@ -97,6 +97,7 @@ class TrainConfig:
     width_scale: float | None = None
     dropout_scale: float | None = None
     model_options: dict = field(default_factory=dict)
+    init: str | None = None  # a checkpoint of the same network whose weights start the run (fine-tuning)
 
     def __post_init__(self) -> None:
         problems = []
@@ -412,7 +413,10 @@ def _prepare(task: Task, out_dir: Path, config: TrainConfig, info: DistInfo, dev
               else device.type == "cuda" and task.channels_last_ok)
     memory_format = torch.channels_last if use_cl else torch.contiguous_format
 
-    model = task.build_model(config).to(device)
+    model = task.build_model(config)
+    if config.init is not None:
+        _initialise(model, Path(config.init))
+    model = model.to(device)
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, config)
@@ -424,6 +428,18 @@ def _prepare(task: Task, out_dir: Path, config: TrainConfig, info: DistInfo, dev
     gen = torch.Generator().manual_seed(config.seed + 1_000_003 * info.rank)
     return _Run(task, config, info, device, out_dir, model, opt, sched, scaler, gen, dtype, memory_format,
                 steps, net=model)
+
+
+def _initialise(model: nn.Module, path: Path) -> None:
+    """Start from the weights of checkpoint ``path`` (loaded safely), which must hold the same network."""
+    ckpt = read_checkpoint(path, expect_kind=model.kind)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"--init {path}: its weights do not fit this network ({first[:160]}); expected a "
+                         f"checkpoint of the same model and width.") from None
+    log.info("initialised from %s (%s)", path, ckpt.get("model_name"))
 
 
 def _parallel(run: _Run) -> nn.Module:
