@@ -30,22 +30,26 @@ def test_version_and_help():
 
 
 def test_help_lists_each_command_by_its_own_docstring_without_importing_it():
-    """``liverrt --help`` reads COMMANDS, so that it does not import torch; the lines there must be the
-    commands' own first sentences, and every command must load."""
+    """``liverrt --help`` and ``liverrt data --help`` read their groups' stored lines, so that they (and
+    ``liverrt data inspect``) do not import torch; the lines must be the commands' own first sentences,
+    and every command must load."""
     import subprocess
     import sys
 
-    from liverrt.cli import COMMANDS, LiverrtGroup
+    from liverrt.cli import COMMANDS
+    from liverrt.cli.common import LazyGroup
 
-    group = cli
-    assert isinstance(group, LiverrtGroup)
-    for name, (_, short) in COMMANDS.items():
-        command = group.get_command(None, name)
-        assert command is not None and command.name == name
-        assert command.get_short_help_str(limit=10_000) == short, name
+    assert isinstance(cli, LazyGroup) and cli.lazy == COMMANDS
+    groups = [cli, cli.get_command(None, "data")]
+    for group in groups:
+        assert isinstance(group, LazyGroup) and group.lazy
+        for name, (_, short) in group.lazy.items():
+            command = group.get_command(None, name)
+            assert command is not None and command.name == name
+            assert command.get_short_help_str(limit=10_000) == short, name
     probe = ("import sys; from click.testing import CliRunner; from liverrt.cli import cli; "
-             "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
-             "print('torch' in sys.modules)")
+             "r = [CliRunner().invoke(cli, a) for a in (['--help'], ['data', '--help'], ['data', 'inspect', '--help'])]; "
+             "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

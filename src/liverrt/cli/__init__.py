@@ -6,7 +6,6 @@ artifacts, 1 for runtime failures; no traceback (set LIVERRT_DEBUG=1 to see one)
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -17,7 +16,7 @@ from rich.logging import RichHandler
 
 from liverrt import __version__
 from liverrt.atomic import os_error, overwrite_allowed, writing_as
-from liverrt.cli.common import console
+from liverrt.cli.common import LazyGroup, console
 from liverrt.errors import LiverrtError
 
 #: exit code after SIGTERM (128 + 15, as a shell reports a process ended by it)
@@ -42,11 +41,8 @@ class _CliError(click.ClickException):
         self.exit_code = exit_code
 
 
-#: every command: its name, where it lives (``module:attribute``) and the line ``liverrt --help`` shows.
-#: A command's module is imported only when that command runs (or shows its own help): the
-#: training, export and runtime commands import torch (about 2.5 s on 2 cores), and
-#: ``liverrt --help`` or ``liverrt data inspect`` should not wait for it. ``tests/cli/test_cli.py``
-#: checks that each line here is the command's own first docstring sentence.
+#: every command: its name, where it lives (``module:attribute``) and the line ``liverrt --help`` shows
+#: (loaded on first use: :class:`~liverrt.cli.common.LazyGroup`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("liverrt.cli.data:data", "Create and prepare data."),
     "train": ("liverrt.cli.train:train", "Train a network (U-Net, Mask R-CNN or DnCNN-SR) on labelled cases."),
@@ -64,30 +60,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "Measure the engines of a network (torch vs onnxruntime fp32/fp16/int8, batch 1 and 8) and "
               "the metric kernels (vs SciPy references); prints a Markdown report and writes report.md "
               "and results.json."),
+    "models": ("liverrt.cli.models:models",
+               "List the bundled liver models and print their cards (training data and licences, metrics, speed)."),
     "import-detectron2": ("liverrt.cli.import_d2:import_detectron2",
                           "Convert a Detectron2 Mask R-CNN (R-50/R-101 FPN) checkpoint into a liverrt checkpoint."),
 }
 
 
-class LiverrtGroup(click.Group):
+class LiverrtGroup(LazyGroup):
     """The top-level group: commands load on first use (:data:`COMMANDS`), and :class:`LiverrtError`
     (and OS errors) become clean one-line CLI errors."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module, attribute = COMMANDS[cmd_name][0].split(":")
-        return getattr(importlib.import_module(module), attribute)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The command list from :data:`COMMANDS`, without importing every command's module."""
-        width = formatter.width - 6 - max(len(name) for name in COMMANDS)
-        rows = [(name, click.utils.make_default_short_help(short, width)) for name, (_, short) in sorted(COMMANDS.items())]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -122,7 +104,7 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-@click.group(cls=LiverrtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LiverrtGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="liverrt")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
