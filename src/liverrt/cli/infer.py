@@ -16,12 +16,15 @@ from liverrt.cli.common import (
     out_dir,
     overwrite_option,
 )
+from liverrt.models.bundled import bundled_model
 from liverrt.runtime.infer import run_inference
 from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
 
 
 @click.command()
-@click.option("--model", type=existing_path, required=True, help=".pt checkpoint (torch) or .onnx file.")
+@click.option("--model", default=None,
+              help=".pt checkpoint (torch) or .onnx file, or a bundled model's name (`liverrt models`); default: "
+                   "the bundled default model.")
 @click.option("--engine", type=click.Choice(["torch", "onnxruntime", "tensorrt", "trt"]), default="onnxruntime",
               show_default=True, help="trt/tensorrt: builds (or reuses from the engine cache) a plan for this GPU; "
                                       "needs liverrt[trt] on a CUDA machine.")
@@ -41,18 +44,26 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
               help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices; "
                    "dicom-seg for DICOM series inputs, needs liverrt[dicom]).")
 @click.option("--overlays", type=click.IntRange(0), default=4, show_default=True, help="Overlay PNGs per case.")
-@click.option("--fill-holes", is_flag=True, help="Fill holes inside the liver, slice by slice.")
-@click.option("--keep-largest", is_flag=True,
-              help="Keep only the largest 3D-connected liver component (contiguous volumes only).")
+@click.option("--fill-holes/--no-fill-holes", default=None,
+              help="Fill holes inside the liver, slice by slice [default: on for bundled models, else off].")
+@click.option("--keep-largest/--no-keep-largest", default=None,
+              help="Keep only the largest 3D-connected liver component (contiguous volumes only) [default: on for "
+                   "bundled models, else off].")
 @click.option("--denoise", type=existing_path, default=None,
               help="A DnCNN-SR model (.pt or .onnx, scale 1) that cleans every slice before segmentation.")
 @layout_option
 @overwrite_option
 @click.pass_context
-def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
+def infer(ctx: click.Context, model: str | None, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
           trt_batch: str, cuda_graph: bool, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
-          overlays: int, fill_holes: bool, keep_largest: bool, denoise: Path | None, layout: str | None) -> None:
+          overlays: int, fill_holes: bool | None, keep_largest: bool | None, denoise: Path | None,
+          layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
+    model_path, bundled = _model(model, engine)
+    if fill_holes is None:
+        fill_holes = bundled
+    if keep_largest is None:
+        keep_largest = bundled
 
     trt = engine in ("tensorrt", "trt")
     options: dict = {}
@@ -69,7 +80,7 @@ def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, d
         options["device"] = device
     if trt:
         options.update(batch=trt_batch, cuda_graph=cuda_graph, **({"cache_dir": trt_cache} if trt_cache else {}))
-    report = run_inference(model, src, out, engine=engine, engine_options=options, batch_size=batch_size, formats=tuple(formats) or None,
+    report = run_inference(model_path, src, out, engine=engine, engine_options=options, batch_size=batch_size, formats=tuple(formats) or None,
                            overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, denoise=denoise,
                            on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
     for c in report.cases:
@@ -78,3 +89,18 @@ def infer(ctx: click.Context, model: Path, engine: str, providers: str | None, d
         console.print(f"  {c['id']}: {c['slices_with_liver']} slices with liver, {vol}{warn}")
     console.print(f"{len(report.cases)} cases in {report.seconds:.1f}s -> {out}")
     fail_if_skipped(report.skipped, len(report.cases))
+
+
+def _model(model: str | None, engine: str) -> tuple[Path, bool]:
+    """The model file, and whether it is a bundled model (its post-processing is on by default)."""
+    if model is not None and Path(model).exists():
+        return Path(model), False
+    if model is not None and Path(model).suffix:
+        raise click.BadParameter(f"{model} does not exist; expected a .pt or .onnx file, or a bundled model's name "
+                                 "(`liverrt models`).", param_hint="--model")
+    if engine == "torch":
+        raise click.UsageError("the bundled models are ONNX files: use --engine onnxruntime (or trt), or pass a .pt "
+                               "with --model")
+    chosen = bundled_model(model)
+    console.print(f"model: {chosen.name} (bundled; `liverrt models {chosen.name}` prints its card)")
+    return chosen.path, True

@@ -1,0 +1,112 @@
+"""Export a trained U-Net into the package as a bundled model and write its card from measurements.
+
+    python benchmarks/bundle_model.py CHECKPOINT --name liver-unet-synth --file liver_unet_synth.onnx \
+        --card-text card_text.json [--verify CASES]
+
+1. copies CHECKPOINT to models/<file stem>.pt (the checkpoint the bundled ONNX is gated against);
+2. exports it to src/liverrt/models/bundled/<file> with `liverrt export` (fp32, the verification gate
+   on --verify cases, default phantoms);
+3. scores the ONNX on the real volumes with benchmarks/eval_real.py (onnxruntime, largest component
+   and holes filled: what `liverrt infer` does with a bundled model);
+4. times `liverrt.segment` on ircad01 and a 512x512x200 volume made of its slices (onnxruntime, the
+   threads this machine has), and the whole `liverrt infer` command on that volume (read, segment,
+   post-process, write);
+5. writes <file stem>.card.json: the measured figures plus the text of --card-text (summary, use,
+   licence, training data, failure modes, commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import liverrt
+from liverrt.artifacts import artifact_info
+from liverrt.data.io import read_nifti_volume, write_nifti
+from liverrt.data.sources import load_cases
+from liverrt.export.pipeline import run_export
+from liverrt.machine import cpu_model, usable_cores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eval_real  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "src" / "liverrt" / "models" / "bundled"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--file", required=True, help="ONNX file name in the package's bundled folder")
+    ap.add_argument("--card-text", type=Path, required=True)
+    ap.add_argument("--verify", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    stem = args.file[: -len(".onnx")]
+    kept = ROOT / "models" / f"{stem}.pt"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(args.checkpoint, kept)
+    onnx_path = BUNDLED / args.file
+    verify = load_cases(args.verify).volumes if args.verify else None
+    result = run_export(kept, onnx_path, verify_volumes=verify, overwrite=True)
+    for extra in BUNDLED.glob(f"{args.file}.verify.*"):  # the gate's report: kept out of the package
+        shutil.move(extra, ROOT / "models" / extra.name)
+    print(result.table())
+
+    scores = eval_real.score(onnx_path, engine="onnxruntime", keep_largest=True, fill_holes=True)
+    print(eval_real.markdown(scores))
+    metrics = {case: {**{k: c["volume"][k] for k in ("dice", "mask_iou", "ravd", "assd", "hd95")},
+                      **{k: c[k] for k in ("fp_slices", "liver_free_slices", "pred_ml", "true_ml")}}
+               for case, c in scores["cases"].items()}
+    speed = _speed(onnx_path)
+    info = artifact_info(onnx_path)
+    card = json.loads(args.card_text.read_text())
+    card.update({
+        "metrics": metrics,
+        "measured_by": "python benchmarks/eval_real.py src/liverrt/models/bundled/"
+                       f"{args.file} --engine onnxruntime --keep-largest --fill-holes",
+        "speed": speed,
+        "checkpoint": f"models/{stem}.pt",
+        "model": {**card.get("model", {}), "input": f"{info.spec.size}x{info.spec.size}, {info.spec.resize} "
+                  f"of the whole slice, HU window {info.spec.window_center:g}/{info.spec.window_width:g}",
+                  "threshold": f"{info.threshold:g}", "post-processing": "largest 3-D component, holes filled "
+                  "slice by slice (on by default for bundled models)"},
+    })
+    (BUNDLED / f"{stem}.card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def _speed(onnx_path: Path) -> str:
+    """ms per slice of liverrt.segment, and the whole `liverrt infer` command on a 512x512x200 volume."""
+    data = eval_real.DATA
+    vol = read_nifti_volume(data / "ircad01" / "ct.nii.gz", case_id="ircad01")
+    liverrt.segment(vol.image[:8], spacing=vol.spacing, model=onnx_path)  # warm-up
+    t0 = time.perf_counter()
+    liverrt.segment(vol, model=onnx_path, post_process=True)
+    per_slice = 1000 * (time.perf_counter() - t0) / vol.shape[0]
+    reps = int(np.ceil(200 / vol.shape[0]))
+    big = np.concatenate([vol.image] * reps)[:200]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_nifti(big, vol.affine, Path(tmp) / "ct200.nii.gz")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "liverrt", "-q", "infer", "--model", str(onnx_path), "--input",
+                        str(Path(tmp) / "ct200.nii.gz"), "--out", str(Path(tmp) / "seg"), "--keep-largest",
+                        "--fill-holes", "--overlays", "0"], check=True)
+        whole = time.perf_counter() - t0
+    return (f"{per_slice:.0f} ms per 512² slice with liverrt.segment (onnxruntime on the CPU, {usable_cores()} "
+            f"threads, {cpu_model()}); `liverrt infer` on a 512×512×200 volume, from reading the NIfTI to writing "
+            f"the mask, {whole:.0f} s (process start included). Measured {time.strftime('%Y-%m-%d')}.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

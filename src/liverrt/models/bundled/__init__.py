@@ -1,0 +1,75 @@
+"""Liver models shipped inside the package, loaded from the installed files (nothing is downloaded).
+
+Each is an ONNX file written by ``liverrt export`` (its PreprocessSpec, threshold and provenance in
+its metadata) and a model card, ``<name>.card.json``: what it was trained on and under which
+licences, how, what it measured on real scans, how fast it runs, where it fails. ``liverrt models``
+prints the cards; ``liverrt infer`` without ``--model`` and :func:`liverrt.segment` use
+:data:`DEFAULT`. Adding a model: its ``.onnx`` and ``.card.json`` here and a line in
+:data:`REGISTRY`; ``tests/models/test_bundled.py`` then checks it against the checkpoint it came
+from and its card against the script that measured it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from liverrt.errors import InputError
+
+#: the model ``liverrt infer`` and ``liverrt.segment`` use when none is named
+DEFAULT = "liver-unet-synth"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    file: str  # the ONNX file in this package folder
+
+    @property
+    def path(self) -> Path:
+        return Path(str(files(__name__).joinpath(self.file)))
+
+    @property
+    def card(self) -> dict:
+        """The model card (``<file stem>.card.json``)."""
+        return json.loads(files(__name__).joinpath(self.file.replace(".onnx", ".card.json")).read_text("utf-8"))
+
+    def card_markdown(self) -> str:
+        """The card as a person reads it (``liverrt models NAME``)."""
+        c = self.card
+        lines = [f"# {self.name} ({'default' if self.name == DEFAULT else 'bundled'})", "", c["summary"], "",
+                 f"**Use**: {c['use']}", "", f"**Licence of the weights**: {c['licence']}", "",
+                 "## Training data", ""]
+        lines += [f"- {s['source']}: {s['what']} — licence {s['licence']}" for s in c["training_data"]]
+        lines += ["", "## Model and preprocessing", "", *[f"- {k}: {v}" for k, v in c["model"].items()],
+                  "", "## Measured on real CT (never seen in training)", "",
+                  "| volume | Dice | Mask IoU | RAVD % | ASSD mm | HD95 mm | FP slices / liver-free |",
+                  "|---|---|---|---|---|---|---|"]
+        for case, m in c["metrics"].items():
+            lines.append(f"| {case} | {m['dice']:.4f} | {m['mask_iou']:.4f} | {m['ravd']:.1f} | {m['assd']:.2f} | "
+                         f"{m['hd95']:.2f} | {m['fp_slices']} / {m['liver_free_slices']} |")
+        lines += ["", f"Measured by: `{c['measured_by']}`", "", "## Speed", "", c["speed"], "",
+                  "## Known failure modes", "", *[f"- {f}" for f in c["failure_modes"]], "",
+                  "## How it was made", "", *[f"    {cmd}" for cmd in c["commands"]]]
+        return "\n".join(lines) + "\n"
+
+
+#: every bundled model, the default first
+REGISTRY: tuple[BundledModel, ...] = (BundledModel(DEFAULT, "liver_unet_synth.onnx"),)
+
+
+def bundled_models() -> tuple[BundledModel, ...]:
+    """The models whose files this installation holds."""
+    return tuple(m for m in REGISTRY if m.path.is_file())
+
+
+def bundled_model(name: str | None = None) -> BundledModel:
+    """The bundled model called ``name`` (default: :data:`DEFAULT`)."""
+    name = name or DEFAULT
+    available = {m.name: m for m in bundled_models()}
+    if name not in available:
+        raise InputError(f"No bundled model {name!r} in this installation; expected one of {sorted(available)} "
+                         "(`liverrt models` lists them), or pass --model with your own .onnx or .pt.")
+    return available[name]

@@ -1,0 +1,136 @@
+"""The bundled models: inside the package, exported from the checkpoint the repository keeps, passing the gate
+against it, with a card whose numbers are the ones the measuring script prints; and the ways to use them
+(``liverrt infer`` without --model, ``liverrt models``, ``liverrt.segment``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import liverrt
+from liverrt.artifacts import artifact_info
+from liverrt.cli import cli
+from liverrt.data.phantom import PhantomConfig, synth_case
+from liverrt.errors import InputError
+from liverrt.export.gate import verify_artifact
+from liverrt.models.bundled import DEFAULT, REGISTRY, bundled_model, bundled_models
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+CARD_FIELDS = ("summary", "use", "licence", "training_data", "model", "metrics", "measured_by", "speed",
+               "failure_modes", "commands", "checkpoint")
+
+
+def test_every_registered_model_is_installed_small_and_described():
+    assert [m.name for m in bundled_models()] == [m.name for m in REGISTRY] and REGISTRY[0].name == DEFAULT
+    for m in REGISTRY:
+        assert m.path.is_file() and m.path.stat().st_size < 10e6  # the issue's limit: under 10 MB
+        info = artifact_info(m.path)
+        assert info.format == "onnx" and info.kind == "unet"
+        card = m.card
+        assert set(CARD_FIELDS) <= set(card)
+        assert "not for clinical decisions" in card["use"].lower()
+        assert all({"source", "what", "licence"} <= set(s) for s in card["training_data"])
+        assert "non-commercial" in card["licence"].lower()
+        text = m.card_markdown()
+        assert m.name in text and card["training_data"][0]["licence"] in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", REGISTRY, ids=lambda m: m.name)
+def test_the_bundled_onnx_passes_the_gate_against_its_checkpoint(model):
+    checkpoint = ROOT / model.card["checkpoint"]
+    assert checkpoint.is_file(), f"{checkpoint}: the checkpoint the bundled model was exported from"
+    assert artifact_info(checkpoint).spec == artifact_info(model.path).spec
+    volumes = [synth_case(3000 + k, PhantomConfig(size=256, slices=12), case_id=f"g{k}") for k in range(2)]
+    report = verify_artifact(checkpoint, model.path, volumes)
+    assert report.passed, report.failures
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "ircad01").is_dir(), reason="needs ../shared/data (the real volumes)")
+@pytest.mark.parametrize("model", REGISTRY, ids=lambda m: m.name)
+def test_the_cards_numbers_are_what_the_measuring_script_prints(model):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import eval_real
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    card = model.card["metrics"]
+    result = eval_real.score(model.path, tuple(card), engine="onnxruntime", keep_largest=True, fill_holes=True,
+                             data=DATA)
+    for case, expected in card.items():
+        got = {**result["cases"][case]["volume"], **result["cases"][case]}
+        for key in ("dice", "mask_iou", "ravd", "assd", "hd95"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-3), (case, key)
+        assert got["fp_slices"] == expected["fp_slices"]
+
+
+def _phantom(size: int = 128, slices: int = 12):
+    return synth_case(5, PhantomConfig(size=size, slices=slices))
+
+
+def test_segment_takes_an_array_with_its_spacing_and_a_file():
+    vol = _phantom()
+    result = liverrt.segment(vol.image.astype(np.int16), spacing=vol.spacing)
+    assert result.mask.shape == vol.shape and result.mask.dtype == bool
+    assert result.liver_ml == pytest.approx(result.mask.sum() * np.prod(vol.spacing) / 1000)
+    assert result.model == str(bundled_model().path)
+    assert np.allclose(result.affine, np.diag([-vol.spacing[2], -vol.spacing[1], vol.spacing[0], 1.0]))
+
+
+def test_segment_from_a_nifti_file_matches_the_array_call(tmp_path):
+    from liverrt.data.io import write_nifti
+
+    vol = _phantom()
+    write_nifti(vol.image, vol.affine, tmp_path / "ct.nii.gz")
+    from_file = liverrt.segment(tmp_path / "ct.nii.gz")
+    from_array = liverrt.segment(vol.image, spacing=vol.spacing)
+    assert np.array_equal(from_file.mask, from_array.mask)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda v: liverrt.segment(v.image), "needs spacing"),
+    (lambda v: liverrt.segment(v.image, spacing=(1.0, 0.0, 1.0)), "three positive numbers"),
+    (lambda v: liverrt.segment(v.image.astype(bool), spacing=v.spacing), "numbers in HU"),
+    (lambda v: liverrt.segment(v.image, spacing=v.spacing, model="no-such-model"), "No bundled model"),
+])
+def test_segment_refuses_bad_input_with_one_line(call, message):
+    with pytest.raises(InputError, match=message):
+        call(_phantom(size=64, slices=2))
+
+
+def test_infer_without_a_model_uses_the_bundled_one_with_post_processing(tmp_path):
+    from liverrt.data.io import write_nifti
+
+    vol = _phantom()
+    write_nifti(vol.image, vol.affine, tmp_path / "ct.nii.gz")
+    r = CliRunner().invoke(cli, ["infer", "--input", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "seg")])
+    assert r.exit_code == 0, r.output
+    assert f"model: {DEFAULT} (bundled" in r.output
+    from liverrt.data.io import read_nifti
+
+    mask, _, _ = read_nifti(tmp_path / "seg" / "ct" / "mask.nii.gz", labels=True)
+    expected = liverrt.segment(vol.image, spacing=vol.spacing).mask  # post-processing on, as for bundled models
+    assert np.array_equal(mask.astype(bool), expected)
+
+
+def test_infer_refuses_a_missing_model_file_and_the_torch_engine_without_a_checkpoint(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["infer", "--model", str(tmp_path / "gone.onnx"), "--input", str(tmp_path),
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "gone.onnx does not exist" in r.output
+    r = runner.invoke(cli, ["infer", "--engine", "torch", "--input", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "bundled models are ONNX" in r.output
+
+
+def test_models_lists_the_bundled_models_and_prints_a_card():
+    r = CliRunner().invoke(cli, ["models"])
+    assert r.exit_code == 0, r.output
+    assert f"{DEFAULT} (default)" in r.output and "## Training data" in r.output
+    r = CliRunner().invoke(cli, ["models", "no-such-model"])
+    assert r.exit_code == 2 and "No bundled model" in r.output
