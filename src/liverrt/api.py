@@ -16,7 +16,8 @@ import numpy as np
 from liverrt.data.sources import load_cases
 from liverrt.data.volume import Volume, default_affine
 from liverrt.errors import InputError
-from liverrt.models.bundled import bundled_model
+from liverrt.evaluation import check_spacing
+from liverrt.models.bundled import resolve_model
 from liverrt.runtime import open_engine
 from liverrt.runtime.base import require_task
 from liverrt.runtime.segmenter import Segmenter
@@ -49,8 +50,8 @@ def segment(ct: str | Path | np.ndarray | Volume, *, spacing: tuple[float, float
     ``post_process`` (largest 3-D component, holes filled) defaults to on for bundled models, off
     for other models (as ``liverrt infer``).
     """
-    bundled = model is None or (isinstance(model, str) and not Path(model).suffix)
-    path = bundled_model(model if isinstance(model, str) else None).path if bundled else Path(model)
+    path, chosen = resolve_model(model)
+    bundled = chosen is not None
     volume = _volume(ct, spacing)
     post = bundled if post_process is None else bool(post_process)
     with open_engine(engine, path) as eng:
@@ -71,9 +72,7 @@ def _volume(ct, spacing) -> Volume:
         if ct.ndim != 3 or ct.dtype.kind not in "iuf":
             raise InputError(f"segment: got an array of shape {ct.shape} and type {ct.dtype}; expected (D, H, W) "
                              "numbers in HU.")
-        sp = tuple(float(s) for s in spacing)
-        if len(sp) != 3 or not all(s > 0 for s in sp):
-            raise InputError(f"segment: spacing {spacing}; expected three positive numbers (dz, dy, dx) in mm.")
+        sp = check_spacing(spacing)
         return Volume(image=ct, spacing=sp, affine=default_affine(sp), intensity="hu", case_id="array")
     if spacing is not None:
         raise InputError("segment: spacing is for arrays; a file carries its own.")

@@ -16,7 +16,7 @@ from liverrt.cli.common import (
     out_dir,
     overwrite_option,
 )
-from liverrt.models.bundled import bundled_model
+from liverrt.models.bundled import resolve_model
 from liverrt.runtime.infer import run_inference
 from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
 
@@ -93,14 +93,10 @@ def infer(ctx: click.Context, model: str | None, engine: str, providers: str | N
 
 def _model(model: str | None, engine: str) -> tuple[Path, bool]:
     """The model file, and whether it is a bundled model (its post-processing is on by default)."""
-    if model is not None and Path(model).exists():
-        return Path(model), False
-    if model is not None and Path(model).suffix:
-        raise click.BadParameter(f"{model} does not exist; expected a .pt or .onnx file, or a bundled model's name "
-                                 "(`liverrt models`).", param_hint="--model")
-    if engine == "torch":
+    path, chosen = resolve_model(model)
+    if chosen is not None and engine == "torch":
         raise click.UsageError("the bundled models are ONNX files: use --engine onnxruntime (or trt), or pass a .pt "
                                "with --model")
-    chosen = bundled_model(model)
-    console.print(f"model: {chosen.name} (bundled; `liverrt models {chosen.name}` prints its card)")
-    return chosen.path, True
+    if chosen is not None:
+        console.print(f"model: {chosen.name} (bundled; `liverrt models {chosen.name}` prints its card)")
+    return path, chosen is not None

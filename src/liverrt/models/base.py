@@ -58,10 +58,29 @@ class LiverrtModel(nn.Module):
     #: input H and W must be multiples of this
     input_divisor: int = 1
 
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(N, 1, H, W)`` float32 in [0, 1] -> ``{name: tensor}`` for every name of ``output_names``."""
+    def output(self, raw: torch.Tensor) -> torch.Tensor:
+        """A one-output network's last step on :meth:`forward`'s result (the U-Net's sigmoid, DnCNN-SR's
+        clamp): :meth:`predict` and the exported graph both end with it."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(N, 1, H, W)`` float32 in [0, 1] -> ``{name: tensor}`` for every name of ``output_names``
+        (here: the one output, :meth:`output` of :meth:`forward`; several outputs override this)."""
+        (name,) = self.output_names
+        return {name: self.output(self.forward(x))}
 
     def onnx_wrapper(self) -> nn.Module:
         """The module the one-graph ONNX export traces: ``image`` -> the ``graph_output_names`` tensors."""
-        raise NotImplementedError
+        return _OneOutputGraph(self)
+
+
+class _OneOutputGraph(nn.Module):
+    """The graph a one-output network exports: ``image`` -> ``model.output(model(image))``, as :meth:`predict`."""
+
+    def __init__(self, model: LiverrtModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.output(self.model(image))

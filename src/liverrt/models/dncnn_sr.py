@@ -168,25 +168,10 @@ class DnCNNSR(LiverrtModel):
         residual = self.shuffle(self.tail(f))
         return bicubic_upsample(x, self.scale) + residual
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"restored": (N, 1, scale*H, scale*W)}`` float32 clamped to [0, 1] (the ONNX output name: an
-        ONNX graph cannot name its input and output alike)."""
-        return {"restored": self.forward(x).clamp(0.0, 1.0)}
-
-    def onnx_wrapper(self) -> nn.Module:
-        return _Image(self)
-
-
-class _Image(nn.Module):
-    """DnCNN-SR graph: (N, 1, S, S) in [0, 1] -> the restored image, clamped to [0, 1]."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image).clamp(0.0, 1.0)
+    def output(self, raw: torch.Tensor) -> torch.Tensor:
+        """``{"restored": (N, 1, scale*H, scale*W)}`` clamped to [0, 1] (:meth:`predict`, the ONNX graph; the
+        name: an ONNX graph cannot name its input and output alike)."""
+        return raw.clamp(0.0, 1.0)
 
 
 def dncnn_sr(

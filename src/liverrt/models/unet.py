@@ -109,24 +109,9 @@ class UNet(LiverrtModel):
             x = block(torch.cat([upconv(x), skip], dim=1))
         return self.head(x)
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Probabilities ``{"prob": (N, out_channels, H, W)}`` in [0, 1]."""
-        return {"prob": torch.sigmoid(self.forward(x))}
-
-    def onnx_wrapper(self) -> nn.Module:
-        return _Probabilities(self)
-
-
-class _Probabilities(nn.Module):
-    """The graph we export: (N, 1, S, S) float32 in [0, 1] -> sigmoid probabilities."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(image))
+    def output(self, raw: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``{"prob": (N, out_channels, H, W)}`` in [0, 1] (:meth:`predict`, the ONNX graph)."""
+        return torch.sigmoid(raw)
 
 
 def unet_paper(

@@ -397,11 +397,16 @@ def _to_grid(hu: np.ndarray, liver: np.ndarray, spacing: tuple[float, float, flo
     d, h, w = hu.shape
     if (h, w) == (size, size):
         return hu, liver.copy(), spacing
-    t = torch.from_numpy(np.ascontiguousarray(hu))[:, None]
-    m = torch.from_numpy(liver.astype(np.float32))[:, None]
-    image = torch.nn.functional.interpolate(t, size=(size, size), mode="area")[:, 0].numpy()
-    mask = torch.nn.functional.interpolate(m, size=(size, size), mode="area")[:, 0].numpy() >= 0.5
+    image, mask = _area(hu, (size, size)), _area(liver, (size, size)) >= 0.5
     return image, mask, (spacing[0], spacing[1] * h / size, spacing[2] * w / size)
+
+
+def _area(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(D, H, W)`` (or one ``(H, W)`` slice) averaged to ``size`` in-plane with area weights, as float32."""
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+    flat = t[:, None] if t.ndim == 3 else t[None, None]
+    out = torch.nn.functional.interpolate(flat, size=tuple(size), mode="area")[:, 0].numpy()
+    return out if stack.ndim == 3 else out[0]
 
 
 def _add_noise(image: np.ndarray, spacing: tuple[float, float, float], draw: _Draw, config: SynthConfig,
@@ -487,13 +492,9 @@ def write_sheet(path: Path, synthetic: list[Volume], real: list[Volume], *, slic
         picks = [int(zs[int(q * (len(zs) - 1))]) for q in np.linspace(0.25, 0.75, slices)] if len(zs) else [0] * slices
         tiles = []
         for k in picks:
-            grey = torch.from_numpy(np.clip((volume.image[k].astype(np.float32) - (window[0] - window[1] / 2))
-                                            / window[1], 0, 1))[None, None]
-            grey = torch.nn.functional.interpolate(grey, size=size, mode="area")[0, 0].numpy()
-            mask = None
-            if volume.mask is not None:
-                m = torch.from_numpy(volume.mask[k].astype(np.float32))[None, None]
-                mask = torch.nn.functional.interpolate(m, size=size, mode="area")[0, 0].numpy() >= 0.5
+            grey = _area(np.clip((volume.image[k].astype(np.float32) - (window[0] - window[1] / 2)) / window[1],
+                                 0, 1), size)
+            mask = None if volume.mask is None else _area(volume.mask[k], size) >= 0.5
             tiles.append(overlay(grey, gt=mask))
         rows.append(np.concatenate(tiles, axis=1))
     with atomic_path(Path(path), suffix=".png") as tmp:

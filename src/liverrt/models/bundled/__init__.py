@@ -73,3 +73,15 @@ def bundled_model(name: str | None = None) -> BundledModel:
         raise InputError(f"No bundled model {name!r} in this installation; expected one of {sorted(available)} "
                          "(`liverrt models` lists them), or pass --model with your own .onnx or .pt.")
     return available[name]
+
+
+def resolve_model(model: str | Path | None) -> tuple[Path, BundledModel | None]:
+    """What ``--model`` / ``model=`` names: an existing file, else a bundled model's name (default: the
+    default model). Returns the file and, for a bundled model, which (its post-processing is on by default)."""
+    if model is not None and Path(model).exists():
+        return Path(model), None
+    if model is not None and (isinstance(model, Path) or Path(model).suffix):
+        raise InputError(f"{model} does not exist; expected a .pt or .onnx file, or a bundled model's name "
+                         "(`liverrt models`).")
+    chosen = bundled_model(model)
+    return chosen.path, chosen
