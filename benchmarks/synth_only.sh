@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Reproduces the "synthetic only" row of benchmarks/RESULTS.md (issue 17): a U-Net trained on CT
+# Reproduces a "synthetic only" row of benchmarks/RESULTS.md (issue 17): a U-Net trained on CT
 # synthesised from the 16 real IRCADb label maps (no real CT in training), tested on the two real
 # volumes with expert masks. About 20 min of synthesis and 55 min of training on 2 CPU cores.
-#   bash benchmarks/synth_only.sh [WORK]     (WORK defaults to /tmp/liverrt-synth-only)
+#   bash benchmarks/synth_only.sh [WORK [RUN [TRAIN OPTIONS...]]]
+# WORK (default /tmp/liverrt-synth-only) keeps the synthetic CT, made once and shared by runs; RUN
+# (default "run") names the run folder under WORK. The recipe's rows (RESULTS.md) are
+#   bash benchmarks/synth_only.sh W letterbox                    # the first bundled model
+#   bash benchmarks/synth_only.sh W noaug --no-augment           # ablation: no augmentation
+#   bash benchmarks/synth_only.sh W px15 --pixel-mm 1.5          # ablation: fixed 1.5 mm per pixel
 set -euo pipefail
 DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
 WORK="${1:-/tmp/liverrt-synth-only}"
-mkdir -p "$WORK/maps_train" "$WORK/maps_val"
-for d in "$DATA"/ircad_labels/*/; do  # two maps held out for validation (other patients, 2.0 and 1.6 mm)
-  n=$(basename "$d"); case "$n" in ircad09|ircad15) ln -sfn "$d" "$WORK/maps_val/$n";; *) ln -sfn "$d" "$WORK/maps_train/$n";; esac
-done
-liverrt data synth --from-labels "$WORK/maps_val" --out "$WORK/val" --samples 1 --seed 100 --size 256
-liverrt data synth --from-labels "$WORK/maps_train" --out "$WORK/train" --samples 2 --seed 0 --size 256
-liverrt train unet --data "$WORK/train" --val-data "$WORK/val" --out "$WORK/run" --size 256 --batch-size 8 \
-  --steps-per-epoch 100 --epochs 40 --max-minutes 55 --seed 0 --device cpu
+RUN="${2:-run}"
+shift $(( $# < 2 ? $# : 2 ))
+if [ ! -d "$WORK/train" ]; then
+  mkdir -p "$WORK/maps_train" "$WORK/maps_val"
+  for d in "$DATA"/ircad_labels/*/; do  # two maps held out for validation (other patients, 2.0 and 1.6 mm)
+    n=$(basename "$d"); case "$n" in ircad09|ircad15) ln -sfn "$d" "$WORK/maps_val/$n";; *) ln -sfn "$d" "$WORK/maps_train/$n";; esac
+  done
+  liverrt data synth --from-labels "$WORK/maps_val" --out "$WORK/val" --samples 1 --seed 100 --size 256
+  liverrt data synth --from-labels "$WORK/maps_train" --out "$WORK/train" --samples 2 --seed 0 --size 256
+fi
+liverrt train unet --data "$WORK/train" --val-data "$WORK/val" --out "$WORK/$RUN" --size 256 --batch-size 8 \
+  --steps-per-epoch 100 --epochs 40 --max-minutes 55 --seed 0 --device cpu "$@"
 for post in "" "--keep-largest --fill-holes"; do
-  python "$(dirname "$0")/eval_real.py" "$WORK/run/best.pt" $post
+  python "$(dirname "$0")/eval_real.py" "$WORK/$RUN/best.pt" $post
 done

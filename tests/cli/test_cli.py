@@ -240,3 +240,22 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
                "--init", tmp_path / "a" / "best.pt").exit_code == 2  # another width: refused
     r = run(*base, "--out", tmp_path / "a", "--init", tmp_path / "a" / "best.pt", "--resume")
     assert r.exit_code == 2 and "--init" in r.output
+
+
+def test_a_model_trained_at_a_fixed_pixel_size_keeps_it_through_export_and_inference(tmp_path):
+    from liverrt.artifacts.checkpoint import read_checkpoint
+
+    assert run("data", "synth", "--out", tmp_path / "ph", "--cases", 2, "--size", 64, "--slices", 4).exit_code == 0
+    r = run("train", "unet", "--data", tmp_path / "ph", "--out", tmp_path / "run", "--size", 32, "--pixel-mm", 9.0,
+            "--epochs", 1, "--steps-per-epoch", 1, "--batch-size", 4, "--val-fraction", 0.5, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    spec = read_checkpoint(tmp_path / "run" / "best.pt")["preprocess"]
+    assert spec["resize"] == "spacing" and spec["pixel_mm"] == 9.0
+    r = run("export", tmp_path / "run" / "best.pt", "--out", tmp_path / "m.onnx", "--no-verify")
+    assert r.exit_code == 0, r.output
+    # a CT at another pixel size than training's comes back on its own grid
+    write_nifti(make_volume(shape=(3, 40, 56)).image, np.diag([0.7, 0.9, 2.5, 1.0]), tmp_path / "ct" / "a.nii.gz")
+    r = run("infer", "--model", tmp_path / "m.onnx", "--input", tmp_path / "ct", "--out", tmp_path / "seg")
+    assert r.exit_code == 0, r.output
+    seg, _, spacing = read_nifti(next((tmp_path / "seg").rglob("*.nii.gz")), labels=True)
+    assert seg.shape == (3, 40, 56) and np.allclose(spacing, (2.5, 0.9, 0.7))

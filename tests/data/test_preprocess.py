@@ -134,3 +134,43 @@ def test_a_window_that_float32_cannot_apply_is_refused(field, value):
 def test_numpy_and_integer_windows_are_numbers():
     spec = PreprocessSpec(window_center=np.int64(40), window_width=np.float32(350.0))
     assert PreprocessSpec.from_json(spec.to_json()) == spec
+
+
+def test_spacing_policy_gives_anatomy_the_same_size_on_every_scanner():
+    """A 200 mm disc drawn at 0.5 mm and at 0.8 mm per pixel fills the same pixels at pixel_mm 2."""
+    spec = PreprocessSpec(size=128, resize="spacing", pixel_mm=2.0)
+    areas = []
+    for mm, n in ((0.5, 512), (0.8, 320)):
+        yy, xx = (np.mgrid[0:n, 0:n] + 0.5) * mm - n * mm / 2
+        disc = (yy**2 + xx**2 <= 100.0**2)[None]
+        p = placement(disc.shape[1:], spec, (mm, mm))
+        assert p.scaled == (round(n * mm / 2.0),) * 2
+        areas.append(int(mask_to_input(disc, p).sum()))
+        back = restore(mask_to_input(disc, p)[:, 0], p) >= 0.5  # and back on the source grid
+        assert (back & disc).sum() / (back | disc).sum() > 0.97
+    assert abs(areas[0] - areas[1]) <= 0.02 * areas[0]
+    assert abs(areas[0] - np.pi * 50**2) <= 0.02 * areas[0]  # a 100 mm radius is 50 pixels
+
+
+def test_spacing_policy_uses_each_axis_and_centre_crops_a_wide_field_of_view():
+    spec = PreprocessSpec(size=64, resize="spacing", pixel_mm=1.0)
+    p = placement((40, 100), spec, (3.0, 1.0, 2.0))  # a volume's (dz, dy, dx): dy 1 mm, dx 2 mm
+    assert p.scaled == (40, 200)
+    assert p.offset == (12, -68)
+    x, q = to_input(np.zeros((2, 40, 100), np.float32), "hu", spec, (1.0, 2.0))
+    assert x.shape == (2, 1, 64, 64) and q == p
+
+
+def test_spacing_policy_needs_a_pixel_size_and_a_spacing():
+    with pytest.raises(InputError, match="pixel_mm"):
+        PreprocessSpec(resize="spacing")
+    with pytest.raises(InputError, match="pixel_mm"):
+        PreprocessSpec(resize="spacing", pixel_mm=0.0)
+    with pytest.raises(InputError, match="needs resize 'spacing'"):
+        PreprocessSpec(resize="letterbox", pixel_mm=1.5)
+    spec = PreprocessSpec(size=64, resize="spacing", pixel_mm=1.5)
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(InputError, match="without a pixel spacing"):
+        to_input(np.zeros((1, 32, 32), np.float32), "hu", spec)
+    with pytest.raises(InputError, match="expected millimetres > 0"):
+        to_input(np.zeros((1, 32, 32), np.float32), "hu", spec, (1.0, float("nan")))

@@ -187,7 +187,7 @@ def _time_engine(engine, precision: str, bs: int, inputs: _BenchInputs, n_rep: i
     vol = inputs.volume if bs > 1 else _first_slices(inputs.volume, 1)
     if model_class(inputs.info.kind).task == "denoising":  # an image out: preprocess + network
         def whole(v=vol, e=engine, b=bs):
-            x, _ = to_input(v.image, v.intensity, inputs.info.spec)
+            x, _ = to_input(v.image, v.intensity, inputs.info.spec, v.spacing)
             for i in range(0, x.shape[0], b):
                 e.infer(x[i:i + b])
     else:

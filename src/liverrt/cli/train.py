@@ -71,7 +71,11 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
             click.option("--size", type=click.IntRange(16), default=default_size, show_default=True,
                          help="Network input size (the study used 512)."),
             click.option("--resize", type=click.Choice(["letterbox", "resize", "pad"]), default="letterbox",
-                         show_default=True),
+                         show_default=True, help="How a slice's field of view becomes --size pixels."),
+            click.option("--pixel-mm", type=click.FloatRange(min=0, min_open=True), default=None,
+                         help="Resample every slice to this many mm per pixel instead (from its own spacing), "
+                              "then centre-pad or crop to --size: anatomy keeps its size across scanners. "
+                              "Replaces --resize."),
             click.option("--window", type=(float, float), default=(50.0, 400.0), show_default=True,
                          metavar="CENTER WIDTH", help="HU window for HU inputs."),
             click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -136,7 +140,8 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
             console.print(f"[yellow]skipped[/] {source}: {reason}")
     domain = "8bit" if all(v.intensity == "8bit" for v in loaded.volumes) else "hu"
     spec = PreprocessSpec(window_center=kw["window"][0], window_width=kw["window"][1], size=kw["size"],
-                          resize=kw["resize"], input_domain=domain)
+                          resize="spacing" if kw["pixel_mm"] else kw["resize"], pixel_mm=kw["pixel_mm"],
+                          input_domain=domain)
     cfg = TrainConfig(
         model=model, epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"],
         optimizer=kw["optimizer"] or optimizer,

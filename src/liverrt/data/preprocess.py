@@ -15,7 +15,11 @@ Pipeline for a ``(D, H, W)`` volume:
    * ``letterbox``: scale the longer side to ``size`` keeping the aspect ratio,
      pad the shorter side symmetrically with 0 (the window's lower end);
    * ``resize``: scale each axis to ``size`` (aspect ratio not kept);
-   * ``pad``: no scaling; centre-pad (or centre-crop) to ``size``.
+   * ``pad``: no scaling; centre-pad (or centre-crop) to ``size``;
+   * ``spacing``: scale each axis to ``pixel_mm`` millimetres per pixel using
+     the slice's own pixel spacing, then centre-pad (or centre-crop) to
+     ``size``: the anatomy has the same size in pixels on every scanner
+     (``size * pixel_mm`` mm of field of view; 256 x 1.5 mm = 384 mm).
    Resampling is bilinear (with antialiasing when shrinking) for images and
    the same for soft masks, thresholded at 0.5.
 
@@ -26,6 +30,7 @@ the source grid.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
@@ -36,8 +41,8 @@ import torch.nn.functional as F
 
 from liverrt.errors import ArtifactError, InputError
 
-ResizePolicy = Literal["letterbox", "resize", "pad"]
-RESIZE_POLICIES = ("letterbox", "resize", "pad")
+ResizePolicy = Literal["letterbox", "resize", "pad", "spacing"]
+RESIZE_POLICIES = ("letterbox", "resize", "pad", "spacing")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,9 @@ class PreprocessSpec:
     Attributes:
         window_center, window_width: HU window for HU inputs (abdomen 50/400).
         size: square network input size in pixels (the study: 512).
-        resize: ``letterbox`` | ``resize`` | ``pad`` (see module docstring).
+        resize: ``letterbox`` | ``resize`` | ``pad`` | ``spacing`` (see module docstring).
+        pixel_mm: in-plane millimetres per input pixel; set exactly when
+            ``resize == "spacing"``.
         input_domain: ``hu`` or ``8bit``: what the model was trained on.
             Recorded for provenance; both kinds of input are accepted.
         quantize_8bit: round windowed HU to 256 levels (mimic 8-bit PNGs).
@@ -59,6 +66,7 @@ class PreprocessSpec:
     resize: ResizePolicy = "letterbox"
     input_domain: Literal["hu", "8bit"] = "hu"
     quantize_8bit: bool = False
+    pixel_mm: float | None = None
 
     def __post_init__(self) -> None:
         # the window is applied in float32: a width that is 0 or infinite there would make NaN of every voxel
@@ -84,8 +92,21 @@ class PreprocessSpec:
             )
         if self.resize not in RESIZE_POLICIES:
             raise InputError(f"PreprocessSpec.resize: got {self.resize!r}, expected one of {RESIZE_POLICIES}.")
+        self._check_pixel_mm()
         if self.input_domain not in ("hu", "8bit"):
             raise InputError(f"PreprocessSpec.input_domain: got {self.input_domain!r}, expected 'hu' or '8bit'.")
+
+    def _check_pixel_mm(self) -> None:
+        if self.resize != "spacing":
+            if self.pixel_mm is not None:
+                raise InputError(f"PreprocessSpec.pixel_mm: got {self.pixel_mm} with resize {self.resize!r}; "
+                                 "a pixel size needs resize 'spacing'.")
+            return
+        mm = self.pixel_mm
+        if not (isinstance(mm, numbers.Real) and not isinstance(mm, bool) and math.isfinite(mm) and mm > 0):
+            raise InputError(f"PreprocessSpec.pixel_mm: got {mm!r} with resize 'spacing'; "
+                             "expected millimetres per pixel > 0 (e.g. 1.5).")
+        object.__setattr__(self, "pixel_mm", float(mm))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,12 +147,17 @@ class Placement:
     size: int
 
 
-def placement(shape: tuple[int, int], spec: PreprocessSpec) -> Placement:
+def placement(shape: tuple[int, int], spec: PreprocessSpec,
+              spacing: tuple[float, float] | None = None) -> Placement:
+    """Where slices of ``shape`` go in the input; ``spacing`` is their ``(dy, dx)`` pixel size in mm."""
     h, w = int(shape[0]), int(shape[1])
     if h < 1 or w < 1:
         raise InputError(f"Slice shape {shape}: expected a non-empty 2D slice.")
     s = spec.size
-    if spec.resize == "resize":
+    if spec.resize == "spacing":
+        dy, dx = _pixel_size(spacing, spec)
+        scaled = (max(1, round(h * dy / spec.pixel_mm)), max(1, round(w * dx / spec.pixel_mm)))
+    elif spec.resize == "resize":
         scaled = (s, s)
     elif spec.resize == "letterbox":
         f = s / max(h, w)
@@ -140,6 +166,16 @@ def placement(shape: tuple[int, int], spec: PreprocessSpec) -> Placement:
         scaled = (h, w)
     offset = ((s - scaled[0]) // 2, (s - scaled[1]) // 2)
     return Placement(source=(h, w), scaled=scaled, offset=offset, size=s)
+
+
+def _pixel_size(spacing: tuple[float, float] | None, spec: PreprocessSpec) -> tuple[float, float]:
+    if spacing is None:
+        raise InputError(f"This model resamples slices to {spec.pixel_mm} mm per pixel, and the slices came "
+                         "without a pixel spacing; give it (e.g. spacing=(dz, dy, dx) in mm).")
+    dy, dx = (float(v) for v in spacing[-2:])
+    if not (math.isfinite(dy) and math.isfinite(dx) and dy > 0 and dx > 0):
+        raise InputError(f"Pixel spacing {spacing}: expected millimetres > 0.")
+    return dy, dx
 
 
 def normalize(image: np.ndarray, intensity: str, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
@@ -203,11 +239,16 @@ def _unplace(x: torch.Tensor, p: Placement, fill: float = 0.0) -> torch.Tensor:
     return out
 
 
-def to_input(slices: np.ndarray, intensity: str, spec: PreprocessSpec) -> tuple[np.ndarray, Placement]:
-    """Raw ``(N, H, W)`` slices -> network input ``(N, 1, size, size)`` float32 in [0, 1]."""
+def to_input(slices: np.ndarray, intensity: str, spec: PreprocessSpec,
+             spacing: tuple[float, ...] | None = None) -> tuple[np.ndarray, Placement]:
+    """Raw ``(N, H, W)`` slices -> network input ``(N, 1, size, size)`` float32 in [0, 1].
+
+    ``spacing``: the slices' pixel size in mm, ``(dy, dx)`` or a volume's ``(dz, dy, dx)``; used
+    (and required) only by ``resize == "spacing"``.
+    """
     if slices.ndim != 3:
         raise InputError(f"to_input: got shape {slices.shape}, expected (N, H, W) slices.")
-    p = placement(slices.shape[1:], spec)
+    p = placement(slices.shape[1:], spec, spacing)
     if p.scaled == p.source == (p.size, p.size):  # already on the network's grid: window straight into place
         out = np.empty((slices.shape[0], 1, p.size, p.size), np.float32)
         normalize(slices, intensity, spec, out=out[:, 0])

@@ -245,7 +245,7 @@ def _compare_images(ref_engine, art_engine, volumes, report: VerifyReport, batch
     (output,) = model_class(report.kind).output_names  # the image
     for vol in volumes:
         for start in range(0, vol.shape[0], batch_size):
-            x, _ = to_input(vol.image[start:start + batch_size], vol.intensity, spec)
+            x, _ = to_input(vol.image[start:start + batch_size], vol.intensity, spec, vol.spacing)
             a = ref_engine.infer(x)[output].astype(np.float64)
             b = art_engine.infer(x)[output].astype(np.float64)
             finite = finite and bool(np.isfinite(b).all())

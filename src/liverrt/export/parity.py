@@ -53,7 +53,7 @@ def sample_inputs(spec: PreprocessSpec, volumes: list[Volume] | None, *, samples
         else:
             candidates = np.arange(d)
         idx = np.sort(rng.choice(candidates, size=min(per_volume, candidates.size), replace=False))
-        x, _ = to_input(vol.image[idx], vol.intensity, spec)
+        x, _ = to_input(vol.image[idx], vol.intensity, spec, vol.spacing)
         picks.append(x)
     return np.concatenate(picks)[:samples]
 

@@ -255,7 +255,7 @@ def calibration_slices(
     stacks = []
     for vol, idx in zip(volumes, picks, strict=True):
         if idx:
-            x, _ = to_input(vol.image[np.sort(np.fromiter(idx, int))], vol.intensity, spec)
+            x, _ = to_input(vol.image[np.sort(np.fromiter(idx, int))], vol.intensity, spec, vol.spacing)
             stacks.append(x)
     return np.ascontiguousarray(np.concatenate(stacks), dtype=np.float32)
 

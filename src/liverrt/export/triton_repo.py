@@ -409,9 +409,10 @@ match that config. Needs ``pip install "tritonclient[http]" numpy``.
 
 Preprocessing must be the one the model was trained with (its PreprocessSpec,
 also in config.pbtxt parameter "liverrt.preprocess"). With liverrt installed,
-liverrt.data.preprocess.to_input applies it (window, resize/letterbox/pad) and
-the mask is restored to the source grid. Without liverrt the documented
-windowing formula is used, and slices must already be SIZE x SIZE pixels:
+liverrt.data.preprocess.to_input applies it (window, resize/letterbox/pad, or
+resampling to PIXEL_MM mm per pixel, which needs --spacing) and the mask is
+restored to the source grid. Without liverrt the documented windowing formula
+is used, and slices must already be SIZE x SIZE pixels (of PIXEL_MM mm when set):
     x = clip((HU - (window_center - window_width / 2)) / window_width, 0, 1)
     (8-bit slices: x = pixel / 255; with quantize_8bit: x = round(255 x) / 255)
 """
@@ -433,6 +434,7 @@ MAX_BATCH_SIZE = __MAX_BATCH__
 PREPROCESS = json.loads(__SPEC__)
 THRESHOLD = __THRESHOLD__
 SIZE = int(PREPROCESS["size"])
+PIXEL_MM = PREPROCESS.get("pixel_mm")  # None: the model fits the field of view
 
 
 def window(slices: np.ndarray, intensity: str = "hu") -> np.ndarray:
@@ -452,13 +454,13 @@ def window(slices: np.ndarray, intensity: str = "hu") -> np.ndarray:
     return np.ascontiguousarray(x[:, None], dtype=np.float32)
 
 
-def preprocess(slices: np.ndarray, intensity: str = "hu"):
-    """(N, H, W) slices -> ((N, 1, SIZE, SIZE) float32 input, liverrt Placement or None)."""
+def preprocess(slices: np.ndarray, intensity: str = "hu", spacing=None):
+    """(N, H, W) slices of (dy, dx) mm pixels -> ((N, 1, SIZE, SIZE) float32 input, liverrt Placement or None)."""
     try:
         from liverrt.data.preprocess import PreprocessSpec, to_input
     except ImportError:
         return window(slices, intensity), None
-    return to_input(np.asarray(slices), intensity, PreprocessSpec.from_dict(PREPROCESS))
+    return to_input(np.asarray(slices), intensity, PreprocessSpec.from_dict(PREPROCESS), spacing)
 
 
 def mask_area(prob: np.ndarray, placement=None) -> np.ndarray:
@@ -499,12 +501,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", default="localhost:8000", help="Triton HTTP endpoint")
     parser.add_argument("--slices", type=Path, help=".npy of (N, H, W) slices; default: 2 phantom slices")
     parser.add_argument("--intensity", choices=("hu", "8bit"), default="hu")
+    parser.add_argument("--spacing", nargs=2, type=float, metavar=("DY", "DX"),
+                        help="pixel size of --slices in mm (needed when the model has a fixed PIXEL_MM)")
     args = parser.parse_args(argv)
     import tritonclient.http as httpclient
 
     slices = np.load(args.slices) if args.slices else phantom()
     slices = slices[None] if slices.ndim == 2 else slices
-    x, placement = preprocess(slices, args.intensity)
+    spacing = args.spacing or (None if args.slices else (PIXEL_MM or 1.0, PIXEL_MM or 1.0))
+    x, placement = preprocess(slices, args.intensity, spacing)
     client = httpclient.InferenceServerClient(url=args.url)
     out = infer(client, x)
     if not MASK_OUTPUT:

@@ -77,7 +77,7 @@ class Segmenter:
         for start in range(0, d, self.batch_size):
             stop = min(d, start + self.batch_size)
             t0 = time.perf_counter()
-            x, place = to_input(volume.image[start:stop], volume.intensity, spec)
+            x, place = to_input(volume.image[start:stop], volume.intensity, spec, volume.spacing)
             t1 = time.perf_counter()
             t["preprocess"] += t1 - t0
             if self.denoiser is not None:

@@ -45,10 +45,10 @@ def clean_slices(volumes: list[Volume], spec: PreprocessSpec) -> tuple[torch.Ten
     wide = replace(spec, window_center=(_HU_LO + _HU_HI) / 2, window_width=_HU_HI - _HU_LO, quantize_8bit=False)
     all_hu = all(v.intensity == "hu" for v in volumes)
     for vol in volumes:
-        x, _ = to_input(vol.image, vol.intensity, spec)
+        x, _ = to_input(vol.image, vol.intensity, spec, vol.spacing)
         xs.append(torch.from_numpy(x))
         if all_hu:
-            w, _ = to_input(vol.image, vol.intensity, wide)
+            w, _ = to_input(vol.image, vol.intensity, wide, vol.spacing)
             hus.append(torch.from_numpy(w) * (_HU_HI - _HU_LO) + _HU_LO)
     if not xs:
         raise InputError("No cases to build DnCNN-SR training pairs from.")
@@ -59,7 +59,7 @@ def grid_pixel_mm(volumes: list[Volume], spec: PreprocessSpec) -> float:
     """Median in-plane pixel size in mm on the network grid (the path length unit of projection noise)."""
     sizes = []
     for v in volumes:
-        p = placement(v.shape[1:], spec)
+        p = placement(v.shape[1:], spec, v.spacing)
         dy, dx = float(v.spacing[1]), float(v.spacing[2])
         sizes.append(max(dy * v.shape[1] / p.scaled[0], dx * v.shape[2] / p.scaled[1]))
     if not sizes:
@@ -181,7 +181,7 @@ def denoise_effect(denoiser: torch.nn.Module, volumes: list[Volume], spec: Prepr
                "output_psnr": _finite_mean(psnr(restored, clean)), "output_ssim": float(ssim(restored, clean).mean())}
         row["psnr_gain"] = row["output_psnr"] - row["input_psnr"]
         if segmenter is not None and vol.mask is not None and cfg.scale == 1:
-            _, place = to_input(vol.image[:1], vol.intensity, spec)
+            _, place = to_input(vol.image[:1], vol.intensity, spec, vol.spacing)
             truth = mask_to_input(vol.mask, place)[:, 0] >= 0.5
             for name, x in (("clean", clean), ("noisy", noisy), ("denoised", restored)):
                 prob = torch.cat([torch.sigmoid(segmenter(x[i:i + batch_size].to(device)).float()).cpu()

@@ -48,7 +48,7 @@ class InstanceSliceSet:
         for i, vol in enumerate(volumes):
             if vol.mask is None:
                 raise InputError(f"Case {vol.case_id} ({vol.source}) has no liver mask; training needs labelled cases.")
-            x, place = to_input(vol.image, vol.intensity, spec)
+            x, place = to_input(vol.image, vol.intensity, spec, vol.spacing)
             xs.append(torch.from_numpy(x))
             labs.append(torch.from_numpy(_grid_labels(vol, place, min_area)))
             idx.append(torch.full((x.shape[0],), i, dtype=torch.long))

@@ -35,7 +35,7 @@ def build_slice_set(volumes: list[Volume], spec: PreprocessSpec) -> SliceSet:
     for i, vol in enumerate(volumes):
         if vol.mask is None:
             raise InputError(f"Case {vol.case_id} ({vol.source}) has no liver mask; training needs labelled cases.")
-        x, placement = to_input(vol.image, vol.intensity, spec)
+        x, placement = to_input(vol.image, vol.intensity, spec, vol.spacing)
         xs.append(torch.from_numpy(x))
         ys.append(torch.from_numpy(mask_to_input(vol.mask, placement)))
         idx.append(torch.full((x.shape[0],), i, dtype=torch.long))
