@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{args.file} --engine onnxruntime --keep-largest --fill-holes",
         "speed": speed,
         "checkpoint": f"models/{stem}.pt",
-        "model": {**card.get("model", {}), "input": f"{info.spec.size}x{info.spec.size}, {info.spec.resize} "
-                  f"of the whole slice, HU window {info.spec.window_center:g}/{info.spec.window_width:g}",
+        "model": {**card.get("model", {}), "input": info.spec.describe(),
                   "threshold": f"{info.threshold:g}", "post-processing": "largest 3-D component, holes filled "
                   "slice by slice (on by default for bundled models)"},
     })

@@ -259,3 +259,32 @@ def test_a_model_trained_at_a_fixed_pixel_size_keeps_it_through_export_and_infer
     assert r.exit_code == 0, r.output
     seg, _, spacing = read_nifti(next((tmp_path / "seg").rglob("*.nii.gz")), labels=True)
     assert seg.shape == (3, 40, 56) and np.allclose(spacing, (2.5, 0.9, 0.7))
+
+
+def test_a_2p5d_model_takes_adjacent_slices_through_training_export_and_any_batch_size(tmp_path):
+    import onnx
+
+    from liverrt.artifacts.checkpoint import read_checkpoint
+    from liverrt.data.sources import load_cases
+    from liverrt.runtime import open_engine
+    from liverrt.runtime.segmenter import Segmenter
+
+    assert run("data", "synth", "--out", tmp_path / "ph", "--cases", 2, "--size", 64, "--slices", 6).exit_code == 0
+    r = run("train", "unet", "--data", tmp_path / "ph", "--out", tmp_path / "run", "--size", 32, "--context", 1,
+            "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 4, "--val-fraction", 0.5, "--device", "cpu",
+            "--warmup-steps", 0)
+    assert r.exit_code == 0, r.output
+    ckpt = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["preprocess"]["context"] == 1 and ckpt["model_config"]["in_channels"] == 3
+    r = run("export", tmp_path / "run" / "best.pt", "--out", tmp_path / "m.onnx", "--no-verify")
+    assert r.exit_code == 0, r.output
+    dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    r = run("infer", "--model", tmp_path / "m.onnx", "--input", tmp_path / "ph", "--out", tmp_path / "seg")
+    assert r.exit_code == 0, r.output
+    vol = load_cases(tmp_path / "ph").volumes[0]
+    probs = []
+    for engine, model, batch in (("torch", tmp_path / "run" / "best.pt", 1), ("onnxruntime", tmp_path / "m.onnx", 4)):
+        with open_engine(engine, model) as eng:
+            probs.append(Segmenter(eng, batch_size=batch, keep_prob=True).segment(vol).prob)
+    assert np.allclose(probs[0], probs[1], atol=1e-4)  # batches of 1 and 4 from the volume: the same input

@@ -8,6 +8,7 @@ from liverrt.data.preprocess import (
     placement,
     restore,
     to_input,
+    volume_input,
 )
 from liverrt.errors import ArtifactError, InputError
 
@@ -174,3 +175,42 @@ def test_spacing_policy_needs_a_pixel_size_and_a_spacing():
         to_input(np.zeros((1, 32, 32), np.float32), "hu", spec)
     with pytest.raises(InputError, match="expected millimetres > 0"):
         to_input(np.zeros((1, 32, 32), np.float32), "hu", spec, (1.0, float("nan")))
+
+
+def _stack(depth: int, h: int = 20, w: int = 24) -> np.ndarray:
+    """Slices whose value says which slice they are (HU 10 * k), so channels can be read back."""
+    return np.repeat((10.0 * np.arange(depth, dtype=np.float32))[:, None, None], h * w, axis=1).reshape(depth, h, w)
+
+
+def test_context_gives_each_slice_its_neighbours_as_channels_repeating_the_ends():
+    from liverrt_test_helpers import make_volume
+
+    spec = PreprocessSpec(size=32, window_center=100.0, window_width=400.0, context=2)
+    assert spec.channels == 5 and spec.input_shape(3) == (3, 5, 32, 32)
+    vol = make_volume(shape=(6, 20, 24))
+    vol = type(vol)(image=_stack(6), spacing=vol.spacing, affine=vol.affine, intensity="hu")
+    x, _ = to_input(vol.image, "hu", spec)
+    assert x.shape == (6, 5, 32, 32)
+    slice_of = np.rint((x[:, :, 16, 16] * 400.0 - 100.0) / 10.0).astype(int)  # the centre pixel back to k
+    want = np.clip(np.arange(6)[:, None] + np.arange(-2, 3)[None], 0, 5)
+    assert np.array_equal(slice_of, want)
+    # any batch cut out of the volume, in any order, gets what the whole volume gets
+    for index in (slice(0, 2), slice(2, 5), slice(5, 6), np.array([4, 0, 5])):
+        part, _ = volume_input(vol, index, spec)
+        assert np.array_equal(part, x[index])
+    one, _ = volume_input(vol, slice(1, 3), PreprocessSpec(size=32, window_center=100.0, window_width=400.0))
+    assert one.shape == (2, 1, 32, 32) and np.array_equal(one[:, 0], x[1:3, 2])
+
+
+def test_context_must_be_a_small_whole_number():
+    for bad in (-1, 1.5, True, 9):
+        with pytest.raises(InputError, match="context"):
+            PreprocessSpec(context=bad)
+    spec = PreprocessSpec(context=1)
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_spec_describes_itself_for_people():
+    assert PreprocessSpec(size=256).describe() == "256x256: the whole slice scaled to fit, aspect kept; HU window 50/400"
+    text = PreprocessSpec(size=256, resize="spacing", pixel_mm=1.5, context=1).describe()
+    assert "1.5 mm per pixel" in text and "384 mm field of view" in text and "1 adjacent slice(s)" in text

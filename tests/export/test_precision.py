@@ -324,7 +324,7 @@ def test_bad_calibration_and_options_are_refused(tiny_onnx, calib, tmp_path):
     bad = {
         "float32": calib.astype(np.float64),
         r"\(N, 1, 32, 32\)": calib[:, 0],
-        "the model's PreprocessSpec size": np.zeros((2, 1, 64, 64), np.float32),
+        "the model's PreprocessSpec: channels and size": np.zeros((2, 1, 64, 64), np.float32),
         "0 slices": calib[:0],
         "NaN": np.full_like(calib, np.nan),
         "numpy array": calib.tolist(),

@@ -152,7 +152,7 @@ def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: t
         "benchmark": f"{info.kind}_engines",
         "kind": info.kind,
         "model": "unet_paper (1,940,817 parameters, seeded random weights)" if model is None else str(model),
-        "input": f"(N, 1, {info.spec.size}, {info.spec.size}) float32, preprocessed phantom slices",
+        "input": "(N, {}, {}, {}) float32, preprocessed phantom slices".format(*info.spec.input_shape(1)[1:]),
         "quick": quick,
         "export_seconds": export_s,
         "rows": rows,

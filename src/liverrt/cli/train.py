@@ -25,7 +25,7 @@ from liverrt.cli.common import (
     progress_bar,
     seed_option,
 )
-from liverrt.data.preprocess import PreprocessSpec
+from liverrt.data.preprocess import MAX_CONTEXT, PreprocessSpec
 from liverrt.data.sources import ReadOptions, load_cases
 from liverrt.errors import InputError
 from liverrt.evaluation import json_safe
@@ -195,10 +195,14 @@ def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
 @training_options()
 @click.option("--width-scale", type=click.FloatRange(0.05), default=None,
               help="Scale every layer's channels (1.0 = the study's 16-32-64-128-256).")
-def unet(width_scale: float | None, **kw) -> None:
+@click.option("--context", type=click.IntRange(0, MAX_CONTEXT), default=0, show_default=True,
+              help="2.5-D: give the network this many adjacent slices on each side as extra input channels "
+                   "(a deviation from the study's one-channel U-Net; 0 = the study's).")
+def unet(width_scale: float | None, context: int, **kw) -> None:
     """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
 
     volumes, spec, cfg = _common(kw, model="unet_paper", optimizer="adam", weight_decay=0.0)
+    spec = replace(spec, context=context)
     if width_scale is not None:
         cfg = replace(cfg, width_scale=width_scale)
     _run(UNetTask, volumes, spec, cfg, kw, "U-Net")

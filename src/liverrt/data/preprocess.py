@@ -23,6 +23,11 @@ Pipeline for a ``(D, H, W)`` volume:
    Resampling is bilinear (with antialiasing when shrinking) for images and
    the same for soft masks, thresholded at 0.5.
 
+3. with ``context`` c > 0 (2.5-D), each slice comes with its c neighbours on
+   either side as input channels ``(slice - c, ..., slice + c)``, the ends of
+   the volume repeated: :func:`volume_input` takes them from the volume,
+   :func:`to_input` from the stack of slices it is given.
+
 :func:`restore` inverts step 2 for per-pixel outputs, so masks come back on
 the source grid.
 """
@@ -39,10 +44,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liverrt.data.volume import Volume
 from liverrt.errors import ArtifactError, InputError
 
 ResizePolicy = Literal["letterbox", "resize", "pad", "spacing"]
 RESIZE_POLICIES = ("letterbox", "resize", "pad", "spacing")
+MAX_CONTEXT = 8
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class PreprocessSpec:
         resize: ``letterbox`` | ``resize`` | ``pad`` | ``spacing`` (see module docstring).
         pixel_mm: in-plane millimetres per input pixel; set exactly when
             ``resize == "spacing"``.
+        context: adjacent slices on each side given as extra input channels
+            (2.5-D); the network sees ``2 * context + 1`` channels.
         input_domain: ``hu`` or ``8bit``: what the model was trained on.
             Recorded for provenance; both kinds of input are accepted.
         quantize_8bit: round windowed HU to 256 levels (mimic 8-bit PNGs).
@@ -67,6 +76,7 @@ class PreprocessSpec:
     input_domain: Literal["hu", "8bit"] = "hu"
     quantize_8bit: bool = False
     pixel_mm: float | None = None
+    context: int = 0
 
     def __post_init__(self) -> None:
         # the window is applied in float32: a width that is 0 or infinite there would make NaN of every voxel
@@ -93,6 +103,11 @@ class PreprocessSpec:
         if self.resize not in RESIZE_POLICIES:
             raise InputError(f"PreprocessSpec.resize: got {self.resize!r}, expected one of {RESIZE_POLICIES}.")
         self._check_pixel_mm()
+        if not (isinstance(self.context, numbers.Integral) and not isinstance(self.context, bool)
+                and 0 <= self.context <= MAX_CONTEXT):
+            raise InputError(f"PreprocessSpec.context: got {self.context!r}, expected a whole number of adjacent "
+                             f"slices from 0 to {MAX_CONTEXT}.")
+        object.__setattr__(self, "context", int(self.context))
         if self.input_domain not in ("hu", "8bit"):
             raise InputError(f"PreprocessSpec.input_domain: got {self.input_domain!r}, expected 'hu' or '8bit'.")
 
@@ -107,6 +122,27 @@ class PreprocessSpec:
             raise InputError(f"PreprocessSpec.pixel_mm: got {mm!r} with resize 'spacing'; "
                              "expected millimetres per pixel > 0 (e.g. 1.5).")
         object.__setattr__(self, "pixel_mm", float(mm))
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the network: the slice and its ``context`` neighbours on each side."""
+        return 2 * self.context + 1
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.channels, self.size, self.size)
+
+    def describe(self) -> str:
+        """One line for people (model cards, ``liverrt models``)."""
+        if self.pixel_mm is not None:
+            grid = (f"slices resampled to {self.pixel_mm:g} mm per pixel and centre-padded or cropped "
+                    f"({self.size * self.pixel_mm:g} mm field of view)")
+        else:
+            grid = {"letterbox": "the whole slice scaled to fit, aspect kept", "resize": "the whole slice stretched",
+                    "pad": "slice pixels as they are, centre-padded or cropped"}[self.resize]
+        window = ("8-bit slices / 255" if self.input_domain == "8bit"
+                  else f"HU window {self.window_center:g}/{self.window_width:g}")
+        near = f", {self.context} adjacent slice(s) on each side as channels" if self.context else ""
+        return f"{self.size}x{self.size}: {grid}; {window}{near}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,11 +277,42 @@ def _unplace(x: torch.Tensor, p: Placement, fill: float = 0.0) -> torch.Tensor:
 
 def to_input(slices: np.ndarray, intensity: str, spec: PreprocessSpec,
              spacing: tuple[float, ...] | None = None) -> tuple[np.ndarray, Placement]:
-    """Raw ``(N, H, W)`` slices -> network input ``(N, 1, size, size)`` float32 in [0, 1].
+    """Raw ``(N, H, W)`` slices -> network input ``(N, channels, size, size)`` float32 in [0, 1].
 
     ``spacing``: the slices' pixel size in mm, ``(dy, dx)`` or a volume's ``(dz, dy, dx)``; used
-    (and required) only by ``resize == "spacing"``.
+    (and required) only by ``resize == "spacing"``. With ``spec.context`` the slices are taken as
+    one contiguous stack (a whole volume, in order): their neighbours come from it.
     """
+    x, p = _one_channel(slices, intensity, spec, spacing)
+    if spec.context:
+        n = x.shape[0]
+        x = x[_neighbours(np.arange(n), n, spec.context), 0]
+    return x, p
+
+
+def volume_input(volume: Volume, index: slice | np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, Placement]:
+    """Network input for the slices ``index`` of ``volume`` (a slice or slice numbers, in any order).
+
+    With ``spec.context`` each slice brings its neighbours from the whole volume, so a batch
+    cut out of a volume gets the same input as the volume in one piece.
+    """
+    idx = np.arange(volume.shape[0])[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+    if not spec.context:
+        return to_input(volume.image[idx], volume.intensity, spec, volume.spacing)
+    near = _neighbours(idx, volume.shape[0], spec.context)
+    used, where = np.unique(near, return_inverse=True)  # each slice preprocessed once
+    x, p = _one_channel(volume.image[used], volume.intensity, spec, volume.spacing)
+    return x[where.reshape(near.shape), 0], p
+
+
+def _neighbours(idx: np.ndarray, depth: int, context: int) -> np.ndarray:
+    """``(n, 2 context + 1)`` slice numbers ``idx - context .. idx + context``, clamped to ``[0, depth)``."""
+    return np.clip(idx[:, None] + np.arange(-context, context + 1)[None], 0, depth - 1)
+
+
+def _one_channel(slices: np.ndarray, intensity: str, spec: PreprocessSpec,
+                 spacing: tuple[float, ...] | None) -> tuple[np.ndarray, Placement]:
+    """Steps 1 and 2: ``(N, H, W)`` -> ``(N, 1, size, size)``."""
     if slices.ndim != 3:
         raise InputError(f"to_input: got shape {slices.shape}, expected (N, H, W) slices.")
     p = placement(slices.shape[1:], spec, spacing)

@@ -46,7 +46,7 @@ import numpy as np
 
 from liverrt.atomic import write_text_atomic
 from liverrt.data.phantom import PhantomConfig, synth_case
-from liverrt.data.preprocess import to_input
+from liverrt.data.preprocess import volume_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError
 from liverrt.evaluation import json_safe
@@ -245,7 +245,7 @@ def _compare_images(ref_engine, art_engine, volumes, report: VerifyReport, batch
     (output,) = model_class(report.kind).output_names  # the image
     for vol in volumes:
         for start in range(0, vol.shape[0], batch_size):
-            x, _ = to_input(vol.image[start:start + batch_size], vol.intensity, spec, vol.spacing)
+            x, _ = volume_input(vol, slice(start, start + batch_size), spec)
             a = ref_engine.infer(x)[output].astype(np.float64)
             b = art_engine.infer(x)[output].astype(np.float64)
             finite = finite and bool(np.isfinite(b).all())

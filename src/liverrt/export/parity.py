@@ -10,7 +10,7 @@ import onnxruntime as ort
 import torch
 
 from liverrt.data.phantom import PhantomConfig, synth_case
-from liverrt.data.preprocess import PreprocessSpec, to_input
+from liverrt.data.preprocess import PreprocessSpec, volume_input
 from liverrt.data.volume import Volume
 from liverrt.metrics import per_slice_dice
 
@@ -53,7 +53,7 @@ def sample_inputs(spec: PreprocessSpec, volumes: list[Volume] | None, *, samples
         else:
             candidates = np.arange(d)
         idx = np.sort(rng.choice(candidates, size=min(per_volume, candidates.size), replace=False))
-        x, _ = to_input(vol.image[idx], vol.intensity, spec, vol.spacing)
+        x, _ = volume_input(vol, idx, spec)
         picks.append(x)
     return np.concatenate(picks)[:samples]
 

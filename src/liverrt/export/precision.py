@@ -50,7 +50,7 @@ import liverrt
 from liverrt.artifacts import ArtifactInfo, artifact_info
 from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.atomic import atomic_path
-from liverrt.data.preprocess import PreprocessSpec, to_input
+from liverrt.data.preprocess import PreprocessSpec, volume_input
 from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
 from liverrt.evaluation import json_safe
@@ -122,7 +122,7 @@ def to_fp16(
     model = onnx.load(str(src))
     meta = _metadata(model, src, "fp16")
     converted = _fp16_model(model, frozenset(keep_fp32_ops))
-    sample = np.zeros((1, 1, info.spec.size, info.spec.size), np.float32)
+    sample = np.zeros(info.spec.input_shape(1), np.float32)
     _write(converted, meta, out, src, sample)
     log.info("wrote fp16 graph %s (from %s)", out, src)
     return out
@@ -183,7 +183,7 @@ def to_int8(
     """
     src, out = _check_paths(src_onnx, out_onnx)
     info = _source_info(src)
-    _check_calibration(calibration, info.spec.size)
+    _check_calibration(calibration, info.spec)
     if method not in CALIBRATION_METHODS:
         raise InputError(f"Calibration method {method!r}: expected one of {CALIBRATION_METHODS}.")
     if target not in INT8_TARGETS:
@@ -255,7 +255,7 @@ def calibration_slices(
     stacks = []
     for vol, idx in zip(volumes, picks, strict=True):
         if idx:
-            x, _ = to_input(vol.image[np.sort(np.fromiter(idx, int))], vol.intensity, spec, vol.spacing)
+            x, _ = volume_input(vol, np.sort(np.fromiter(idx, int)), spec)
             stacks.append(x)
     return np.ascontiguousarray(np.concatenate(stacks), dtype=np.float32)
 
@@ -280,15 +280,16 @@ def _source_info(src: Path) -> ArtifactInfo:
     return info
 
 
-def _check_calibration(calibration: object, size: int) -> None:
+def _check_calibration(calibration: object, spec: PreprocessSpec) -> None:
+    shape = "(N, {}, {}, {})".format(*spec.input_shape(1)[1:])
     if not isinstance(calibration, np.ndarray):
-        raise InputError(f"Calibration: got {type(calibration).__name__}, expected a numpy array (N, 1, {size}, {size}).")
+        raise InputError(f"Calibration: got {type(calibration).__name__}, expected a numpy array {shape}.")
     if calibration.dtype != np.float32:
         raise InputError(f"Calibration: got {calibration.dtype}, expected float32. "
                          "Note: preprocess first (see calibration_slices / PreprocessSpec).")
-    if calibration.ndim != 4 or calibration.shape[1:] != (1, size, size):
-        raise InputError(f"Calibration: got shape {calibration.shape}, expected (N, 1, {size}, {size}) "
-                         "(the model's PreprocessSpec size).")
+    if calibration.ndim != 4 or calibration.shape[1:] != spec.input_shape(1)[1:]:
+        raise InputError(f"Calibration: got shape {calibration.shape}, expected {shape} "
+                         "(the model's PreprocessSpec: channels and size).")
     if calibration.shape[0] == 0:
         raise InputError("Calibration: got 0 slices, expected at least 1 (a few dozen are typical).")
     if not np.isfinite(calibration).all():

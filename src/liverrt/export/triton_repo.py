@@ -145,7 +145,7 @@ def from_plan(plan: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[
         lo, hi = ([int(v) for v in data["profile"][k]] for k in ("min", "max"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{side}: missing or damaged optimisation profile ({exc!r}); expected "
-                            "'profile': {'min', 'opt', 'max'} input shapes (N, 1, S, S).") from None
+                            "'profile': {'min', 'opt', 'max'} input shapes (N, C, S, S).") from None
     if len(lo) != len(hi) or len(lo) < 2:
         raise ArtifactError(f"{side}: profile min {lo} / max {hi}; expected two (N, ...) shapes of one rank.")
     if lo[0] > 1:
@@ -154,7 +154,8 @@ def from_plan(plan: Path) -> tuple[list[TensorConfig], list[TensorConfig], dict[
     dims = tuple(a if a == b else -1 for a, b in zip(lo[1:], hi[1:], strict=True))
     # liverrt graphs keep float32 I/O at every precision (see liverrt.export.precision)
     inputs = [TensorConfig(str(data.get("input_name", "image")), "TYPE_FP32", dims)]
-    outputs = [TensorConfig(str(data.get("output_name", "prob")), "TYPE_FP32", dims)]
+    # one output channel (prob, restored) whatever the input's (adjacent slices of a 2.5-D model)
+    outputs = [TensorConfig(str(data.get("output_name", "prob")), "TYPE_FP32", (1, *dims[1:]))]
     meta = {"liverrt.format": str(data["format"]), "liverrt.preprocess": info.spec.to_json(),
             "liverrt.threshold": str(info.threshold), "liverrt.precision": info.precision,
             "liverrt.model": json.dumps(data.get("model", {}), sort_keys=True),

@@ -62,8 +62,7 @@ class Engine(abc.ABC):
 
     @property
     def input_spec(self) -> InputSpec:
-        s = self.info.spec.size
-        return InputSpec("image", np.dtype(np.float32), ("N", 1, s, s))
+        return InputSpec("image", np.dtype(np.float32), ("N", *self.info.spec.input_shape(1)[1:]))
 
     # -- lifecycle ----------------------------------------------------------
     def activate(self) -> Engine:
@@ -87,7 +86,7 @@ class Engine(abc.ABC):
 
     # -- inference ----------------------------------------------------------
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run ``batch`` (N, 1, S, S) float32 through the model; returns ``{"prob": (N, 1, S, S)}``."""
+        """Run ``batch`` (N, C, S, S) float32 through the model; returns ``{"prob": (N, 1, S, S)}``."""
         if not self.is_active:
             raise LiverrtError(f"{type(self).__name__} is not active; use `with engine:` or call activate() first.")
         spec = self.input_spec

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from liverrt import metrics
-from liverrt.data.preprocess import restore, to_input
+from liverrt.data.preprocess import restore, volume_input
 from liverrt.data.volume import Volume
 from liverrt.errors import InputError, LiverrtError
 from liverrt.runtime.base import Engine, require_task
@@ -77,7 +77,7 @@ class Segmenter:
         for start in range(0, d, self.batch_size):
             stop = min(d, start + self.batch_size)
             t0 = time.perf_counter()
-            x, place = to_input(volume.image[start:stop], volume.intensity, spec, volume.spacing)
+            x, place = volume_input(volume, slice(start, stop), spec)
             t1 = time.perf_counter()
             t["preprocess"] += t1 - t0
             if self.denoiser is not None:
@@ -131,10 +131,11 @@ def check_denoiser(denoiser: Engine, engine: Engine) -> None:
     if int(d.model_config.get("scale", 1)) != 1:
         raise InputError(f"--denoise {denoiser.path}: a scale-{d.model_config.get('scale')} (super-resolution) "
                          "model changes the slice size; expected a scale-1 denoiser before segmentation.")
-    fields = ("window_center", "window_width", "size", "resize", "quantize_8bit", "input_domain")
+    fields = ("window_center", "window_width", "size", "resize", "pixel_mm", "quantize_8bit", "input_domain",
+              "context")
     diff = [f"{f} {getattr(d.spec, f)} vs {getattr(s.spec, f)}" for f in fields
             if getattr(d.spec, f) != getattr(s.spec, f)]
     if diff:
         raise InputError(f"--denoise {denoiser.path}: its PreprocessSpec differs from the segmentation model's "
                          f"({'; '.join(diff)}); expected the same window and grid (train it with the same "
-                         "--size and --window).")
+                         "--size, --window and --pixel-mm; a model with adjacent-slice context takes no denoiser).")

@@ -40,6 +40,7 @@ from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.artifacts.plan import SIDECAR_FORMAT, plan_info, read_sidecar, sidecar_path  # noqa: F401 (API)
 from liverrt.artifacts.split import SplitArtifact
 from liverrt.atomic import atomic_path, overwrite_allowed
+from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
 from liverrt.hashing import sha256_bytes, sha256_file
 
@@ -76,9 +77,9 @@ def parse_batch_profile(text: str | tuple[int, ...] | list[int]) -> tuple[int, i
     return values  # type: ignore[return-value]
 
 
-def profile_shapes(batch: tuple[int, int, int], size: int) -> tuple[Shape, Shape, Shape]:
-    """min/opt/max input shapes ``(b, 1, S, S)`` for a batch profile and the spec size ``S``."""
-    return tuple((b, 1, size, size) for b in batch)  # type: ignore[return-value]
+def profile_shapes(batch: tuple[int, int, int], spec: PreprocessSpec) -> tuple[Shape, Shape, Shape]:
+    """min/opt/max input shapes ``(b, channels, S, S)`` for a batch profile and the model's spec."""
+    return tuple(spec.input_shape(b) for b in batch)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,8 @@ def current_machine(device: int = 0) -> dict[str, str]:
             "gpu_name": torch.cuda.get_device_name(device)}
 
 
-def onnx_input_name(onnx_path: Path, size: int) -> str:
-    """The single graph input of a liverrt ONNX file; checks its static H = W = ``size``."""
+def onnx_input_name(onnx_path: Path, want: tuple[int, ...]) -> str:
+    """The single graph input of a liverrt ONNX file; checks its static C, H and W against ``want``."""
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
@@ -165,9 +166,9 @@ def onnx_input_name(onnx_path: Path, size: int) -> str:
     if len(inputs) != 1:
         raise ArtifactError(f"{onnx_path}: {len(inputs)} graph inputs; expected one image input (N, 1, S, S).")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or any(d is not None and d != size for d in dims[2:]):
-        raise ArtifactError(f"{onnx_path}: input {inputs[0].name!r} has shape {dims}; expected (N, 1, {size}, {size}) "
-                            "as in its PreprocessSpec.")
+    if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], want, strict=True)):
+        raise ArtifactError(f"{onnx_path}: input {inputs[0].name!r} has shape {dims}; expected (N, "
+                            f"{', '.join(map(str, want))}) as in its PreprocessSpec.")
     return inputs[0].name
 
 
@@ -213,7 +214,7 @@ def engine_key(onnx_path: Path, machine: Machine, *, batch: tuple[int, int, int]
     return EngineKey(
         onnx_sha256=sha256_file(onnx_path), tensorrt_version=str(machine["tensorrt_version"]),
         compute_capability=str(machine["compute_capability"]), gpu_name=str(machine["gpu_name"]),
-        precision=info.precision, profile=profile_shapes(parse_batch_profile(batch), info.spec.size),
+        precision=info.precision, profile=profile_shapes(parse_batch_profile(batch), info.spec),
         workspace_bytes=int(workspace_mb) << 20,
     )
 
@@ -333,8 +334,8 @@ def build_engine(
 ) -> EngineBuild:
     """Build ``onnx_path`` into ``out_dir/<stem>.<digest>.plan`` + sidecar.
 
-    One optimisation profile over input shapes ``(b, 1, S, S)`` for ``b`` in
-    ``batch`` (min, opt, max), ``S`` from the PreprocessSpec; the network is
+    One optimisation profile over input shapes ``(b, C, S, S)`` for ``b`` in
+    ``batch`` (min, opt, max), ``C`` and ``S`` from the PreprocessSpec; the network is
     strongly typed, so the ONNX graph decides the precision. ``timing_cache``
     is loaded if it exists and saved after the build. ``machine`` defaults to
     :func:`current_machine` (raises :class:`BackendUnavailableError` without
@@ -343,7 +344,7 @@ def build_engine(
     onnx_path = Path(onnx_path)
     machine = current_machine() if machine is None else machine
     key = engine_key(onnx_path, machine, batch=parse_batch_profile(batch), workspace_mb=workspace_mb)
-    input_name = onnx_input_name(onnx_path, key.profile[0][-1])
+    input_name = onnx_input_name(onnx_path, tuple(key.profile[0][1:]))
     log.info("building TensorRT %s plan for %s (batch %s, %s)", key.precision, onnx_path.name,
              ":".join(str(s[0]) for s in key.profile), key.gpu_name)
     t0 = time.perf_counter()

@@ -51,7 +51,7 @@ class UNetTask(Task):
 
     def build_model(self, config: TrainConfig) -> torch.nn.Module:
         return build(config.model, width_scale=config.width_scale, dropout_scale=config.dropout_scale,
-                     **config.model_options)
+                     in_channels=self.spec.channels, **config.model_options)
 
     def __len__(self) -> int:
         return len(self.train_set)
