@@ -209,7 +209,7 @@ def test_inspect_names_the_layout_and_describes_it(tmp_path):
     assert [c["layout"] for c in json.loads(r.output)["cases"]] == ["lits"]
     r = CliRunner().invoke(cli, ["data", "inspect", str(lits)])
     assert r.exit_code == 0, r.output
-    assert "volume-1 [lits]" in r.output and f"[lits] {layout_named('lits').description}" in r.output
+    assert "volume-1 [lits" in r.output and f"[lits] {layout_named('lits').description}" in r.output
 
 
 def test_the_readme_layout_table_is_the_registrys():
@@ -219,3 +219,22 @@ def test_the_readme_layout_table_is_the_registrys():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert markdown_table().strip() in readme  # regenerate the README table from the registry when a layout changes
+
+
+@pytest.mark.parametrize(("image", "mask"), [("ct.nii.gz", "liver.nii.gz"), ("volume.nii", "segmentation.nii.gz"),
+                                             ("image.nii.gz", "label.nii")])
+def test_a_case_folder_pairs_its_image_and_mask_by_common_names_and_inspect_says_how(tmp_path, image, mask):
+    """A user's case folder (``ct`` + ``liver``, as in ../shared/data) is one labelled case, not two CTs."""
+    from click.testing import CliRunner
+
+    from liverrt.cli import cli
+
+    vol = make_volume(shape=(4, 32, 32))
+    write_nifti(vol.image, vol.affine, tmp_path / "case7" / image)
+    write_nifti(vol.mask.astype(np.uint8), vol.affine, tmp_path / "case7" / mask)
+    (ref,) = find_cases(tmp_path / "case7")
+    assert (ref.case_id, ref.kind, ref.image.name, ref.mask.name) == ("case7", "nifti", image, mask)
+    assert np.array_equal(load_case(ref, with_mask=True).mask, vol.mask)
+    r = CliRunner().invoke(cli, ["data", "inspect", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert f"case7 [nifti: {image} + {mask}] 4 images, 4 annotated" in r.output

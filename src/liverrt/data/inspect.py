@@ -42,6 +42,7 @@ def _summary(ref: CaseRef, options: ReadOptions) -> dict:
         "id": ref.case_id,
         "layout": ref.kind,
         "source": str(ref.image),
+        "mask": None if ref.mask is None else str(ref.mask),
         "n_images": notes.n_images,
         "n_annotated": len(notes.annotated),
         "first_annotated": notes.annotated[0] if notes.annotated else None,
@@ -86,8 +87,9 @@ def text_report(report: dict) -> str:
     for c in report["cases"]:
         spacing = "x".join(f"{s:g}" for s in c["spacing"]) + " mm" if c["spacing"] else "no geometry"
         rng = f", annotated {c['first_annotated']}..{c['last_annotated']}" if c["first_annotated"] else ""
+        pair = f": {Path(c['source']).name} + {Path(c['mask']).name}" if c.get("mask") else ""  # how it paired them
         lines.append(
-            f"{c['id']} [{c['layout']}] {c['n_images']} images, {c['n_annotated']} annotated{rng}; "
+            f"{c['id']} [{c['layout']}{pair}] {c['n_images']} images, {c['n_annotated']} annotated{rng}; "
             f"shape {'x'.join(map(str, c['shape']))}, {spacing}, {c['intensity']}; "
             f"{len(c['two_region_slices'])} two-region slices"
             + (f"; {len(c['unannotated'])} unannotated" if c["unannotated"] else "")

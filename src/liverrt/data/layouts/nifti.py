@@ -1,4 +1,5 @@
-"""``nifti``: a NIfTI file, or a case folder with ``image.nii[.gz]`` (+ ``mask.nii[.gz]``); and the base of the
+"""``nifti``: a NIfTI file, or a case folder with an image and a mask by common names (``image``/``ct``/...
+with ``mask``/``liver``/...: :data:`IMAGE_NAMES`, :data:`MASK_NAMES`); and the base of the
 NIfTI datasets (``lits``, ``msd``) whose cases are image/label-map pairs under one root."""
 
 from __future__ import annotations
@@ -20,17 +21,27 @@ class _NiftiCase(Layout):
         return read_nifti_volume(ref.image, ref.mask if with_mask else None, case_id=ref.case_id)
 
 
+# a case folder pairs its image with its mask by these common names, in this order of preference
+IMAGE_NAMES = ("image", "ct", "volume", "img", "scan")
+MASK_NAMES = ("mask", "liver", "segmentation", "seg", "label", "labels")
+
+
+def _named(folder: Path, stems: tuple[str, ...]) -> Path | None:
+    return first_file(folder, tuple(f"{stem}{ext}" for stem in stems for ext in (".nii.gz", ".nii")))
+
+
 class Nifti(_NiftiCase):
     name = "nifti"
-    description = "a NIfTI file, or case folders with `image.nii.gz` (+ `mask.nii.gz`)"
+    description = (f"a NIfTI file, or case folders with an image named {'/'.join(IMAGE_NAMES)} (+ a mask named "
+                   f"{'/'.join(MASK_NAMES)}), .nii or .nii.gz")
 
     def detect(self, path: Path) -> CaseRef | None:
         if path.is_file():
             return self.ref(path, path, None, strip_nifti_suffix(path.name)) if is_nifti(path) else None
-        image = first_file(path, ("image.nii.gz", "image.nii"))
+        image = _named(path, IMAGE_NAMES)
         if image is None:
             return None
-        return self.ref(path, image, first_file(path, ("mask.nii.gz", "mask.nii")))
+        return self.ref(path, image, _named(path, MASK_NAMES))
 
 
 class NiftiDataset(_NiftiCase):
