@@ -137,7 +137,8 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
 
     Two single volumes (NIfTI files or mask slice folders) are compared whatever
     their names; so are one prediction volume and a ground truth that is one
-    case folder (e.g. a KITTI case). A ground-truth case without a prediction is an error
+    case folder (e.g. a KITTI case), or a root that holds one case (a prediction folder from
+    ``liverrt infer``); two roots of case folders are matched by name, whatever their count. A ground-truth case without a prediction is an error
     (``missing="error"``), left out (``"skip"``, listed in ``unmatched``) or
     scored as an empty prediction (``"empty"``, the challenge convention).
     """
@@ -151,6 +152,16 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
     if single_p is not None and len(gts) == 1 and Path(gt).is_dir() and next(iter(gts)) == Path(gt).name:
         name, where = next(iter(gts.items()))  # the ground truth is this one case folder
         return [(name, single_p, where)], {"pred": [], "gt": []}
+    if (single_p is not None or single_g is not None) and len(preds) == 1 and len(gts) == 1:
+        # one volume given as itself, one case on the other side (`infer -i case/ -o out` against case/liver.nii.gz);
+        # two roots of case folders are still matched by name
+        (gid, gpath), ppath = next(iter(gts.items())), next(iter(preds.values()))
+        return [(gid, ppath, gpath)], {"pred": [], "gt": []}
+    if not set(gts) & set(preds):  # nothing to pair: --missing skip/empty would only hide that
+        raise InputError(
+            f"No case names match between {pred} ({sorted(preds)[:5]}) and {gt} ({sorted(gts)[:5]}); expected the "
+            "same case folder or file names, or one volume on each side (--pred FILE --gt FILE)."
+        )
     absent = [cid for cid in gts if cid not in preds]
     if absent and missing == "error":
         raise InputError(
@@ -158,11 +169,6 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
             "(use --missing skip to leave them out, --missing empty to score them as empty predictions)."
         )
     pairs = [(cid, preds.get(cid), gpath) for cid, gpath in gts.items() if cid in preds or missing == "empty"]
-    if not pairs:
-        raise InputError(
-            f"No case names match between {pred} ({sorted(preds)[:5]}) and {gt} ({sorted(gts)[:5]}); "
-            "expected the same case folder or file names."
-        )
     left_out = sorted(absent) if missing == "skip" else []  # with "empty" they are scored, not left out
     return pairs, {"pred": sorted(set(preds) - set(gts)), "gt": left_out}
 

@@ -160,8 +160,9 @@ def test_missing_predictions_error_skip_or_empty(tmp_path):
 def test_case_folders_are_matched_by_name_even_when_there_is_one(tmp_path):
     _pair(tmp_path)
     (tmp_path / "pred" / "c1").rename(tmp_path / "pred" / "other")
-    with pytest.raises(InputError, match="no prediction"):
-        evaluate(tmp_path / "pred", tmp_path / "gt")
+    for missing in ("error", "skip", "empty"):  # no name in common: refused whatever --missing says
+        with pytest.raises(InputError, match=r"No case names match .*\(--pred FILE --gt FILE\)"):
+            evaluate(tmp_path / "pred", tmp_path / "gt", missing=missing)
 
 
 def test_png_masks_are_paired_by_file_stem(tmp_path):
@@ -233,3 +234,16 @@ def test_two_region_slices_are_reported_separately(tmp_path):
 
 def res_slice_iou(p, g):
     return (p & g).sum() / (p | g).sum()
+
+
+def test_a_ground_truth_file_scores_the_one_case_infer_wrote_whatever_its_name(tmp_path):
+    """`infer -i ircad01/ -o out` then `eval --pred out --gt ircad01/liver.nii.gz`: case ircad01 vs file liver."""
+    gt = make_volume(shape=(6, 40, 40))
+    write_nifti(gt.mask, gt.affine, tmp_path / "liver.nii.gz")
+    write_nifti(gt.mask, gt.affine, tmp_path / "out" / "ircad01" / "mask.nii.gz")
+    for pred, truth in ((tmp_path / "out", tmp_path / "liver.nii.gz"), (tmp_path / "liver.nii.gz", tmp_path / "out")):
+        result = evaluate(pred, truth)
+        assert len(result["cases"]) == 1 and result["cases"][0]["volume"]["dice"] == 1.0
+    write_nifti(gt.mask, gt.affine, tmp_path / "out" / "ircad02" / "mask.nii.gz")  # two cases: which one? refused
+    with pytest.raises(InputError):
+        evaluate(tmp_path / "out", tmp_path / "liver.nii.gz")
