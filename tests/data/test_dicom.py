@@ -271,7 +271,7 @@ def test_inspect_reports_layouts_annotations_and_two_region_slices(tmp_path):
     assert runner.invoke(cli, ["data", "synth", "--out", str(tmp_path / "root" / "ph"), "--cases", "1",
                                "--size", "64", "--slices", "8"]).exit_code == 0
     r = runner.invoke(cli, ["data", "inspect", str(tmp_path / "root" / "ph")])
-    assert r.exit_code == 0 and "phantom_000 [nifti]" in r.output
+    assert r.exit_code == 0 and "phantom_000 [nifti: image.nii.gz + mask.nii.gz]" in r.output
     r = runner.invoke(cli, ["data", "inspect", str(tmp_path / "root" / "7"), "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.output)

@@ -22,6 +22,7 @@ from liverrt.data.volume import (
     Volume,
     check_affine,
     check_finite_labels,
+    check_label_map,
     default_affine,
     finite_image,
 )
@@ -137,6 +138,7 @@ def read_nifti(path: Path, *, labels: bool = False) -> tuple[np.ndarray, np.ndar
     d = load_nifti(path)
     if labels:
         check_finite_labels(d.array, f"NIfTI mask {path}")
+        check_label_map(d.array, f"NIfTI mask {path}")
     return d.array, d.affine, d.spacing
 
 

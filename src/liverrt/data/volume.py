@@ -75,6 +75,50 @@ def finite_image(image: np.ndarray, source: str) -> np.ndarray:
     return out
 
 
+#: a label map has at most this many distinct values (TotalSegmentator's 117 classes fit); a CT has thousands
+MAX_LABELS = 128
+
+
+def label_values(array: np.ndarray) -> np.ndarray | None:
+    """The distinct values of ``array`` if it looks like a label map (a mask), else None (an image).
+
+    A label map holds whole numbers >= 0, at most :data:`MAX_LABELS` of them. A CT in HU has
+    negative values (air) and thousands of levels; an 8-bit slice set has a hundred or more grey
+    levels. Judged on every voxel for small arrays, else on a regular sample of about 2 million.
+    """
+    a = np.asarray(array)
+    step = max(1, round((a.size / 2e6) ** (1 / 3))) if a.ndim == 3 else 1
+    sample = a[::step, ::step, ::step] if a.ndim == 3 else a
+    if sample.size == 0 or (sample.dtype.kind == "f" and not np.isfinite(sample).all()):
+        return None
+    if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
+        return None
+    values = np.unique(sample)
+    return values if values[0] >= 0 and values.size <= MAX_LABELS else None
+
+
+def _listed(values: np.ndarray) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:6].astype(float))
+    return shown + (f", ... ({values.size} values)" if values.size > 6 else "")
+
+
+def check_image(image: np.ndarray, source: str) -> None:
+    """Refuse a label map where a CT image is expected (one line: what was found, what to give)."""
+    values = label_values(image)
+    if values is not None and values.size <= 16:
+        raise InputError(f"{source} looks like a mask, not an image: its only values are {_listed(values)}; "
+                         "expected a CT in HU (give the image file, not the segmentation).")
+
+
+def check_label_map(labels: np.ndarray, source: str) -> None:
+    """Refuse an image where a mask is expected."""
+    if label_values(labels) is None:
+        a = np.asarray(labels)
+        raise InputError(f"{source} looks like an image, not a mask: values from {float(np.nanmin(a)):g} to "
+                         f"{float(np.nanmax(a)):g}, not a few whole numbers >= 0; expected a label map "
+                         "(0 background, > 0 liver), e.g. the segmentation file, not the CT.")
+
+
 def check_finite_labels(labels: np.ndarray, source: str) -> np.ndarray:
     """``labels`` unchanged, or an :class:`InputError` if any value is NaN or infinite.
 

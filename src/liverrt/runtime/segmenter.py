@@ -10,7 +10,7 @@ import numpy as np
 
 from liverrt import metrics
 from liverrt.data.preprocess import restore, volume_input
-from liverrt.data.volume import Volume
+from liverrt.data.volume import Volume, check_image
 from liverrt.errors import InputError, LiverrtError
 from liverrt.runtime.base import Engine, require_task
 
@@ -66,6 +66,7 @@ class Segmenter:
         a Volume built in Python must be finite too, so it is never segmented as it is.
         """
         check_finite_volume(volume)
+        check_image(volume.image, f"Volume {volume.case_id!r}" + (f" ({volume.source})" if volume.source else ""))
         if not self.engine.is_active or (self.denoiser is not None and not self.denoiser.is_active):
             raise LiverrtError("Segmenter needs active engines; use `with engine:` around segmentation.")
         spec = self.engine.info.spec
