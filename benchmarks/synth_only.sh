@@ -4,10 +4,11 @@
 # volumes with expert masks. About 20 min of synthesis and 55 min of training on 2 CPU cores.
 #   bash benchmarks/synth_only.sh [WORK [RUN [TRAIN OPTIONS...]]]
 # WORK (default /tmp/liverrt-synth-only) keeps the synthetic CT, made once and shared by runs; RUN
-# (default "run") names the run folder under WORK. The recipe's rows (RESULTS.md) are
-#   bash benchmarks/synth_only.sh W letterbox                    # the first bundled model
-#   bash benchmarks/synth_only.sh W noaug --no-augment           # ablation: no augmentation
-#   bash benchmarks/synth_only.sh W px15 --pixel-mm 1.5          # ablation: fixed 1.5 mm per pixel
+# (default "run") names the run folder under WORK; options after it go to `liverrt train unet` (a
+# repeated option replaces the default). The rows of RESULTS.md (issue 17) are
+#   bash benchmarks/synth_only.sh W run                                        # the bundled model
+#   bash benchmarks/synth_only.sh W noaug --no-augment --max-minutes 52        # ablation: no augmentation
+#   bash benchmarks/synth_only.sh W px15 --pixel-mm 1.5 --max-minutes 52       # ablation: 1.5 mm per pixel
 set -euo pipefail
 DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
 WORK="${1:-/tmp/liverrt-synth-only}"
