@@ -138,7 +138,8 @@ def _pairs(pred: Path, gt: Path, missing: str) -> tuple[list[tuple[str, Path | N
     Two single volumes (NIfTI files or mask slice folders) are compared whatever
     their names; so are one prediction volume and a ground truth that is one
     case folder (e.g. a KITTI case), or a root that holds one case (a prediction folder from
-    ``liverrt infer``); two roots of case folders are matched by name, whatever their count. A ground-truth case without a prediction is an error
+    ``liverrt infer``); two roots of case folders are matched by name, whatever their count.
+    A ground-truth case without a prediction is an error
     (``missing="error"``), left out (``"skip"``, listed in ``unmatched``) or
     scored as an empty prediction (``"empty"``, the challenge convention).
     """

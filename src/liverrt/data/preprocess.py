@@ -184,8 +184,9 @@ class Placement:
 
 
 def placement(shape: tuple[int, int], spec: PreprocessSpec,
-              spacing: tuple[float, float] | None = None) -> Placement:
-    """Where slices of ``shape`` go in the input; ``spacing`` is their ``(dy, dx)`` pixel size in mm."""
+              spacing: tuple[float, ...] | None = None) -> Placement:
+    """Where slices of ``shape`` go in the input; ``spacing``: their ``(dy, dx)`` (or a volume's
+    ``(dz, dy, dx)``) in mm, needed by ``resize == "spacing"`` only."""
     h, w = int(shape[0]), int(shape[1])
     if h < 1 or w < 1:
         raise InputError(f"Slice shape {shape}: expected a non-empty 2D slice.")
@@ -204,7 +205,7 @@ def placement(shape: tuple[int, int], spec: PreprocessSpec,
     return Placement(source=(h, w), scaled=scaled, offset=offset, size=s)
 
 
-def _pixel_size(spacing: tuple[float, float] | None, spec: PreprocessSpec) -> tuple[float, float]:
+def _pixel_size(spacing: tuple[float, ...] | None, spec: PreprocessSpec) -> tuple[float, float]:
     if spacing is None:
         raise InputError(f"This model resamples slices to {spec.pixel_mm} mm per pixel, and the slices came "
                          "without a pixel spacing; give it (e.g. spacing=(dz, dy, dx) in mm).")

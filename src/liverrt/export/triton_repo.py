@@ -441,6 +441,9 @@ PIXEL_MM = PREPROCESS.get("pixel_mm")  # None: the model fits the field of view
 def window(slices: np.ndarray, intensity: str = "hu") -> np.ndarray:
     """(N, SIZE, SIZE) HU or 8-bit slices -> (N, 1, SIZE, SIZE) float32 in [0, 1] (the formula above)."""
     s = np.asarray(slices, dtype=np.float32)
+    if PREPROCESS.get("context"):
+        raise ValueError("this model takes adjacent slices as input channels; install liverrt to stack them "
+                         "like training did")
     if s.shape[1:] != (SIZE, SIZE):
         raise ValueError(f"slices are {s.shape[1:]}; without liverrt they must be ({SIZE}, {SIZE}) "
                          "(install liverrt to letterbox/resize them like training did)")
@@ -456,7 +459,7 @@ def window(slices: np.ndarray, intensity: str = "hu") -> np.ndarray:
 
 
 def preprocess(slices: np.ndarray, intensity: str = "hu", spacing=None):
-    """(N, H, W) slices of (dy, dx) mm pixels -> ((N, 1, SIZE, SIZE) float32 input, liverrt Placement or None)."""
+    """(N, H, W) contiguous slices of (dy, dx) mm pixels -> ((N, C, SIZE, SIZE) float32, liverrt Placement or None)."""
     try:
         from liverrt.data.preprocess import PreprocessSpec, to_input
     except ImportError:
