@@ -72,10 +72,6 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
                          help="Network input size (the study used 512)."),
             click.option("--resize", type=click.Choice(["letterbox", "resize", "pad"]), default="letterbox",
                          show_default=True, help="How a slice's field of view becomes --size pixels."),
-            click.option("--pixel-mm", type=click.FloatRange(min=0, min_open=True), default=None,
-                         help="Resample every slice to this many mm per pixel instead (from its own spacing), "
-                              "then centre-pad or crop to --size: anatomy keeps its size across scanners. "
-                              "Replaces --resize."),
             click.option("--window", type=(float, float), default=(50.0, 400.0), show_default=True,
                          metavar="CENTER WIDTH", help="HU window for HU inputs."),
             click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -140,8 +136,7 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
             console.print(f"[yellow]skipped[/] {source}: {reason}")
     domain = "8bit" if all(v.intensity == "8bit" for v in loaded.volumes) else "hu"
     spec = PreprocessSpec(window_center=kw["window"][0], window_width=kw["window"][1], size=kw["size"],
-                          resize="spacing" if kw["pixel_mm"] else kw["resize"], pixel_mm=kw["pixel_mm"],
-                          input_domain=domain)
+                          resize=kw["resize"], input_domain=domain)
     cfg = TrainConfig(
         model=model, epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"],
         optimizer=kw["optimizer"] or optimizer,
@@ -195,14 +190,17 @@ def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
 @training_options()
 @click.option("--width-scale", type=click.FloatRange(0.05), default=None,
               help="Scale every layer's channels (1.0 = the study's 16-32-64-128-256).")
+@click.option("--pixel-mm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Resample every slice to this many mm per pixel instead (from its own spacing), then "
+                   "centre-pad or crop to --size: anatomy keeps its size across scanners. Replaces --resize.")
 @click.option("--context", type=click.IntRange(0, MAX_CONTEXT), default=0, show_default=True,
               help="2.5-D: give the network this many adjacent slices on each side as extra input channels "
                    "(a deviation from the study's one-channel U-Net; 0 = the study's).")
-def unet(width_scale: float | None, context: int, **kw) -> None:
+def unet(width_scale: float | None, pixel_mm: float | None, context: int, **kw) -> None:
     """Train the study's U-Net (Dice + BCE, Adam, augmentations, case-level split)."""
 
     volumes, spec, cfg = _common(kw, model="unet_paper", optimizer="adam", weight_decay=0.0)
-    spec = replace(spec, context=context)
+    spec = replace(spec, context=context, **({"resize": "spacing", "pixel_mm": pixel_mm} if pixel_mm else {}))
     if width_scale is not None:
         cfg = replace(cfg, width_scale=width_scale)
     _run(UNetTask, volumes, spec, cfg, kw, "U-Net")
