@@ -297,9 +297,9 @@ def volume_input(volume: Volume, index: slice | np.ndarray, spec: PreprocessSpec
     With ``spec.context`` each slice brings its neighbours from the whole volume, so a batch
     cut out of a volume gets the same input as the volume in one piece.
     """
+    if not spec.context:  # a slice of the volume is a view: no copy on the segmenter's path
+        return to_input(volume.image[index], volume.intensity, spec, volume.spacing)
     idx = np.arange(volume.shape[0])[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
-    if not spec.context:
-        return to_input(volume.image[idx], volume.intensity, spec, volume.spacing)
     near = _neighbours(idx, volume.shape[0], spec.context)
     used, where = np.unique(near, return_inverse=True)  # each slice preprocessed once
     x, p = _one_channel(volume.image[used], volume.intensity, spec, volume.spacing)

@@ -91,10 +91,12 @@ def label_values(array: np.ndarray) -> np.ndarray | None:
     sample = a[::step, ::step, ::step] if a.ndim == 3 else a
     if sample.size == 0 or (sample.dtype.kind == "f" and not np.isfinite(sample).all()):
         return None
+    if sample.min() < 0:  # a CT's air: settled without sorting every sampled voxel
+        return None
     if sample.dtype.kind == "f" and not np.array_equal(sample, np.round(sample)):
         return None
     values = np.unique(sample)
-    return values if values[0] >= 0 and values.size <= MAX_LABELS else None
+    return values if values.size <= MAX_LABELS else None
 
 
 def _listed(values: np.ndarray) -> str:
