@@ -1,14 +1,21 @@
 """Compare predicted liver masks with the ground truth, case by case (``liverrt eval``).
 
-Predictions and ground truth are NIfTI masks (label > 0 is liver), PNG/JPG
-mask folders (natural sort order; one folder is one volume), case folders
-holding either, or roots of such case folders; cases are matched by name.
+Predictions and ground truth are NIfTI, NRRD or MetaImage masks (label > 0 is
+liver), DICOM SEG files (the liver segment), PNG/JPG mask folders (natural sort
+order; one folder is one volume), case folders holding either, or roots of such
+case folders; cases are matched by name.
+
+A DICOM SEG stores frames, not a voxel grid (empty slices are usually left
+out): paired with a mask that has a grid (NIfTI, NRRD, MetaImage, a DICOM case)
+it is put on that grid, and the case is refused when its frames do not lie on
+it (another series); two SEGs share the grid their frames span; against PNG
+masks it keeps its own grid (:func:`liverrt.data.sources.on_one_grid`).
 
 Distances need the voxel spacing in mm, taken from, in this order: an explicit
-``spacing``; the geometry of ``like`` (a NIfTI file, or a DICOM series folder);
-the ground truth's NIfTI header; the prediction's NIfTI header. PNG masks have
-no geometry: without ``spacing``/``like`` their distances are in pixels, and
-the report says so.
+``spacing``; the geometry of ``like`` (a NIfTI, NRRD or MetaImage file, or a
+DICOM series folder); the ground truth's header; the prediction's header. PNG
+masks have no geometry: without ``spacing``/``like`` their distances are in
+pixels, and the report says so.
 
 JSON layout (see :class:`liverrt.metrics.MetricAccumulator` for definitions)::
 
@@ -41,7 +48,7 @@ import numpy as np
 
 from liverrt.atomic import atomic_path
 from liverrt.data.dicom import series_spacing
-from liverrt.data.io import is_nifti, natural_key, nifti_spacing
+from liverrt.data.io import is_volume_file, natural_key, nifti_spacing
 from liverrt.data.layouts import layout_of
 from liverrt.data.nifti_sets import detect_nifti_set
 from liverrt.data.sources import (
@@ -51,6 +58,7 @@ from liverrt.data.sources import (
     find_cases,
     find_masks,
     load_case,
+    on_one_grid,
     read_mask,
     single_mask,
 )
@@ -64,13 +72,13 @@ Spacing = tuple[float, float, float]
 
 
 def spacing_like(ref: Path) -> Spacing:
-    """``(dz, dy, dx)`` of a NIfTI file or a DICOM series folder."""
+    """``(dz, dy, dx)`` of a NIfTI, NRRD or MetaImage file or a DICOM series folder."""
     ref = Path(ref)
-    if is_nifti(ref):
+    if is_volume_file(ref):
         return nifti_spacing(ref)
     if ref.is_dir():
         return series_spacing(ref)
-    raise InputError(f"--like {ref}: expected a NIfTI file or a DICOM series folder.")
+    raise InputError(f"--like {ref}: expected a NIfTI, NRRD or MetaImage file or a DICOM series folder.")
 
 
 def check_spacing(spacing: tuple[float, ...]) -> Spacing:
@@ -90,8 +98,8 @@ def _labelled_cases(gt: Path) -> dict[str, Path | CaseRef]:
 
 
 def _ground_truth(gt: Path) -> dict[str, Path | CaseRef]:
-    """Ground-truth masks by case: NIfTI/PNG masks, or the labelled cases of any readable layout
-    (the study's KITTI release, CHAOS, 3D-IRCADb, LiTS, MSD).
+    """Ground-truth masks by case: NIfTI/NRRD/MetaImage/DICOM SEG/PNG masks, or the labelled cases of any
+    readable layout (the study's KITTI release, CHAOS, 3D-IRCADb, LiTS, MSD).
 
     ``gt`` may be one case or a root of cases. KITTI, CHAOS and 3D-IRCADb case
     folders are always read as cases (a KITTI case is scored on its annotated
@@ -197,7 +205,7 @@ def _aligned(cid: str, p: MaskVolume, g: MaskVolume) -> tuple[np.ndarray, list[s
             f"{g.mask.shape}; expected equal shapes (D, H, W), i.e. the same slice count and size."
         )
     if p.affine is not None and g.affine is not None and not np.allclose(p.affine, g.affine, atol=1e-3):
-        warnings.append("prediction and ground-truth NIfTI affines differ: are they on the same grid?")
+        warnings.append("prediction and ground-truth affines differ: are they on the same grid?")
     return pm, warnings
 
 
@@ -270,6 +278,7 @@ def evaluate(pred: Path, gt: Path, *, spacing: tuple[float, ...] | None = None, 
                                slice_names=g.slice_names)
             else:
                 p = read_mask(ppath, cid)
+            p, g = on_one_grid(p, g)
             pmask, warnings = _aligned(cid, p, g)
         except InputError as exc:
             skipped.append({"id": cid, "reason": str(exc)})

@@ -118,6 +118,47 @@ def edit_dicom(path: Path, edit) -> Path:
     return Path(path)
 
 
+#: SNOMED CT codes of the segment labels :func:`dicom_seg` knows (others are typed "Tissue")
+ORGAN_CODES = {"liver": ("10200004", "SCT", "Liver"), "spleen": ("78961009", "SCT", "Spleen"),
+               "kidney": ("64033007", "SCT", "Kidney")}
+
+
+def dicom_seg(folder: Path, out: Path, segments: dict[str, np.ndarray], *, kind: str = "BINARY") -> Path:
+    """A DICOM SEG of the series in ``folder``, one segment per ``label: mask`` (``(D, H, W)`` in the order
+    ``read_dicom_series(folder)`` reads), written with highdicom directly. ``kind``: ``BINARY`` (empty frames
+    omitted), ``FRACTIONAL`` (0.9 in the mask, 0.1 elsewhere) or ``LABELMAP`` (masks must not overlap)."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.coding import Code
+
+    from liverrt.data.dicom import read_series
+    from liverrt.data.dicom_seg import _from_lps
+
+    series = read_series(Path(folder), None, [])
+    sources = [pydicom.dcmread(series.files[int(i)]) for i in series.geometry.order]
+    stack = np.stack([_from_lps(np.asarray(m, bool), series.geometry) for m in segments.values()], axis=-1)
+    if kind == "FRACTIONAL":
+        stack = np.where(stack, 0.9, 0.1).astype(np.float32)
+    elif kind == "LABELMAP":
+        stack = (stack * np.arange(1, stack.shape[-1] + 1)).sum(axis=-1)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=label, segmented_property_category=Code("85756007", "SCT", "Tissue"),
+            segmented_property_type=Code(*ORGAN_CODES.get(label.lower(), ("85756007", "SCT", "Tissue"))),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for n, label in enumerate(segments, 1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=stack if kind == "FRACTIONAL" else stack.astype(np.uint8),
+        segmentation_type=getattr(hd.seg.SegmentationTypeValues, kind), segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="test", manufacturer_model_name="test", software_versions="0", device_serial_number="0",
+        omit_empty_frames=kind == "BINARY")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out, enforce_file_format=True)
+    return Path(out)
+
+
 def truncate(path: Path, keep: int) -> Path:
     """Cut a file to its first ``keep`` bytes (a negative ``keep`` drops that many from the end)."""
     data = Path(path).read_bytes()

@@ -212,13 +212,13 @@ def test_inspect_names_the_layout_and_describes_it(tmp_path):
     assert "volume-1 [lits" in r.output and f"[lits] {layout_named('lits').description}" in r.output
 
 
-def test_the_readme_layout_table_is_the_registrys():
+def test_the_documented_layout_table_is_the_registrys():
     from pathlib import Path
 
     from liverrt.data.layouts import markdown_table
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    assert markdown_table().strip() in readme  # regenerate the README table from the registry when a layout changes
+    page = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text(encoding="utf-8")
+    assert markdown_table().strip() in page  # regenerate docs/data.md's table from the registry when a layout changes
 
 
 @pytest.mark.parametrize(("image", "mask"), [("ct.nii.gz", "liver.nii.gz"), ("volume.nii", "segmentation.nii.gz"),

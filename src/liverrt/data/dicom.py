@@ -46,7 +46,7 @@ import nibabel as nib
 import numpy as np
 
 from liverrt.data.io import natural_key, read_slice_image
-from liverrt.data.volume import Volume
+from liverrt.data.volume import LPS_TO_RAS, Volume
 from liverrt.errors import InputError
 
 LPS = ("L", "P", "S")
@@ -64,7 +64,6 @@ PLANE_IMAGE_CLASSES = {  # SOP classes whose objects must have an ImagePositionP
 }
 GAP_TOLERANCE = 0.1  # a gap differing by more than 10 % from the median is reported
 TILT_TOLERANCE_DEG = 0.1
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _AXIAL_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
@@ -84,14 +83,14 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _short(text: object, limit: int = 60) -> str:
+def short_text(text: object, limit: int = 60) -> str:
     text = _one_line(str(text))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tag(keyword: str) -> str:
     """``Rows (0028,0010)``."""
-    from pydicom.datadict import tag_for_keyword  # pydicom: slow to import, see _dcmread
+    from pydicom.datadict import tag_for_keyword  # pydicom: slow to import, see read_dicom_file
 
     tag = tag_for_keyword(keyword)
     return keyword if tag is None else f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
@@ -101,12 +100,12 @@ def _shown(value: object) -> str:
     if value is None:
         return "missing"
     if isinstance(value, str):
-        return repr(_short(value))
+        return repr(short_text(value))
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return _short("[" + ", ".join(str(v) for v in value) + "]")  # type: ignore[union-attr]
-    return _short(value)
+        return short_text("[" + ", ".join(str(v) for v in value) + "]")  # type: ignore[union-attr]
+    return short_text(value)
 
 
 def _bad(path: Path, keyword: str, found: object, expected: str, *, shown: str | None = None) -> InputError:
@@ -121,7 +120,7 @@ def _value(ds: object, keyword: str, path: Path) -> object:
             _warnings.simplefilter("ignore")  # pydicom warns about invalid values; the validators say more
             value = ds.get(keyword)  # type: ignore[attr-defined]
     except Exception as exc:  # pydicom raises several types for undecodable values
-        raise InputError(_one_line(f"{path}: {_tag(keyword)} cannot be decoded ({_short(exc)}); "
+        raise InputError(_one_line(f"{path}: {_tag(keyword)} cannot be decoded ({short_text(exc)}); "
                                    "expected a valid DICOM value.")) from exc
     if value is None or (hasattr(value, "__len__") and len(value) == 0):  # type: ignore[arg-type]
         return None
@@ -236,7 +235,7 @@ def _is_sidecar(path: Path) -> bool:
     return name.endswith(SIDECAR_SUFFIXES)
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
     """A DICOM suffix or the ``DICM`` marker at byte 128 (a file that cannot even be opened counts as DICOM)."""
     if path.name.lower().endswith(DICOM_SUFFIXES):
         return True
@@ -268,7 +267,7 @@ def holds_dicom(folder: Path, probe: int = 16) -> bool:
 
 def _damage(ds: object) -> str | None:
     """Why a parsed dataset is not a whole DICOM object (pydicom stops quietly at the end of a cut file), or None."""
-    from pydicom.datadict import keyword_for_tag  # pydicom: slow to import, see _dcmread
+    from pydicom.datadict import keyword_for_tag  # pydicom: slow to import, see read_dicom_file
     from pydicom.dataelem import RawDataElement
     from pydicom.uid import UID
 
@@ -298,7 +297,7 @@ def _damage(ds: object) -> str | None:
     return None
 
 
-def _dcmread(path: Path, *, with_pixels: bool) -> tuple[object | None, str]:
+def read_dicom_file(path: Path, *, with_pixels: bool) -> tuple[object | None, str]:
     """``(dataset, "")``, or ``(None, why)`` when ``path`` does not parse as a whole DICOM object.
 
     Files without the 128-byte preamble and ``DICM`` prefix (old exports) are
@@ -316,7 +315,7 @@ def _dcmread(path: Path, *, with_pixels: bool) -> tuple[object | None, str]:
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, stop_before_pixels=not with_pixels, force=True)
     except Exception as exc:  # damaged files raise many types
-        return None, f"{type(exc).__name__}: {_short(exc, 100)}"
+        return None, f"{type(exc).__name__}: {short_text(exc, 100)}"
     why = _damage(ds)
     return (None, why) if why else (ds, "")
 
@@ -345,10 +344,10 @@ def _scan_folder(folder: Path, *, with_pixels: bool, warnings: list[str]) -> _Sc
     for path in files:
         if path.name.startswith(".") or path.name.lower() in SIDECAR_NAMES:
             continue
-        dicom_like = _looks_like_dicom(path)
+        dicom_like = looks_like_dicom(path)
         if not dicom_like and _is_sidecar(path):
             continue
-        ds, why = _dcmread(path, with_pixels=with_pixels)
+        ds, why = read_dicom_file(path, with_pixels=with_pixels)
         if ds is None:
             if dicom_like:
                 raise InputError(_one_line(
@@ -411,7 +410,7 @@ def _series_orientation(slices: list[tuple[Path, object]]) -> np.ndarray:
     return iop
 
 
-def _slice_positions(slices: list[tuple[Path, object]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def slice_positions(slices: list[tuple[Path, object]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """ImageOrientationPatient, unit slice normal (LPS), each slice's ImagePositionPatient projected on it, and
     the ``(n, 3)`` positions."""
     iop = _series_orientation(slices)
@@ -452,7 +451,7 @@ def series_spacing(folder: Path) -> tuple[float, float, float]:
         if dz is None:
             raise InputError(f"{slices[0][0]}: a single slice without SliceThickness; expected a slice spacing.")
         return dz, dy, dx
-    _, _, positions, _ = _slice_positions(slices)
+    _, _, positions, _ = slice_positions(slices)
     positions = np.sort(positions)
     gaps = np.diff(positions)
     dz = float(positions[-1] - positions[0]) / (len(slices) - 1)
@@ -487,12 +486,12 @@ class SeriesGeometry:
     slice_flipped: bool
 
 
-def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> SeriesGeometry:
+def series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> SeriesGeometry:
     """Order, spacing and orientation of the name-ordered ``slices``; problems that leave a usable volume are warned."""
     names = [p.name for p, _ in slices]
     first_path, first = slices[0]
-    iop, normal, positions, ipp = _slice_positions(slices)
-    dy, dx = _series_pixel_spacing(folder, slices, warnings)
+    iop, normal, positions, ipp = slice_positions(slices)
+    dy, dx = series_pixel_spacing(folder, slices, warnings)
     order = _distinct_positions(folder, names, positions, warnings)
     if len(order) == 1:
         dz = _slice_step_of(first, first_path)
@@ -505,10 +504,10 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
         step = _slice_step(folder, ipp[order[0]], ipp[order[-1]], normal, dz, warnings)
 
     native = np.eye(4)  # voxel (c, r, k) -> RAS
-    native[:3, 0] = _LPS_TO_RAS @ (iop[:3] * dx)
-    native[:3, 1] = _LPS_TO_RAS @ (iop[3:] * dy)
-    native[:3, 2] = _LPS_TO_RAS @ step
-    native[:3, 3] = _LPS_TO_RAS @ ipp[order[0]]
+    native[:3, 0] = LPS_TO_RAS @ (iop[:3] * dx)
+    native[:3, 1] = LPS_TO_RAS @ (iop[3:] * dy)
+    native[:3, 2] = LPS_TO_RAS @ step
+    native[:3, 3] = LPS_TO_RAS @ ipp[order[0]]
     current = nib.orientations.io_orientation(native)
     transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(LPS))
     rows, cols = _size_of(first, first_path)
@@ -527,7 +526,7 @@ def _series_geometry(folder: Path, slices: list[tuple[Path, object]], warnings: 
     )
 
 
-def _series_pixel_spacing(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> tuple[float, float]:
+def series_pixel_spacing(folder: Path, slices: list[tuple[Path, object]], warnings: list[str]) -> tuple[float, float]:
     """``(dy, dx)``: the first slice's PixelSpacing (1 mm if absent), which every other slice must repeat."""
     first_path, first = slices[0]
     first_spacing = _pixel_spacing_of(first, first_path)
@@ -608,7 +607,7 @@ def _hu_slice(path: Path, ds: object) -> np.ndarray:
     except Exception as exc:  # missing decoder plugins raise several types
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise InputError(_one_line(
-            f"{path}: PixelData (7FE0,0010) cannot be decoded (transfer syntax {syntax}: {_short(exc, 100)}); "
+            f"{path}: PixelData (7FE0,0010) cannot be decoded (transfer syntax {syntax}: {short_text(exc, 100)}); "
             "expected uncompressed DICOM, or install a decoder (pip install pylibjpeg pylibjpeg-libjpeg)."
         )) from exc
     if pixels.ndim != 2:
@@ -663,7 +662,7 @@ def read_series(folder: Path, case_id: str | None, warnings: list[str]) -> Serie
     modality = str(first.get("Modality", "CT") or "CT")
     if modality != "CT":
         warnings.append(f"{folder}: Modality is {modality}, not CT; values are rescaled as if they were HU.")
-    geometry = _series_geometry(folder, slices, warnings)
+    geometry = series_geometry(folder, slices, warnings)
     if str(first.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         warnings.append(f"{folder}: MONOCHROME1 pixels (white = low); values kept as stored after rescaling.")
     image = _to_lps(_hu_stack(slices, geometry.order, shape), geometry)

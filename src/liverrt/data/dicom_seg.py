@@ -9,7 +9,7 @@ reorientation (the same geometry computed again from the folder), so frame
 file names, the slice order or the in-plane orientation of the series.
 
 highdicom is an optional dependency (``pip install 'liverrt[dicom]'``); it is
-imported only when a SEG is written.
+imported only when a SEG is written (or read: :mod:`liverrt.data.dicom_seg_reader`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ LIVER_CODE = ("10200004", "SCT", "Liver")
 SEG_SERIES_NUMBER = 9901
 
 
-def _highdicom():
+def load_highdicom():
+    """The highdicom module, or a one-line :class:`BackendUnavailableError` saying how to install it."""
     try:
-        import highdicom  # optional (liverrt[dicom]); only writing a SEG needs it
+        import highdicom  # optional (liverrt[dicom]); only reading or writing a SEG needs it
     except ImportError as exc:
-        raise BackendUnavailableError("DICOM SEG output needs highdicom: pip install 'liverrt[dicom]'") from exc
+        raise BackendUnavailableError("Reading or writing a DICOM SEG needs highdicom, which is not installed: "
+                                      "pip install 'liverrt[dicom]'") from exc
     return highdicom
 
 
@@ -97,7 +99,7 @@ def write_dicom_seg(
         BackendUnavailableError: highdicom is not installed.
     """
     series_folder, out_path = Path(series_folder), Path(out_path)
-    hd = _highdicom()
+    hd = load_highdicom()
     series = read_series(series_folder, None, [])
     mask = np.asarray(mask)
     if mask.shape != series.volume.shape:

@@ -1,9 +1,15 @@
-"""Reading and writing volumes: NIfTI files and folders of PNG/JPG slices.
+"""Reading and writing volumes: NIfTI, NRRD and MetaImage files, and folders of PNG/JPG slices.
 
 Everything is read into a :class:`~liverrt.data.volume.Volume` in liverrt's
-axis convention (see that module). Writers are atomic and replace only
-what liverrt wrote (:mod:`liverrt.atomic`): an interrupted run never leaves a
-half-written output behind, and no input or user file is overwritten.
+axis convention (see that module). NRRD (``.nrrd``, ``.nhdr``) and MetaImage
+(``.mha``, ``.mhd``) files are read with SimpleITK and given the affine a
+NIfTI of the same data would have (ITK's LPS origin, direction and spacing,
+turned into NIfTI's RAS affine as ITK's own NIfTI writer does); from there
+they go through the same reorientation, checks and readers as NIfTI (the
+``*_nifti`` readers below take all six suffixes). Writers are atomic and
+replace only what liverrt wrote (:mod:`liverrt.atomic`): an interrupted run
+never leaves a half-written output behind, and no input or user file is
+overwritten.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from PIL import Image
 
 from liverrt.atomic import atomic_dir, atomic_path
 from liverrt.data.volume import (
+    LPS_TO_RAS,
     Volume,
     check_affine,
     check_finite_labels,
@@ -32,6 +39,8 @@ _log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # NRRD and MetaImage, read with SimpleITK
+VOLUME_SUFFIXES = (".nii.gz", ".nii", *ITK_SUFFIXES)  # in the order a case folder's files are looked for
 LPS = ("L", "P", "S")
 
 
@@ -44,11 +53,33 @@ def is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def strip_nifti_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
+def is_volume_file(path: Path) -> bool:
+    """A NIfTI, NRRD or MetaImage file (by suffix): what the ``*_nifti`` readers take."""
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _strip(name: str, suffixes: tuple[str, ...]) -> str:
+    for suffix in sorted(suffixes, key=len, reverse=True):  # .nii.gz before .nii
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def strip_nifti_suffix(name: str) -> str:
+    return _strip(name, NIFTI_SUFFIXES)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``ct.nii.gz``, ``ct.nrrd``, ``ct.mha``... -> ``ct``."""
+    return _strip(name, VOLUME_SUFFIXES)
+
+
+def _format_name(path: Path) -> str:
+    """``NIfTI``, ``NRRD`` or ``MetaImage``, by suffix (for messages)."""
+    name = Path(path).name.lower()
+    if name.endswith((".nrrd", ".nhdr")):
+        return "NRRD"
+    return "MetaImage" if name.endswith((".mha", ".mhd")) else "NIfTI"
 
 
 def list_slice_images(folder: Path) -> list[Path]:
@@ -57,16 +88,17 @@ def list_slice_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.stem))
 
 
-# ----------------------------------------------------------------------------- NIfTI
+# ----------------------------------------------------------------------------- NIfTI, NRRD, MetaImage
 
 
 @dataclass(frozen=True, eq=False)
 class NiftiData:
-    """A NIfTI volume in liverrt's convention plus what it takes to write results back in the source's.
+    """A volume file in liverrt's convention plus what it takes to write results back in the source's.
 
     ``to_source`` is the nibabel orientation transform from the LPS-ordered
     ``(w, h, d)`` array back to the file's voxel order; ``source_affine`` is
-    the file's own affine.
+    the file's own affine (for NRRD and MetaImage: the NIfTI affine of its
+    voxel order, so a NIfTI written with it matches the file voxel for voxel).
     """
 
     array: np.ndarray  # (D, H, W)
@@ -78,7 +110,7 @@ class NiftiData:
 
 
 def load_nifti(path: Path) -> NiftiData:
-    """Read a NIfTI file, reoriented to liverrt's convention (see :mod:`liverrt.data.volume`).
+    """Read a NIfTI, NRRD or MetaImage file, reoriented to liverrt's convention (see :mod:`liverrt.data.volume`).
 
     2D images become one slice; 4D images with a single volume are accepted.
     Any failure to read becomes an :class:`InputError` naming the file, and so
@@ -86,20 +118,20 @@ def load_nifti(path: Path) -> NiftiData:
     values are returned as stored: :func:`read_nifti_volume` handles NaN/Inf.
     """
     path = Path(path)
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for damaged files
-        raise InputError(f"Cannot read NIfTI file {path}: {_one_line(exc)}. Expected a valid .nii/.nii.gz file.") from exc
+    if path.name.lower().endswith(ITK_SUFFIXES):
+        data, affine, descrip = *_read_itk(path), b""
+    else:
+        data, affine, descrip = _read_nib(path)
+    what = f"{_format_name(path)} file {path}"
     if data.dtype.kind not in "biuf":
-        raise InputError(f"NIfTI file {path}: got voxel type {data.dtype}, expected grey-scale numbers (not RGB).")
+        raise InputError(f"{what}: got voxel type {data.dtype}, expected grey-scale numbers (not RGB).")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim != 3 or data.size == 0:
-        raise InputError(f"NIfTI file {path}: got shape {data.shape}, expected a non-empty 3D volume.")
-    affine = check_affine(img.affine, f"NIfTI file {path}")
+        raise InputError(f"{what}: got shape {data.shape}, expected a non-empty 3D volume.")
+    affine = check_affine(affine, what)
     try:
         current = nib.orientations.io_orientation(affine)
         target = nib.orientations.axcodes2ornt(LPS)
@@ -108,7 +140,7 @@ def load_nifti(path: Path) -> NiftiData:
         lps_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
     except Exception as exc:
         raise InputError(
-            f"NIfTI file {path}: unusable orientation in its affine ({_one_line(exc)}); expected a valid voxel-to-world "
+            f"{what}: unusable orientation in its affine ({_one_line(exc)}); expected a valid voxel-to-world "
             "matrix."
         ) from exc
     zooms = np.sqrt((lps_affine[:3, :3] ** 2).sum(axis=0))  # column norms = voxel size per (w, h, d)
@@ -119,9 +151,98 @@ def load_nifti(path: Path) -> NiftiData:
         spacing=spacing,
         source_affine=np.asarray(affine, dtype=float),
         to_source=nib.orientations.ornt_transform(target, current),
-        descrip=bytes(np.asarray(img.header.get("descrip", b"")).tobytes()).rstrip(b"\x00")
-        if hasattr(img, "header") else b"",
+        descrip=descrip,
     )
+
+
+def _read_nib(path: Path) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """A NIfTI file's voxels in stored order, its affine and its ``descrip``."""
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise InputError(f"Cannot read NIfTI file {path}: {_one_line(exc)}. Expected a valid .nii/.nii.gz file.") from exc
+    descrip = bytes(np.asarray(img.header.get("descrip", b"")).tobytes()).rstrip(b"\x00") \
+        if hasattr(img, "header") else b""
+    return data, img.affine, descrip
+
+
+def _sitk():
+    import SimpleITK  # ~0.5 s to import: loaded only when an NRRD or MetaImage file is read
+
+    return SimpleITK
+
+
+def _itk_error(exc: BaseException) -> str:
+    """SimpleITK's message on one line: what follows ``ERROR:`` (not the C++ source location), without the
+    reader's object address, its first line and its last (the innermost cause of a chain such as NRRD's)."""
+    text = str(exc).rsplit("ERROR:", 1)[-1]
+    lines = [re.sub(r"^\w+\(0x[0-9a-f]+\):\s*|^\[\w+\]\s*", "", line.strip()) for line in text.splitlines()]
+    lines = [line for line in lines if line] or [str(exc)]
+    text = _one_line(" ".join(dict.fromkeys((lines[0], lines[-1]))))
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _itk_read(path: Path, header_only: bool):
+    """SimpleITK's reader after ``Execute`` (whole image) or ``ReadImageInformation`` (header only).
+
+    ITK's own warnings (printed by C++ to the terminal) are silenced while it reads:
+    what matters comes back as an :class:`InputError`.
+    """
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        image = reader.ReadImageInformation() if header_only else reader.Execute()
+    except Exception as exc:  # SimpleITK raises RuntimeError with ITK's multi-line text
+        suffixes = ".nrrd/.nhdr" if _format_name(path) == "NRRD" else ".mha/.mhd"
+        raise InputError(f"Cannot read {_format_name(path)} file {path}: {_itk_error(exc)}. Expected a valid "
+                         f"{suffixes} file.") from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    return reader if header_only else image
+
+
+def _itk_affine(dimension: int, spacing, origin, direction) -> np.ndarray:
+    """The NIfTI (RAS) affine of an ITK image's voxel grid ``(i, j, k)``, from its LPS spacing, origin and direction.
+
+    A 2D image gets a third axis of 1 mm along z; a 4D image keeps its first three axes.
+    """
+    n = min(dimension, 3)
+    rotation, size, shift = np.eye(3), np.ones(3), np.zeros(3)
+    rotation[:n, :n] = np.reshape(np.asarray(direction, float), (dimension, dimension))[:n, :n]
+    size[:n] = np.asarray(spacing, float)[:n]
+    shift[:n] = np.asarray(origin, float)[:n]
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ rotation @ np.diag(size)
+    affine[:3, 3] = LPS_TO_RAS @ shift
+    return affine
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An NRRD or MetaImage file's voxels in ITK index order ``(i, j, k)`` and their NIfTI affine."""
+    sitk = _sitk()
+    image = _itk_read(path, header_only=False)
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(f"{_format_name(path)} file {path}: got {components} values per voxel "
+                         f"({image.GetPixelIDTypeAsString()}), expected grey-scale numbers (not RGB).")
+    data = sitk.GetArrayFromImage(image)  # ITK index order reversed: (k, j, i)
+    data = data.transpose(tuple(range(data.ndim))[::-1])
+    return data, _itk_affine(image.GetDimension(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def _header_affine(path: Path) -> np.ndarray:
+    """A volume file's affine from its header alone (NIfTI: nibabel's; NRRD/MetaImage: as :func:`_read_itk`)."""
+    if path.name.lower().endswith(ITK_SUFFIXES):
+        reader = _itk_read(path, header_only=True)
+        return _itk_affine(reader.GetDimension(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    try:
+        return nib.load(str(path)).affine
+    except Exception as exc:
+        raise InputError(f"Cannot read NIfTI header of {path}: {_one_line(exc)}. Expected a valid .nii/.nii.gz file.") from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -130,25 +251,24 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_nifti(path: Path, *, labels: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))`` of a NIfTI file, reoriented to LPS.
+    """``(array (D, H, W), affine 4x4, spacing (dz, dy, dx))`` of a NIfTI, NRRD or MetaImage file, reoriented to LPS.
 
-    ``labels=True`` reads a label map (a mask): any NaN/Inf value is refused.
+    ``labels=True`` reads a label map (a mask): any NaN/Inf value is refused,
+    and so is an image (see :func:`~liverrt.data.volume.check_label_map`).
     The values are otherwise returned as stored.
     """
     d = load_nifti(path)
     if labels:
-        check_finite_labels(d.array, f"NIfTI mask {path}")
-        check_label_map(d.array, f"NIfTI mask {path}")
+        what = f"{_format_name(path)} mask {path}"
+        check_finite_labels(d.array, what)
+        check_label_map(d.array, what)
     return d.array, d.affine, d.spacing
 
 
 def nifti_spacing(path: Path) -> tuple[float, float, float]:
-    """``(dz, dy, dx)`` of a NIfTI file in liverrt's axis order, from the header alone."""
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:
-        raise InputError(f"Cannot read NIfTI header of {path}: {_one_line(exc)}. Expected a valid .nii/.nii.gz file.") from exc
-    affine = check_affine(img.affine, f"NIfTI file {path}")
+    """``(dz, dy, dx)`` of a NIfTI, NRRD or MetaImage file in liverrt's axis order, from the header alone."""
+    path = Path(path)
+    affine = check_affine(_header_affine(path), f"{_format_name(path)} file {path}")
     ornt = nib.orientations.io_orientation(affine)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # voxel size along each stored axis
     by_axis = {int(ornt[i, 0]): float(zooms[i]) for i in range(3)}  # world axis (x, y, z) -> size
@@ -187,10 +307,18 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, *, protect: t
     return path
 
 
-def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_id: str | None = None) -> Volume:
-    """A volume from a NIfTI image and an optional NIfTI label map (liver = label > 0).
+def write_mask_nifti(volume: Volume, mask: np.ndarray, path: Path) -> Path:
+    """A ``(D, H, W)`` mask of ``volume`` as NIfTI: for a NIfTI source in the file's own voxel order and
+    affine (it overlays the CT voxel for voxel), otherwise on the volume's affine."""
+    if volume.to_source is not None:
+        return write_nifti(mask, volume.source_affine, path, to_source=volume.to_source)
+    return write_nifti(mask, volume.affine, path)
 
-    Images are HU unless liverrt wrote them as 8-bit (``descrip`` marker).
+
+def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_id: str | None = None) -> Volume:
+    """A volume from a NIfTI (or NRRD, MetaImage) image and an optional label map (liver = label > 0).
+
+    Images are HU unless liverrt wrote them as 8-bit (NIfTI ``descrip`` marker).
     Non-finite voxels follow :func:`~liverrt.data.volume.finite_image`: an image
     with no finite voxel is refused; otherwise NaN and -Inf become the image's
     finite minimum and +Inf its finite maximum, with a warning naming the file.
@@ -198,7 +326,7 @@ def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_i
     is refused (see :func:`load_nifti`).
     """
     src = load_nifti(image_path)
-    image = finite_image(src.array, f"NIfTI file {image_path}")
+    image = finite_image(src.array, f"{_format_name(image_path)} file {image_path}")
     affine, spacing = src.affine, src.spacing
     mask = None
     if mask_path is not None:
@@ -217,7 +345,7 @@ def read_nifti_volume(image_path: Path, mask_path: Path | None = None, *, case_i
         affine=affine,
         intensity="8bit" if src.descrip == DESCRIP_8BIT else "hu",
         mask=mask,
-        case_id=case_id or strip_nifti_suffix(Path(image_path).name),
+        case_id=case_id or strip_volume_suffix(Path(image_path).name),
         source=str(image_path),
         source_affine=src.source_affine,
         to_source=src.to_source,

@@ -11,8 +11,12 @@ its registry (``liverrt data inspect`` and the README list them):
   ``image.nii[.gz]`` (+ ``mask.nii[.gz]``) folders (what ``liverrt data synth``
   writes), ``images/`` (+ ``masks/``) PNG/JPG slice folders or a folder that
   directly holds slices, and DICOM series folders;
-* a NIfTI file: one volume (``liver = label > 0`` when read as a mask);
-* a root folder whose sub-folders (natural order) or NIfTI files are cases.
+* a NIfTI, NRRD or MetaImage file: one volume (``liver = label > 0`` when read as a mask);
+* a root folder whose sub-folders (natural order) or volume files are cases.
+
+Masks (for ``liverrt eval``) are read by :func:`read_mask`: label maps in those
+formats, PNG/JPG mask folders, and DICOM SEG files, whose frames are put on a
+voxel grid when they are paired (:func:`on_one_grid`).
 
 A case's ``kind`` is the name of the layout that found it; nothing else asks which.
 One unreadable case never stops the others: it is reported in ``skipped``.
@@ -21,19 +25,29 @@ One unreadable case never stops the others: it is reported in ``skipped``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from liverrt.atomic import check_outputs, refuse_output_in_input, refuse_overwriting_inputs
+from liverrt.data.dicom import dicom_stem
+from liverrt.data.dicom_seg_reader import (
+    Grid,
+    SegFrames,
+    frames_grid,
+    frames_on_grid,
+    is_dicom_file,
+    read_seg_frames,
+)
 from liverrt.data.io import (
-    is_nifti,
+    VOLUME_SUFFIXES,
+    is_volume_file,
     list_slice_images,
     natural_key,
     read_nifti,
     read_slice_image,
-    strip_nifti_suffix,
+    strip_volume_suffix,
 )
 from liverrt.data.layouts import (
     DEFAULT_OPTIONS,
@@ -51,7 +65,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_OPTIONS", "LABELLED_CASE_KINDS", "LAYOUTS", "CaseRef", "LoadResult", "MaskVolume", "ReadOptions",
-    "find_cases", "find_masks", "load_case", "load_cases", "read_mask", "single_mask",
+    "find_cases", "find_masks", "load_case", "load_cases", "on_one_grid", "read_mask", "single_mask",
 ]
 
 
@@ -118,13 +132,14 @@ def _detect_cases(src: Path) -> list[CaseRef]:
         if refs is not None:
             return refs
     if src.is_file():
-        raise InputError(f"Input {src} is not a NIfTI file (.nii/.nii.gz); expected a volume or a folder.")
+        raise InputError(f"Input {src} is not a volume file ({', '.join(VOLUME_SUFFIXES)}); expected a volume "
+                         "or a folder.")
     children = sorted((c for c in src.iterdir() if not c.name.startswith(".")), key=lambda p: natural_key(p.name))
     cases = [ref for ref in map(_case_at, children) if ref is not None]
     if not cases:
         raise InputError(
-            f"No cases found in {src}; expected NIfTI files, image.nii.gz(+mask.nii.gz) case folders, "
-            "or images/(+masks/) PNG/JPG slice folders."
+            f"No cases found in {src}; expected NIfTI (NRRD, MetaImage) files, image.nii.gz(+mask.nii.gz) case "
+            "folders, or images/(+masks/) PNG/JPG slice folders."
         )
     return cases
 
@@ -166,8 +181,9 @@ class MaskVolume:
     mask: np.ndarray  # (D, H, W) bool
     spacing: tuple[float, float, float] | None  # None: the source has no geometry (PNG)
     source: Path
-    affine: np.ndarray | None = None  # NIfTI masks: affine of the LPS-ordered array
+    affine: np.ndarray | None = None  # NIfTI (NRRD, MetaImage, DICOM SEG) masks: affine of the LPS-ordered array
     slice_names: tuple[str, ...] | None = None  # PNG masks: file stems in natural order
+    frames: SegFrames | None = None  # DICOM SEG: its frames, which :func:`on_one_grid` may put on another grid
 
 
 #: case layouts whose labels are not a plain mask file or folder: read them with :func:`load_case`
@@ -183,7 +199,7 @@ def _labelled_case_kind(folder: Path) -> str | None:
 def _mask_path(folder: Path) -> Path | None:
     if _labelled_case_kind(folder) is not None:
         return None
-    for name in ("mask.nii.gz", "mask.nii"):
+    for name in (*(f"mask{ext}" for ext in VOLUME_SUFFIXES), "seg.dcm"):  # seg.dcm: infer --format dicom-seg
         if (folder / name).is_file():
             return folder / name
     for name in ("masks", "mask"):
@@ -196,14 +212,21 @@ def _mask_path(folder: Path) -> Path | None:
 
 
 def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
-    """A liver mask from a NIfTI label map (label > 0) or a PNG/JPG mask folder.
+    """A liver mask from a NIfTI, NRRD or MetaImage label map (label > 0), a DICOM SEG or a PNG/JPG mask folder.
 
-    A NIfTI mask with any NaN/Inf value is refused (masks are label maps).
+    A label map with any NaN/Inf value is refused, and so is an image (masks are
+    label maps). A DICOM SEG is read on its own grid (:func:`frames_grid`); its
+    frames travel along for :func:`on_one_grid`.
     """
     path = Path(path)
+    if path.is_file() and not is_volume_file(path):
+        frames = read_seg_frames(path)  # refuses anything but a DICOM SEG, saying what the file is
+        grid = frames_grid(frames)
+        return MaskVolume(case_id or dicom_stem(path), frames_on_grid(frames, grid, "its own frames"), grid.spacing,
+                          path, affine=grid.affine, frames=frames)
     if path.is_file():
         labels, affine, spacing = read_nifti(path, labels=True)
-        return MaskVolume(case_id or strip_nifti_suffix(path.name), labels > 0, spacing, path, affine=affine)
+        return MaskVolume(case_id or strip_volume_suffix(path.name), labels > 0, spacing, path, affine=affine)
     files = list_slice_images(path)
     if not files:
         raise InputError(f"No mask slices in {path}; expected PNG/JPG masks.")
@@ -214,14 +237,48 @@ def read_mask(path: Path, case_id: str | None = None) -> MaskVolume:
     return MaskVolume(name, np.stack(slices), None, path, slice_names=tuple(f.stem for f in files))
 
 
+def on_one_grid(pred: MaskVolume, truth: MaskVolume) -> tuple[MaskVolume, MaskVolume]:
+    """``pred`` and ``truth``, a DICOM SEG on either side put on the other side's voxel grid.
+
+    A SEG holds frames, not a whole grid (it omits the slices without liver): against a
+    mask with an affine (NIfTI, NRRD, MetaImage, a DICOM case) its frames are placed on
+    that mask's grid, and refused when they do not lie on it; two SEGs share the grid
+    their frames span together (one frame of reference); against PNG masks (no geometry)
+    a SEG keeps its own grid.
+    """
+    if pred.frames is None and truth.frames is None:
+        return pred, truth
+    if pred.frames is not None and truth.frames is not None:
+        grid = frames_grid(pred.frames, truth.frames)
+        return _placed(pred, grid, "both SEGs' frames"), _placed(truth, grid, "both SEGs' frames")
+    seg, other = (pred, truth) if pred.frames is not None else (truth, pred)
+    if other.affine is None:
+        return pred, truth
+    grid = Grid(other.affine, other.mask.shape, other.spacing or seg.spacing)
+    placed = _placed(seg, grid, str(other.source))
+    return (placed, truth) if seg is pred else (pred, placed)
+
+
+def _placed(mask: MaskVolume, grid: Grid, what: str) -> MaskVolume:
+    return replace(mask, mask=frames_on_grid(mask.frames, grid, what), spacing=grid.spacing, affine=grid.affine)
+
+
+def _mask_file_id(path: Path) -> str | None:
+    """The case id of a mask file (a volume file or a DICOM file, read as a SEG), else None."""
+    if is_volume_file(path):
+        return strip_volume_suffix(path.name)
+    return dicom_stem(path) if is_dicom_file(path) else None
+
+
 def single_mask(src: Path) -> Path | None:
-    """``src`` itself as one mask volume (a NIfTI file or a mask slice folder), else None.
+    """``src`` itself as one mask volume (a NIfTI, NRRD, MetaImage or DICOM SEG file, or a mask slice folder),
+    else None.
 
     A KITTI, CHAOS or 3D-IRCADb case folder is never one (its labels are read with the case).
     """
     src = Path(src)
     if src.is_file():
-        return src if is_nifti(src) else None
+        return src if _mask_file_id(src) is not None else None
     if not src.is_dir() or _labelled_case_kind(src) is not None:
         return None
     return src if list_slice_images(src) else None
@@ -238,9 +295,11 @@ def find_masks(src: Path) -> dict[str, Path]:
     if not src.exists():
         raise InputError(f"{src} does not exist; expected a NIfTI mask, a PNG mask folder or a folder of cases.")
     if src.is_file():
-        if not is_nifti(src):
-            raise InputError(f"{src} is not a NIfTI file; expected a .nii/.nii.gz mask.")
-        return {strip_nifti_suffix(src.name): src}
+        cid = _mask_file_id(src)
+        if cid is None:
+            raise InputError(f"{src} is not a mask file; expected a label map ({', '.join(VOLUME_SUFFIXES)}) or a "
+                             "DICOM SEG (.dcm).")
+        return {cid: src}
     kind = _labelled_case_kind(src)
     if kind is not None:
         raise InputError(
@@ -256,8 +315,9 @@ def find_masks(src: Path) -> dict[str, Path]:
             p = _mask_path(child)
             if p is not None:
                 found[child.name] = p
-        elif is_nifti(child):
-            found[strip_nifti_suffix(child.name)] = child
+        elif is_volume_file(child):  # DICOM files of a folder are a series, not SEGs: give a SEG by name
+            found[strip_volume_suffix(child.name)] = child
     if not found:
-        raise InputError(f"No masks found in {src}; expected NIfTI masks, mask.nii.gz case folders or PNG mask folders.")
+        raise InputError(f"No masks found in {src}; expected NIfTI (NRRD, MetaImage) masks, mask.nii.gz case folders "
+                         "or PNG mask folders.")
     return found

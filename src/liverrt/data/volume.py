@@ -25,6 +25,8 @@ from liverrt.errors import InputError
 log = logging.getLogger(__name__)
 
 Intensity = Literal["hu", "8bit"]
+#: DICOM's patient axes (LPS: x to the left, y to posterior) to NIfTI's RAS: flip x and y
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def default_affine(spacing: tuple[float, float, float]) -> np.ndarray:

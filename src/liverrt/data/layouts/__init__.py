@@ -42,7 +42,7 @@ def layout_of(ref: CaseRef) -> Layout:
 
 
 def markdown_table() -> str:
-    """The README's layout table: one row per registered layout, in detection order."""
+    """docs/data.md's layout table: one row per registered layout, in detection order."""
     rows = [f"| `{layout.name}` | {layout.description} |" for layout in REGISTRY]
     return "\n".join(["| layout | what it looks like |", "|---|---|", *rows])
 

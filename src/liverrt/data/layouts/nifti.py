@@ -1,19 +1,19 @@
-"""``nifti``: a NIfTI file, or a case folder with an image and a mask by common names (``image``/``ct``/...
-with ``mask``/``liver``/...: :data:`IMAGE_NAMES`, :data:`MASK_NAMES`); and the base of the
-NIfTI datasets (``lits``, ``msd``) whose cases are image/label-map pairs under one root."""
+"""``nifti``: a NIfTI (or NRRD, MetaImage) file, or a case folder with an image and a mask by common names
+(``image``/``ct``/... with ``mask``/``liver``/...: :data:`IMAGE_NAMES`, :data:`MASK_NAMES`); and the base
+of the NIfTI datasets (``lits``, ``msd``) whose cases are image/label-map pairs under one root."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from liverrt.data.io import is_nifti, read_nifti_volume, strip_nifti_suffix
+from liverrt.data.io import VOLUME_SUFFIXES, is_volume_file, read_nifti_volume, strip_volume_suffix
 from liverrt.data.layouts.base import CaseRef, Layout, ReadOptions, first_file
 from liverrt.data.nifti_sets import NiftiPair
 from liverrt.data.volume import Volume
 
 
 class _NiftiCase(Layout):
-    """A NIfTI image with an optional NIfTI label map (liver = label > 0)."""
+    """A NIfTI (NRRD, MetaImage) image with an optional label map (liver = label > 0)."""
 
     mask_is_label_map = True
 
@@ -27,17 +27,17 @@ MASK_NAMES = ("mask", "liver", "segmentation", "seg", "label", "labels")
 
 
 def _named(folder: Path, stems: tuple[str, ...]) -> Path | None:
-    return first_file(folder, tuple(f"{stem}{ext}" for stem in stems for ext in (".nii.gz", ".nii")))
+    return first_file(folder, tuple(f"{stem}{ext}" for stem in stems for ext in VOLUME_SUFFIXES))
 
 
 class Nifti(_NiftiCase):
     name = "nifti"
-    description = (f"a NIfTI file, or case folders with an image named {'/'.join(IMAGE_NAMES)} (+ a mask named "
-                   f"{'/'.join(MASK_NAMES)}), .nii or .nii.gz")
+    description = (f"a NIfTI, NRRD or MetaImage file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), or case folders "
+                   f"with an image named {'/'.join(IMAGE_NAMES)} (+ a mask named {'/'.join(MASK_NAMES)})")
 
     def detect(self, path: Path) -> CaseRef | None:
         if path.is_file():
-            return self.ref(path, path, None, strip_nifti_suffix(path.name)) if is_nifti(path) else None
+            return self.ref(path, path, None, strip_volume_suffix(path.name)) if is_volume_file(path) else None
         image = _named(path, IMAGE_NAMES)
         if image is None:
             return None
