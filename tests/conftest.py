@@ -38,6 +38,20 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx_8bit(tmp_path_factory) -> Path:
+    """The tiny U-Net as a model of 8-bit slices (PNG/JPG folders, KITTI): an HU model refuses them."""
+    from liverrt.artifacts.checkpoint import save_checkpoint
+    from liverrt.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx8")
+    ckpt = save_checkpoint(root / "tiny8.pt", tiny_unet(), model_name="unet_paper",
+                           spec=PreprocessSpec(size=32, input_domain="8bit"), metrics={"val_mask_iou": 0.5})
+    path = root / "tiny8.onnx"
+    export_onnx(ckpt, path, verify_volumes=[make_volume()])
+    return path
+
+
 @pytest.fixture
 def volume() -> Volume:
     return make_volume()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from scipy import ndimage
 PRED_COLOUR = (255, 64, 64)    # red: prediction
 TRUE_COLOUR = (64, 255, 64)    # green: ground truth
 BOTH_COLOUR = (255, 255, 64)   # yellow: where both contours coincide
+#: HU window (centre, width) overlays show CT in: abdominal soft tissue
+ABDOMEN_WINDOW = (50.0, 400.0)
 
 
 def contour(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
@@ -54,3 +57,38 @@ def save_png(rgb: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path)
     return path
+
+
+def thumbnail(image01: np.ndarray, pred: np.ndarray | None = None, gt: np.ndarray | None = None, *,
+              size: int = 160, row_scale: float = 1.0) -> np.ndarray:
+    """:func:`overlay` of a 2-D ``(h, w)`` slice, at most ``size`` pixels on its longer side.
+
+    ``row_scale`` is the row spacing over the column spacing (e.g. slice thickness over pixel
+    width for a coronal plane): rows are stretched by it so the picture keeps its true
+    proportions. The grey image is resampled with antialiasing, the masks by area (a pixel is
+    liver where at least half of it was), and contours are drawn after resizing, so they stay
+    one pixel wide. Returns ``(h', w', 3)`` uint8; ``size`` only ever shrinks a picture.
+    """
+    h, w = image01.shape
+    scale = min(1.0, size / max(h * row_scale, w))
+    dims = (max(1, round(w * scale)), max(1, round(h * row_scale * scale)))  # PIL order: (width, height)
+    grey = np.asarray(Image.fromarray(np.asarray(image01, np.float32)).resize(dims, Image.Resampling.BILINEAR))
+
+    def fit(mask: np.ndarray | None) -> np.ndarray | None:
+        if mask is None:
+            return None
+        area = Image.fromarray(np.asarray(mask, np.uint8) * 255).resize(dims, Image.Resampling.BILINEAR)
+        return np.asarray(area) >= 128
+
+    return overlay(grey, fit(pred), fit(gt))
+
+
+def png_bytes(rgb: np.ndarray, *, colours: int | None = None) -> bytes:
+    """The PNG file of an RGB uint8 picture; ``colours``: quantised to a palette of that many colours
+    (an overlay at 64 colours looks the same and takes about half the bytes)."""
+    picture = Image.fromarray(rgb)
+    if colours is not None:
+        picture = picture.quantize(colours)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

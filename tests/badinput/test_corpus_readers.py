@@ -266,7 +266,7 @@ def png_corrupt(tmp, art):
     good = png_folder(root / "goodpng")
     png_folder(root / "badpng")
     (root / "badpng" / "slice2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 40)
-    return Scenario(infer_args(art.tiny_onnx, root, out), inputs=[root, art.tiny_onnx], outs=[out],
+    return Scenario(infer_args(art.tiny_onnx_8bit, root, out), inputs=[root, art.tiny_onnx_8bit], outs=[out],
                     good=[infer_case_complete(out, "goodpng", png=good)], absent=[out / "badpng"])
 
 
@@ -342,7 +342,7 @@ PNG = [
 def kitti_no_label_colors(tmp, art):
     root, out = tmp / "in", tmp / "out"
     _, stems = kitti_case(root / "case1", label_colors=False)
-    return Scenario(infer_args(art.tiny_onnx, root, out), inputs=[root, art.tiny_onnx], outs=[out],
+    return Scenario(infer_args(art.tiny_onnx_8bit, root, out), inputs=[root, art.tiny_onnx_8bit], outs=[out],
                     good=[infer_case_complete(out, "case1", png=stems)])
 
 

@@ -86,10 +86,10 @@ def test_infer_then_eval_end_to_end(tiny_onnx, tmp_path):
     assert float(rows[0][1]) == pytest.approx(dice, abs=5e-5), r.output  # the Dice column, 4 decimals
 
 
-def test_png_slice_folder_inference_writes_png_masks(tiny_onnx, tmp_path):
+def test_png_slice_folder_inference_writes_png_masks(tiny_onnx_8bit, tmp_path):
     img = np.random.default_rng(0).integers(0, 255, (3, 40, 40), dtype=np.uint8)
     write_png_slices(img, tmp_path / "slices", ("a1", "a2", "a10"))
-    r = run("infer", "--model", tiny_onnx, "--input", tmp_path / "slices", "--out", tmp_path / "pred")
+    r = run("infer", "--model", tiny_onnx_8bit, "--input", tmp_path / "slices", "--out", tmp_path / "pred")
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "pred" / "slices" / "mask.nii.gz").exists()  # 8-bit slices -> PNG masks by default
     assert sorted(p.name for p in (tmp_path / "pred" / "slices" / "masks").iterdir()) == ["a1.png", "a10.png", "a2.png"]

@@ -58,3 +58,39 @@ def test_eval_refuses_a_ct_given_as_ground_truth_and_infer_a_mask_given_as_ct(tm
                                  "--out", str(tmp_path / "seg")])
     assert r.exit_code == 2 and "looks like a mask, not an image" in r.output
     assert not (tmp_path / "seg" / "liver").exists()
+
+
+def test_an_hu_model_refuses_8bit_slices_and_the_batch_goes_on(tmp_path, tiny_onnx):
+    """The finding: a model trained on HU run on 8-bit JPEG slices output ribs and heart, exit 0."""
+    from liverrt.data.io import write_png_slices
+
+    write_png_slices(rng.integers(0, 256, (3, 40, 40)).astype(np.uint8), tmp_path / "in" / "jpegs", ("a", "b", "c"))
+    vol = make_volume(shape=(6, 40, 40))
+    write_nifti(vol.image, vol.affine, tmp_path / "in" / "patient1.nii.gz")
+    r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_onnx), "--input", str(tmp_path / "in"),
+                                 "--out", str(tmp_path / "seg")])
+    assert "8-bit slices (0..255, PNG/JPG), and this model was trained on CT in HU" in " ".join(r.output.split())
+    assert (tmp_path / "seg" / "patient1" / "mask.nii.gz").exists() and not (tmp_path / "seg" / "jpegs").exists()
+    assert r.exit_code == 2  # a skipped case is reported in the exit status
+
+    r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_onnx), "--input", str(tmp_path / "in" / "jpegs"),
+                                 "--out", str(tmp_path / "seg2")])
+    assert r.exit_code == 2 and not (tmp_path / "seg2").exists()
+
+
+def test_an_8bit_model_takes_hu_ct_through_its_window_with_a_warning(tmp_path, tiny_onnx_8bit, caplog):
+    from liverrt.data.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(window_center=40, window_width=350, input_domain="8bit")
+    assert spec.check_input("8bit", "x") is None
+    assert "window 40/350 HU" in spec.check_input("hu", "Volume 'ct'")
+    assert PreprocessSpec().check_input("hu", "x") is None
+    with pytest.raises(InputError, match="trained on CT in HU"):
+        PreprocessSpec().check_input("8bit", "Volume 'jpegs'")
+
+    vol = make_volume(shape=(6, 40, 40))
+    write_nifti(vol.image, vol.affine, tmp_path / "ct.nii.gz")
+    r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_onnx_8bit), "--input", str(tmp_path / "ct.nii.gz"),
+                                 "--out", str(tmp_path / "seg")])
+    assert r.exit_code == 0, r.output
+    assert "CT in HU given to a model trained on 8-bit slices" in " ".join(r.output.split()) + caplog.text

@@ -171,7 +171,7 @@ def test_label_colors_parsing(tmp_path):
         read_label_names(p)
 
 
-def test_kitti_root_flows_through_sources_training_and_inference(tmp_path, phantom, tiny_onnx):
+def test_kitti_root_flows_through_sources_training_and_inference(tmp_path, phantom, tiny_onnx_8bit):
     from liverrt.data.sources import find_cases, load_case, load_cases
     from liverrt.runtime.infer import run_inference
 
@@ -184,7 +184,7 @@ def test_kitti_root_flows_through_sources_training_and_inference(tmp_path, phant
     assert labelled[0].shape[0] == len(ANNOTATED) and labelled[0].instances is not None
     unlabelled = load_case(refs[0], with_mask=False)  # inference view: every image
     assert unlabelled.shape[0] == phantom.shape[0] and unlabelled.mask is None
-    report = run_inference(tiny_onnx, root, tmp_path / "out", overlays=0)
+    report = run_inference(tiny_onnx_8bit, root, tmp_path / "out", overlays=0)
     assert [c["id"] for c in report.cases] == ["case2", "case10"] and not report.skipped
     stems = sorted(p.stem for p in (tmp_path / "out" / "case2" / "masks").glob("*.png"))
     assert len(stems) == phantom.shape[0] and "image12" in stems

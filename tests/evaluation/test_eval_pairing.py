@@ -148,13 +148,13 @@ def test_eval_against_one_chaos_case(tmp_path):
 
 
 @pytest.mark.parametrize("label_colors", [None, "0 0 0 background\n12 200 3 kidney\n"])
-def test_infer_on_a_kitti_case_needs_no_labels(tmp_path, ct, tiny_onnx, label_colors):
+def test_infer_on_a_kitti_case_needs_no_labels(tmp_path, ct, tiny_onnx_8bit, label_colors):
     from liverrt.data.sources import find_cases
     from liverrt.runtime.infer import run_inference
 
     case = _kitti_case(tmp_path / "case1", ct, label_colors=label_colors)
     assert [r.kind for r in find_cases(case)] == ["kitti"]
-    report = run_inference(tiny_onnx, case, tmp_path / "out", overlays=0)
+    report = run_inference(tiny_onnx_8bit, case, tmp_path / "out", overlays=0)
     assert not report.skipped and [c["id"] for c in report.cases] == ["case1"]
     stems = sorted(p.stem for p in (tmp_path / "out" / "case1" / "masks").glob("*.png"))
     assert len(stems) == N_SLICES  # every image, annotated or not

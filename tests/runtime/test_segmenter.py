@@ -107,7 +107,7 @@ def test_nifti_output_matches_the_source_file_voxel_for_voxel(tiny_onnx, tmp_pat
     assert np.array_equal(np.asarray(out.dataobj) > 0, expected)
 
 
-def test_inference_ignores_unreadable_ground_truth(tiny_onnx, tmp_path):
+def test_inference_ignores_unreadable_ground_truth(tiny_onnx_8bit, tmp_path):
     from PIL import Image
 
     img = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
@@ -115,7 +115,7 @@ def test_inference_ignores_unreadable_ground_truth(tiny_onnx, tmp_path):
     (tmp_path / "case" / "masks").mkdir()
     for name in ("a", "b"):  # CVAT-style colour masks: not a binary mask, but not needed to segment
         Image.fromarray(np.dstack([img[0], img[1], img[0] // 2])).save(tmp_path / "case" / "masks" / f"{name}.png")
-    report = run_inference(tiny_onnx, tmp_path / "case", tmp_path / "out", overlays=0)
+    report = run_inference(tiny_onnx_8bit, tmp_path / "case", tmp_path / "out", overlays=0)
     assert [c["id"] for c in report.cases] == ["case"] and not report.skipped
 
 

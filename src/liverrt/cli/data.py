@@ -43,7 +43,7 @@ def data() -> None:
 @click.argument("src", type=existing_path)
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @seed_option
-@click.option("--out", "out_file", type=any_path, default=None, help="Write the folds as JSON here (default: stdout).")
+@click.option("-o", "--out", "out_file", type=any_path, default=None, help="Write the folds as JSON here (default: stdout).")
 @layout_option
 @overwrite_option
 def split(src: Path, folds: int, seed: int, out_file: Path | None, layout: str | None) -> None:
@@ -78,7 +78,7 @@ def inspect(src: Path, as_json: bool, layout: str | None, label: str, unannotate
 
 @data.command()
 @click.argument("src", type=existing_path)
-@click.option("--out", type=out_dir, required=True, help="Output folder: one <case>/ folder per case.")
+@click.option("-o", "--out", type=out_dir, required=True, help="Output folder: one <case>/ folder per case.")
 @click.option("--to", "to", type=click.Choice(["nifti", "png"]), required=True)
 @layout_option
 @kitti_options

@@ -13,7 +13,7 @@ from liverrt.errors import LiverrtError
 
 
 @click.command()
-@click.option("--out", type=out_dir, default=Path("demo_out"), show_default=True)
+@click.option("-o", "--out", type=out_dir, default=Path("demo_out"), show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the demo's budget).")
 @click.option("--cases", type=click.IntRange(4), default=None, help="Phantom cases to synthesise.")
 @seed_option

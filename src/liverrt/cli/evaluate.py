@@ -26,8 +26,8 @@ def _parse_spacing(ctx, param, value: str | None):
 
 
 @click.command("eval")
-@click.option("--pred", type=existing_path, required=True, help="Predicted masks (NIfTI, PNG folder or case folders).")
-@click.option("--gt", type=existing_path, required=True, help="Ground-truth masks, matched by case name.")
+@click.option("-p", "--pred", type=existing_path, required=True, help="Predicted masks: NIfTI/NRRD/MetaImage label maps, DICOM SEG, PNG folder or case folders.")
+@click.option("-g", "--gt", type=existing_path, required=True, help="Ground-truth masks (as --pred, or labelled cases of any layout), matched by case name.")
 @click.option("--spacing", callback=_parse_spacing, default=None, metavar="Z,Y,X",
               help="Voxel spacing in mm for distances (overrides file headers).")
 @click.option("--like", type=existing_path, default=None,
@@ -41,9 +41,11 @@ def _parse_spacing(ctx, param, value: str | None):
 @overwrite_option
 def eval_cmd(pred: Path, gt: Path, spacing, like: Path | None, json_path: Path | None,
              csv_path: Path | None, missing: str, min_region_area: int) -> None:
-    """Score predicted liver masks against the ground truth: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 per
-    volume; Mask/Trimap/Boundary IoU, F-measure and boundary F per slice; the same, separately, on slices
-    whose liver has two or more regions. Prints a Markdown table."""
+    """Score predicted liver masks against the ground truth, per volume and per slice.
+
+    Per volume: Dice, Mask IoU, RAVD, ASSD/MSSD/HD95 in mm; per slice: Mask/Trimap/Boundary IoU,
+    F-measure and boundary F; the same, separately, on slices whose liver has two or more regions.
+    Prints a Markdown table."""
 
     if spacing is not None and like is not None:
         raise click.UsageError("give --spacing or --like, not both")

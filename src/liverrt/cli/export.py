@@ -31,7 +31,7 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
               help="onnx: a .onnx file; tensorrt: a plan + sidecar in a folder (needs liverrt[trt] and a GPU); "
                    "triton: a model repository.")
-@click.option("--out", type=any_path, required=True, help="The .onnx file, or the folder for tensorrt/triton.")
+@click.option("-o", "--out", type=any_path, required=True, help="The .onnx file, or the folder for tensorrt/triton.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Precision in the graph: fp16 tensors, or INT8 Q/DQ from static calibration.")
 @click.option("--calib", "calib", type=existing_path, default=None,
@@ -77,7 +77,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
            maskrcnn_graph: str, overwrite: bool, layout: str | None) -> None:
-    """Export a checkpoint (U-Net, DnCNN-SR, Mask R-CNN), check it against PyTorch, and keep it only if it passes.
+    """Export a checkpoint to ONNX, TensorRT or Triton, kept only if it passes the check against PyTorch.
 
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
     worst slices); it writes verify.json and verify.md next to the artifact.

@@ -16,7 +16,7 @@ from liverrt.models.detectron2_import import import_detectron2 as run_import
 @click.option("--config", "config_path", type=existing_path, default=None,
               help="Detectron2 YAML config of the model (_BASE_ files are followed). Without it, what the weights "
                    "tell is inferred and Detectron2's defaults fill the rest.")
-@click.option("--out", type=any_path, required=True, help="Output liverrt checkpoint (.pt).")
+@click.option("-o", "--out", type=any_path, required=True, help="Output liverrt checkpoint (.pt).")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow unpickling (.pkl model-zoo files, .pth files holding numpy arrays): only for files you trust.")
 @click.option("--size", type=click.IntRange(32), default=512, show_default=True,

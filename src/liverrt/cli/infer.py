@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from liverrt.cli.common import (
+    Eta,
     any_path,
     console,
     existing_path,
@@ -22,7 +23,7 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
 
 
 @click.command()
-@click.option("--model", default=None,
+@click.option("-m", "--model", default=None,
               help=".pt checkpoint (torch) or .onnx file, or a bundled model's name (`liverrt models`); default: "
                    "the bundled default model.")
 @click.option("--engine", type=click.Choice(["torch", "onnxruntime", "tensorrt", "trt"]), default="onnxruntime",
@@ -36,9 +37,9 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
               help="TensorRT engine cache folder (default $LIVERRT_TRT_CACHE or ~/.cache/liverrt/trt).")
 @click.option("--trt-batch", default=":".join(map(str, DEFAULT_BATCH)), show_default=True, help="TensorRT profile MIN:OPT:MAX batch.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture and replay CUDA graphs per batch size.")
-@click.option("--input", "src", type=existing_path, required=True,
+@click.option("-i", "--input", "src", type=existing_path, required=True,
               help="NIfTI file, slice folder, case folder or folder of cases.")
-@click.option("--out", type=out_dir, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
+@click.option("-o", "--out", type=out_dir, required=True, help="Output folder: <case>/mask.nii.gz, masks/, overlays/.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--format", "formats", type=click.Choice(["nifti", "png", "dicom-seg"]), multiple=True,
               help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices; "
@@ -80,14 +81,22 @@ def infer(ctx: click.Context, model: str | None, engine: str, providers: str | N
         options["device"] = device
     if trt:
         options.update(batch=trt_batch, cuda_graph=cuda_graph, **({"cache_dir": trt_cache} if trt_cache else {}))
+    eta = Eta()  # on_case comes before each case: from the second on, the mean time per finished case
+
+    def on_case(case_id: str, i: int, n: int) -> None:
+        left = eta.left(i, n)
+        console.print(f"[{i + 1}/{n}] {case_id}{f' ({left})' if left else ''}", markup=False, highlight=False)
+
     report = run_inference(model_path, src, out, engine=engine, engine_options=options, batch_size=batch_size, formats=tuple(formats) or None,
                            overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, denoise=denoise,
-                           on_case=lambda cid, i, n: console.print(f"[{i + 1}/{n}] {cid}"))
+                           on_case=on_case)
     for c in report.cases:
         vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""
         console.print(f"  {c['id']}: {c['slices_with_liver']} slices with liver, {vol}{warn}")
-    console.print(f"{len(report.cases)} cases in {report.seconds:.1f}s -> {out}")
+    n = len(report.cases)
+    page = f"; open {out / 'summary.html'} in a browser" if n else ""
+    console.print(f"{n} case{'s' if n != 1 else ''} in {report.seconds:.1f}s -> {out}{page}")
     fail_if_skipped(report.skipped, len(report.cases))
 
 

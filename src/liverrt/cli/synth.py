@@ -23,7 +23,7 @@ from liverrt.training.synth_ct import SynthConfig, synth_from_labels
 
 
 @click.command()
-@click.option("--out", type=out_dir, required=True, help="Output folder (one sub-folder per case).")
+@click.option("-o", "--out", type=out_dir, required=True, help="Output folder (one sub-folder per case).")
 @click.option("--from-labels", "labels", type=existing_path, default=None,
               help="CT synthesised from these label maps (a folder of labels.nii.gz + liver.nii.gz folders) "
                    "instead of phantoms.")

@@ -16,6 +16,8 @@ import click
 
 from liverrt.atomic import check_outputs, overwriting, refuse_output_in_input
 from liverrt.cli.common import (
+    SummaryGroup,
+    TimeBudget,
     console,
     existing_path,
     kitti_options,
@@ -41,7 +43,7 @@ from liverrt.training.unet import UNetTask, split_volumes, stored_split
 RUN_FILES = ("best.pt", "last.pt", "train_log.csv", "curves.png")
 
 
-@click.group()
+@click.group(cls=SummaryGroup)
 def train() -> None:
     """Train a network (U-Net, Mask R-CNN or DnCNN-SR) on labelled cases."""
 
@@ -54,7 +56,7 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
         options = [
             click.option("--data", "data_path", type=existing_path, required=True,
                          help="Cases to train on (any layout `liverrt data inspect` reads)."),
-            click.option("--out", type=out_dir, required=True,
+            click.option("-o", "--out", type=out_dir, required=True,
                          help="Run folder: best.pt, last.pt, train_log.csv, curves.png."),
             click.option("--epochs", type=click.IntRange(1), default=default_epochs, show_default=True),
             click.option("--batch-size", type=click.IntRange(1), default=default_batch, show_default=True,
@@ -166,10 +168,12 @@ def _run(task_factory, volumes, spec, cfg, kw: dict, label: str) -> None:
                          "case(s); expected at least one of each (add cases or change --val-fraction).")
     task = task_factory(train_vols, val_vols, spec, split, cfg)
     if _is_main():
-        with progress_bar(f"training {label}") as update:
+        # fit stops after the epoch that passes --max-minutes: the ETA says which one that will be
+        budget = TimeBudget(60.0 * cfg.max_minutes, cfg.epochs) if cfg.max_minutes is not None else None
+        with progress_bar(f"training {label}", budget=budget) as update:
             def on_progress(stage: str, done: int, total: int, info: dict) -> None:
                 if stage == "train":  # the loop logs each epoch's validation scores itself
-                    update(done, total, f"epoch {info['epoch']} loss {info['loss']:.3f}")
+                    update(done, total, f"epoch {info['epoch']}/{cfg.epochs} loss {info['loss']:.3f}")
 
             result = fit(task, kw["out"], cfg, resume=kw["resume"], progress=on_progress)
     else:

@@ -65,7 +65,8 @@ class PreprocessSpec:
         context: adjacent slices on each side given as extra input channels
             (2.5-D); the network sees ``2 * context + 1`` channels.
         input_domain: ``hu`` or ``8bit``: what the model was trained on.
-            Recorded for provenance; both kinds of input are accepted.
+            :meth:`check_input` refuses 8-bit slices for an HU model and
+            says how CT in HU is converted for an 8-bit model.
         quantize_8bit: round windowed HU to 256 levels (mimic 8-bit PNGs).
     """
 
@@ -143,6 +144,25 @@ class PreprocessSpec:
                   else f"HU window {self.window_center:g}/{self.window_width:g}")
         near = f", {self.context} adjacent slice(s) on each side as channels" if self.context else ""
         return f"{self.size}x{self.size}: {grid}; {window}{near}"
+
+    def check_input(self, intensity: str, what: str) -> str | None:
+        """Whether a model with this spec can read ``what``'s intensities (``hu`` or ``8bit``).
+
+        8-bit slices (PNG/JPG: 0..255 after an unknown window) given to a model trained on HU
+        are refused: there is no way back to HU, and the HU window on 0..255 values would hand
+        the network a picture it never saw (it finds ribs and heart). CT in HU given to a model
+        trained on 8-bit slices has a documented conversion, the spec's window: the returned
+        warning says so. ``None`` when the input is what the model was trained on.
+        """
+        if intensity == self.input_domain:
+            return None
+        if intensity == "8bit":
+            raise InputError(
+                f"{what}: 8-bit slices (0..255, PNG/JPG), and this model was trained on CT in HU; expected the CT "
+                "in HU (NIfTI, DICOM, NRRD), or a model trained on 8-bit slices (liverrt train unet --data SLICES).")
+        return (f"{what}: CT in HU given to a model trained on 8-bit slices; windowed to 0..255 with the model's "
+                f"window {self.window_center:g}/{self.window_width:g} HU. If its training slices were exported "
+                "with another window, the masks will be off.")
 
     def to_dict(self) -> dict:
         return asdict(self)

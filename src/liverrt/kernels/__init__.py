@@ -23,5 +23,9 @@ Modules:
 Caching: every kernel is ``cache=True``. Numba checks only the source file of
 the cached function itself, not of the kernels it calls, so after editing a
 module here clear the cache (``$NUMBA_CACHE_DIR`` or the ``__pycache__``
-``*.nbi``/``*.nbc`` files), or callers in other modules keep the old code.
+``*.nbi``/``*.nbc`` files), or callers in other modules keep the old code. A kernel that is not in the
+cache yet is compiled on its first call; :mod:`.compile_notice` logs one line
+(INFO) before the first such compilation in a process.
 """
+
+from liverrt.kernels import compile_notice  # noqa: F401 - registers the first-compile notice

@@ -15,14 +15,18 @@ from liverrt.atomic import (
     writes_outputs,
 )
 from liverrt.data.layouts import layout_of
-from liverrt.data.sources import check_case_outputs, find_cases, load_case
+from liverrt.data.sources import CaseRef, check_case_outputs, find_cases, load_case
 from liverrt.errors import InputError, skipped_case
 from liverrt.runtime import open_engine
 from liverrt.runtime.base import require_task
 from liverrt.runtime.outputs import FORMATS, case_summary, write_case
 from liverrt.runtime.segmenter import Segmenter, check_denoiser
+from liverrt.runtime.summary_html import CaseViews, case_views, render_page, thumb_px
 
 log = logging.getLogger(__name__)
+
+#: the run's files next to the case folders (a case may not be named like one of them)
+SUMMARY_JSON, SUMMARY_HTML = "summary.json", "summary.html"
 
 
 @dataclass
@@ -74,7 +78,7 @@ def run_inference(
     on_case: Callable[[str, int, int], None] | None = None,
     overwrite: bool = False,
 ) -> InferReport:
-    """Segment each case under ``src`` into ``out/<case>/`` and write ``out/summary.json``.
+    """Segment each case under ``src`` into ``out/<case>/``; write ``out/summary.json`` and ``out/summary.html``.
 
     ``formats`` defaults per case: NIfTI for HU volumes, PNG masks for 8-bit slice folders.
     ``denoise``: a DnCNN-SR artifact run on every preprocessed batch before the
@@ -82,14 +86,16 @@ def run_inference(
     ``overwrite``: replace outputs liverrt did not write (never an input); see :mod:`liverrt.atomic`.
 
     A case that cannot be read or segmented is reported in ``skipped`` and the
-    others still run; nothing partial is left for it.
+    others still run; nothing partial is left for it. The two summaries are written
+    together, when at least one case was segmented (the page: :mod:`liverrt.runtime.summary_html`).
     """
     bad = [f for f in formats or () if f not in FORMATS]
     if bad:
         raise InputError(f"Output formats {bad}: expected a subset of {FORMATS}.")
     out = Path(out)
     refs = find_cases(src, layout=layout)
-    check_case_outputs(src, out, refs, also=(out / "summary.json",))
+    _refuse_summary_names(refs)
+    check_case_outputs(src, out, refs, also=(out / SUMMARY_JSON, out / SUMMARY_HTML))
     eng = open_engine(engine, model, **(engine_options or {}))
     # fail early, before any output: a damaged artifact or a model that does not segment (a DnCNN-SR)
     require_task(eng.info, "segmentation", role="--model")
@@ -105,6 +111,7 @@ def run_inference(
 
         check_denoiser(den, eng)
     report = InferReport(engine=engine, model=str(model))
+    views: dict[str, CaseViews] = {}
     t0 = time.perf_counter()
     with eng, (den if den is not None else nullcontext()):
         seg = Segmenter(eng, batch_size=batch_size, fill_holes=fill_holes, keep_largest=keep_largest,
@@ -115,6 +122,7 @@ def run_inference(
             try:
                 volume = _load_for_inference(ref)
                 result = seg.segment(volume)
+                pictures = case_views(volume, result, size=thumb_px(len(refs)))  # for the page, while in memory
                 fmts = formats or (("nifti",) if volume.intensity == "hu" else ("png",))
                 write_case(volume, result, out, formats=fmts, overlays=overlays)
             except Exception as exc:  # one case never stops the others; the reason is reported
@@ -122,7 +130,18 @@ def run_inference(
                 log.warning("skipped %s: %s", ref.image, skipped["reason"])
                 continue
             report.cases.append(case_summary(volume, result))
+            views[ref.case_id] = pictures
     report.seconds = time.perf_counter() - t0
     if report.cases:
-        write_text_atomic(json.dumps(report.to_dict(), indent=2), out / "summary.json")
+        summary = report.to_dict()
+        write_text_atomic(json.dumps(summary, indent=2), out / SUMMARY_JSON)
+        write_text_atomic(render_page(summary, views), out / SUMMARY_HTML)
     return report
+
+
+def _refuse_summary_names(refs: list[CaseRef]) -> None:
+    """A case named ``summary.json`` would be a folder where the run's summary goes: refused before any work."""
+    for ref in refs:
+        if ref.case_id in (SUMMARY_JSON, SUMMARY_HTML):
+            raise InputError(f"{ref.image}: its case id {ref.case_id!r} is the name of the run's summary file in "
+                             "the output folder; expected another name (rename it).")

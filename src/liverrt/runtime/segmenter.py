@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from liverrt.data.preprocess import restore, volume_input
 from liverrt.data.volume import Volume, check_image
 from liverrt.errors import InputError, LiverrtError
 from liverrt.runtime.base import Engine, require_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +69,10 @@ class Segmenter:
         a Volume built in Python must be finite too, so it is never segmented as it is.
         """
         check_finite_volume(volume)
-        check_image(volume.image, f"Volume {volume.case_id!r}" + (f" ({volume.source})" if volume.source else ""))
+        what = f"Volume {volume.case_id!r}" + (f" ({volume.source})" if volume.source else "")
+        check_image(volume.image, what)
+        if (note := self.engine.info.spec.check_input(volume.intensity, what)) is not None:
+            log.warning(note)
         if not self.engine.is_active or (self.denoiser is not None and not self.denoiser.is_active):
             raise LiverrtError("Segmenter needs active engines; use `with engine:` around segmentation.")
         spec = self.engine.info.spec
