@@ -4,6 +4,9 @@
     result = liverrt.segment("ct.nii.gz")                      # a NIfTI file, DICOM series folder, case folder
     result = liverrt.segment(hu, spacing=(2.5, 0.8, 0.8))      # or a (D, H, W) array in HU
     result.mask, result.affine, result.liver_ml
+
+``liverrt.read_volume`` reads one case (image, and its mask when the case has one) as liverrt sees it.
+docs/python-api.md is the worked example (run by tests/test_docs.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverrt.data.io import write_mask_nifti
 from liverrt.data.sources import load_cases
 from liverrt.data.volume import Volume, default_affine
 from liverrt.errors import InputError
@@ -37,6 +41,11 @@ class LiverSegmentation:
     model: str
     volume: Volume
 
+    def save(self, path: str | Path) -> Path:
+        """The mask as NIfTI (0/1 uint8, written atomically): for a NIfTI CT in the file's own voxel order
+        and affine, so it overlays the CT in any viewer; otherwise on the volume's affine."""
+        return write_mask_nifti(self.volume, self.mask, Path(path))
+
 
 def segment(ct: str | Path | np.ndarray | Volume, *, spacing: tuple[float, float, float] | None = None,
             model: str | Path | None = None, engine: str = "onnxruntime", post_process: bool | None = None,
@@ -52,7 +61,11 @@ def segment(ct: str | Path | np.ndarray | Volume, *, spacing: tuple[float, float
     """
     path, chosen = resolve_model(model)
     bundled = chosen is not None
-    volume = _volume(ct, spacing)
+    volume = ct if isinstance(ct, Volume) else _array_volume(ct, spacing) if isinstance(ct, np.ndarray) else None
+    if volume is None:
+        if spacing is not None:
+            raise InputError("segment: spacing is for arrays; a file carries its own.")
+        volume = read_volume(ct)
     post = bundled if post_process is None else bool(post_process)
     with open_engine(engine, path) as eng:
         require_task(eng.info, "segmentation", role="model")
@@ -61,23 +74,25 @@ def segment(ct: str | Path | np.ndarray | Volume, *, spacing: tuple[float, float
                              str(path), volume)
 
 
-def _volume(ct, spacing) -> Volume:
-    if isinstance(ct, Volume):
-        return ct
-    if isinstance(ct, np.ndarray):
-        if spacing is None:
-            raise InputError("segment: an array needs spacing=(dz, dy, dx) in mm; expected three positive numbers.")
-        if ct.ndim == 2:
-            ct = ct[None]
-        if ct.ndim != 3 or ct.dtype.kind not in "iuf":
-            raise InputError(f"segment: got an array of shape {ct.shape} and type {ct.dtype}; expected (D, H, W) "
-                             "numbers in HU.")
-        sp = check_spacing(spacing)
-        return Volume(image=ct, spacing=sp, affine=default_affine(sp), intensity="hu", case_id="array")
-    if spacing is not None:
-        raise InputError("segment: spacing is for arrays; a file carries its own.")
-    loaded = load_cases(Path(ct), require_mask=False)
+def read_volume(path: str | Path) -> Volume:
+    """One case as liverrt reads it: a NIfTI file, a DICOM series folder or a case folder (its image and,
+    when it has one, its mask, paired by name: ``ct`` with ``liver``). ``volume.image`` is ``(D, H, W)``
+    in liverrt's axes, ``volume.mask`` a bool array or ``None``; ``volume.spacing`` ``(dz, dy, dx)`` mm."""
+    path = Path(path)
+    loaded = load_cases(path, require_mask=False)
     if len(loaded.volumes) != 1:
-        raise InputError(f"segment: {ct} holds {len(loaded.volumes)} cases; expected one (use `liverrt infer` "
+        raise InputError(f"{path} holds {len(loaded.volumes)} cases; expected one (use `liverrt infer` "
                          "for a folder of cases).")
     return loaded.volumes[0]
+
+
+def _array_volume(ct: np.ndarray, spacing) -> Volume:
+    if spacing is None:
+        raise InputError("segment: an array needs spacing=(dz, dy, dx) in mm; expected three positive numbers.")
+    if ct.ndim == 2:
+        ct = ct[None]
+    if ct.ndim != 3 or ct.dtype.kind not in "iuf":
+        raise InputError(f"segment: got an array of shape {ct.shape} and type {ct.dtype}; expected (D, H, W) "
+                         "numbers in HU.")
+    sp = check_spacing(spacing)
+    return Volume(image=ct, spacing=sp, affine=default_affine(sp), intensity="hu", case_id="array")
