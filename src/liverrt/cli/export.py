@@ -22,6 +22,7 @@ from liverrt.cli.common import (
 from liverrt.data.sources import load_cases
 from liverrt.export.gate import LIMITS
 from liverrt.export.pipeline import FORMATS, ExportOptions, default_calib_method, run_export
+from liverrt.export.qat import QatOptions
 from liverrt.export.triton import TritonOptions
 from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
 
@@ -46,6 +47,15 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
                    "output, with up to 4 activation scales left float if needed (minutes; the default for U-Net and "
                    "DnCNN-SR); percentile = every tensor at its 99.99th percentile (one pass); minmax = largest "
                    "value (one pass; the default for Mask R-CNN; broke both trained U-Nets).")
+@click.option("--qat", is_flag=True,
+              help="INT8 by quantization-aware fine-tuning on the --calib cases' liver masks (the same Q/DQ graph, "
+                   "its weights and activation ranges trained for int8 rounding; minutes), then the gate.")
+@click.option("--qat-epochs", type=click.IntRange(1), default=QatOptions.epochs, show_default=True,
+              help="--qat: fine-tuning epochs.")
+@click.option("--qat-steps", type=click.IntRange(1), default=None,
+              help="--qat: optimiser steps per epoch (default: one pass over the --calib cases' slices).")
+@click.option("--qat-lr", type=click.FloatRange(0, min_open=True), default=QatOptions.lr, show_default=True,
+              help="--qat: Adam learning rate of the weights (cosine decay).")
 @click.option("--verify", "--verify-data", "verify_data", type=existing_path, default=None,
               help="Cases the verification gate runs on (default: phantoms).")
 @click.option("--no-verify", is_flag=True, help="Skip the dataset verification gate (the parity check still runs).")
@@ -76,7 +86,8 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
            verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
-           maskrcnn_graph: str, overwrite: bool, layout: str | None) -> None:
+           maskrcnn_graph: str, qat: bool, qat_epochs: int, qat_steps: int | None, qat_lr: float, overwrite: bool,
+           layout: str | None) -> None:
     """Export a checkpoint to ONNX, TensorRT or Triton, kept only if it passes the check against PyTorch.
 
     The verification gate segments whole cases with both and compares the masks (ΔDice, ΔIoU, ΔBoundary IoU,
@@ -91,6 +102,10 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     if no_verify and (verify_data or given(ctx, "max_mean_delta_dice") or given(ctx, "max_worst_delta_dice")):
         raise click.UsageError("--no-verify skips the gate; --verify and the gate limits would be ignored")
 
+    if not qat and any(given(ctx, o) for o in ("qat_epochs", "qat_steps", "qat_lr")):
+        raise click.UsageError("--qat-epochs, --qat-steps and --qat-lr are for --qat")
+    if qat and precision != "int8":  # before the cases load (ExportOptions says the same)
+        raise click.UsageError(f"--qat fine-tunes for INT8: expected --precision int8, got {precision}")
     verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
     calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
     if precision != "int8" and any(given(ctx, o) for o in ("calib", "calib_method", "calib_slices", "int8_target")):
@@ -102,10 +117,12 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
         limits=replace(LIMITS[precision], **limits) if limits else None, calib_slices=calib_slices,
         calib_method=calib_method, int8_target=int8_target, maskrcnn_graph=maskrcnn_graph, batch=batch,
         workspace_mb=workspace_mb,
-        triton=TritonOptions(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind))
-    searching = precision == "int8" and (
+        triton=TritonOptions(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind),
+        qat=QatOptions(epochs=qat_epochs, steps_per_epoch=qat_steps, lr=qat_lr) if qat else None)
+    searching = precision == "int8" and not qat and (
         calib_method or default_calib_method(artifact_info(checkpoint).kind)) == "search"
-    with progress_bar("INT8 range search") if searching else nullcontext() as progress:
+    bar = "QAT fine-tuning" if qat else "INT8 range search" if searching else None
+    with progress_bar(bar) if bar else nullcontext() as progress:
         result = run_export(checkpoint, out, options, verify_volumes=verify_volumes, calib_volumes=calib_volumes,
                             progress=progress, overwrite=overwrite)
     click.echo(result.table())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from liverrt.artifacts import artifact_info
+from liverrt.artifacts.checkpoint import read_checkpoint
 from liverrt.artifacts.metadata import PRECISIONS
 from liverrt.artifacts.split import SplitArtifact
 from liverrt.atomic import check_outputs, writes_outputs
@@ -24,6 +25,7 @@ from liverrt.errors import ExportError, InputError
 from liverrt.export import precision as prec
 from liverrt.export.gate import GateLimits, default_volumes, verify_artifact
 from liverrt.export.onnx import export_onnx
+from liverrt.export.qat import QatOptions, check_volumes, qat_to_int8
 from liverrt.export.triton import TritonOptions, write_triton_repo
 from liverrt.models import model_class
 from liverrt.models.base import LiverrtModel
@@ -87,6 +89,9 @@ class ExportOptions:
     by TensorRT). ``limits`` default to those of the precision (:data:`liverrt.export.gate.LIMITS`).
     ``batch`` is the TensorRT optimisation profile (MIN:OPT:MAX); ``triton`` the Triton model settings
     (its ``name`` defaults to the checkpoint's stem).
+    ``qat``: quantization-aware fine-tuning on the calibration cases' masks before the INT8 graph is written
+    (:mod:`liverrt.export.qat`; ``True`` for the default :class:`~liverrt.export.qat.QatOptions`); int8 only,
+    for model classes with ``qat_supported``, and its ranges are learned (no ``calib_method``).
     """
 
     fmt: str = "onnx"
@@ -103,8 +108,16 @@ class ExportOptions:
     batch: tuple[int, int, int] | str = DEFAULT_BATCH
     workspace_mb: int = DEFAULT_WORKSPACE_MB
     triton: TritonOptions = field(default_factory=TritonOptions)
+    qat: QatOptions | bool | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.qat, bool):
+            object.__setattr__(self, "qat", QatOptions() if self.qat else None)
+        if self.qat is not None and self.precision != "int8":
+            raise InputError(f"--qat fine-tunes for INT8: expected --precision int8, got {self.precision}.")
+        if self.qat is not None and self.calib_method is not None:
+            raise InputError(f"--calib-method {self.calib_method} sets post-training ranges; --qat learns them "
+                             "(expected one of the two).")
         if self.fmt not in FORMATS:
             raise InputError(f"format {self.fmt!r}: expected one of {FORMATS}.")
         if self.precision not in PRECISIONS:
@@ -123,6 +136,9 @@ class ExportOptions:
         if self.precision not in described.precisions:
             raise InputError(f"--precision {self.precision}: a {described.title} exports to "
                              f"{list(described.precisions)}.")
+        if self.qat is not None and not described.qat_supported:
+            raise InputError(f"--qat: quantization-aware fine-tuning is not available for a {described.title}; "
+                             "expected a model class with qat_supported (the U-Net).")
         if self.maskrcnn_graph == "single" and (not described.split_export or self.fmt != "onnx"
                                                 or self.precision != "fp32"):
             raise InputError("--maskrcnn-graph single is the one-graph Mask R-CNN for onnxruntime: expected a "
@@ -177,7 +193,7 @@ def run_export(checkpoint: Path, out: Path, options: ExportOptions | None = None
     Triton repository (triton), as ``options`` say (an :class:`ExportOptions`, or its fields as keywords).
 
     The gate runs on ``verify_volumes`` (default: phantoms); INT8 calibrates on ``calib_volumes``
-    (default: phantoms, with a warning). ``progress(done, total, info)`` follows the INT8 search.
+    (default: phantoms, with a warning; QAT needs them, with masks). ``progress(done, total, info)`` follows the INT8 search.
     Existing artifacts are refused unless ``overwrite``, which also lets the export replace files
     liverrt did not write (:func:`liverrt.atomic.overwrite_allowed`); the checkpoint never.
     """
@@ -187,6 +203,8 @@ def run_export(checkpoint: Path, out: Path, options: ExportOptions | None = None
     out = Path(out)
     targets = _Targets.plan(checkpoint, out, options)
     options.check_model(model_class(artifact_info(checkpoint).kind))
+    if options.qat is not None:
+        check_volumes(calib_volumes)
     targets.check(overwrite)
     targets.work.mkdir(parents=True, exist_ok=True)
 
@@ -257,10 +275,16 @@ def _convert(checkpoint, fp32_path: Path, target: Path, options: ExportOptions, 
             calib_volumes, source = default_volumes(info.spec.size, cases=2, seed=2000), "phantoms"
         else:
             source = f"{len(calib_volumes)} cases: " + ", ".join(v.case_id for v in calib_volumes[:8])
-        slices = prec.calibration_slices(calib_volumes, info.spec, n=options.calib_slices)
-        method = options.calib_method or default_calib_method(info.kind)
-        prec.to_int8(fp32_path, target, slices, calibration_source=source, method=method, progress=progress,
-                     target=options.int8_target)
+        if options.qat is not None:
+            bce_weight = (read_checkpoint(checkpoint).get("train_config") or {}).get("bce_weight", 1.0)
+            qat_to_int8(fp32_path, target, calib_volumes, options=options.qat, target=options.int8_target,
+                        calib_slices=options.calib_slices, bce_weight=float(bce_weight),
+                        calibration_source=source, progress=progress)
+        else:
+            slices = prec.calibration_slices(calib_volumes, info.spec, n=options.calib_slices)
+            method = options.calib_method or default_calib_method(info.kind)
+            prec.to_int8(fp32_path, target, slices, calibration_source=source, method=method,
+                         progress=progress, target=options.int8_target)
     if split is not None:  # the rpn graph names its own (copied) heads
         SplitArtifact(target).relink(heads_precision="fp32")
     result.rows.append(ExportRow("onnx", options.precision, target, _size(target), time.perf_counter() - t0))

@@ -190,19 +190,31 @@ def to_int8(
         raise InputError(f"INT8 target {target!r}: expected one of {INT8_TARGETS}.")
     if batch_size < 1:
         raise InputError(f"batch_size {batch_size}: expected >= 1.")
-    model = onnx.load(str(src))
-    meta = _metadata(model, src, "int8")
     with tempfile.TemporaryDirectory(prefix="liverrt-int8-") as tmp:
         quantized, fit = _int8_model(src, Path(tmp), calibration, per_channel=per_channel, method=method,
                                      batch_size=batch_size, quantize_conv_outputs=quantize_conv_outputs,
                                      float_input_layer=float_input_layer, threshold=info.threshold,
                                      target=target, progress=progress)
-    meta["liverrt.calibration"] = json.dumps(json_safe(
-        {"slices": int(calibration.shape[0]), "per_channel": bool(per_channel),
-         "quantize_conv_outputs": bool(quantize_conv_outputs), "float_input_layer": bool(float_input_layer),
-         "source": calibration_source, "target": target, **fit.summary()}), sort_keys=True)
-    _write(quantized, meta, out, src, calibration[:1])
+    write_int8(quantized, src, out, calibration[:1], {
+        "slices": int(calibration.shape[0]), "per_channel": bool(per_channel),
+        "quantize_conv_outputs": bool(quantize_conv_outputs), "float_input_layer": bool(float_input_layer),
+        "source": calibration_source, "target": target, **fit.summary()})
     log.info("wrote int8 graph %s (from %s, %d calibration slices, %s)", out, src, calibration.shape[0], method)
+    return out
+
+
+def write_int8(model: onnx.ModelProto, src_onnx: Path, out_onnx: Path, sample: np.ndarray,
+               calibration: dict) -> Path:
+    """Write the QDQ ``model`` made from the fp32 ``src_onnx`` to ``out_onnx`` (checked, atomically).
+
+    The file keeps the source's metadata, with ``liverrt.precision`` int8, the source's sha256 and
+    ``calibration`` (how the scales were found) as ``liverrt.calibration``; ``sample`` (1, C, S, S)
+    float32 is the slice onnxruntime must run before the file is kept.
+    """
+    src, out = _check_paths(src_onnx, out_onnx)
+    meta = _metadata(onnx.load(str(src)), src, "int8")
+    meta["liverrt.calibration"] = json.dumps(json_safe(calibration), sort_keys=True)
+    _write(model, meta, out, src, sample)
     return out
 
 
@@ -448,19 +460,36 @@ class _SliceReader:
         self.set_range(0, len(self.batches))
 
 
-def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: bool, method: str,
-                batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool, threshold: float,
-                target: str, progress: Progress | None) -> tuple[onnx.ModelProto, RangeFit]:
-    prepared, quantized = tmp / "prepared.onnx", tmp / "int8.onnx"
+def prepare_fp32(src_onnx: Path, out_onnx: Path, calibration: np.ndarray, *, batch_size: int = 4,
+                 equalise: bool = True) -> int:
+    """The fp32 graph the Q/DQ pairs are placed in: shapes inferred, channels equalised (see
+    :func:`liverrt.export.calibrate.equalize`; the same function within float rounding, int8-friendlier),
+    written to ``out_onnx``; returns how many convolutions were rescaled."""
     # shape inference only: ORT's graph optimisations would add ORT-specific opset imports. ONNX's own
     # shape inference, not onnxruntime's symbolic one: that gives up on DnCNN-SR's dynamic H/W and then
     # writes sym_shape_infer_temp.onnx + .data files into the working directory; on the U-Net and the
     # Mask R-CNN backbone ONNX's types every tensor the symbolic one does, with the same types and ranks
-    quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-    equalized = onnx.load(str(prepared))
+    quant_pre_process(str(src_onnx), str(out_onnx), skip_optimization=True, skip_symbolic_shape=True)
+    if not equalise:
+        return 0
+    equalized = onnx.load(str(out_onnx))
     n_equalized = equalize(equalized, calibration, batch_size=batch_size, input_name=INPUT_NAME)
-    onnx.save(equalized, str(prepared))  # the same function as src (within float rounding), int8-friendlier
-    graph = equalized.graph
+    onnx.save(equalized, str(out_onnx))
+    return n_equalized
+
+
+def place_qdq(prepared: Path, calibration: np.ndarray, *, per_channel: bool = True, batch_size: int = 4,
+              quantize_conv_outputs: bool = True, float_input_layer: bool = True,
+              target: str = "onnxruntime") -> tuple[onnx.ModelProto, int]:
+    """The QDQ graph of the fp32 graph ``prepared`` (from :func:`prepare_fp32`) with min-max activation scales.
+
+    onnxruntime's quantize_static places the pairs and quantises the weights (symmetric, per output
+    channel); the logits an output head reads stay float; scales are tied (:func:`tie_scales`); for the
+    onnxruntime ``target`` Relu outputs get zero point -128 (:func:`unsigned_relu_ranges`). Returns the
+    graph and how many scales are unsigned. :func:`to_int8` then chooses the activation ranges;
+    quantization-aware fine-tuning (:mod:`liverrt.export.qat`) learns them on this same graph.
+    """
+    graph = onnx.load(str(prepared)).graph
     heads = [n.name for n in graph.node if n.op_type in OUTPUT_HEAD_OPS]
     input_layer = [n.name for n in graph.node if INPUT_NAME in n.input] if float_input_layer else []
     reader = _SliceReader(calibration, batch_size)
@@ -475,19 +504,32 @@ def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: b
     }
     if not quantize_conv_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "ConvTranspose"]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        quantize_static(
-            str(prepared), str(quantized), reader,
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=heads + input_layer, extra_options=extra,
-        )
-    model = onnx.load(str(quantized))
+    with tempfile.TemporaryDirectory(prefix="liverrt-qdq-") as tmp:
+        quantized = Path(tmp) / "int8.onnx"
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(prepared), str(quantized), reader,
+                quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=heads + input_layer, extra_options=extra,
+            )
+        model = onnx.load(str(quantized))
     with edit_graph(model) as qdq:
         _float_logits(qdq, heads)
     tie_scales(model)
     unsigned = unsigned_relu_ranges(model) if target == "onnxruntime" else 0
+    return model, unsigned
+
+
+def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: bool, method: str,
+                batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool, threshold: float,
+                target: str, progress: Progress | None) -> tuple[onnx.ModelProto, RangeFit]:
+    prepared = tmp / "prepared.onnx"
+    n_equalized = prepare_fp32(src, prepared, calibration, batch_size=batch_size)
+    model, unsigned = place_qdq(prepared, calibration, per_channel=per_channel, batch_size=batch_size,
+                                quantize_conv_outputs=quantize_conv_outputs, float_input_layer=float_input_layer,
+                                target=target)
     # min-max ranges are where quantize_static leaves them; the method replaces them (calibrate.py)
     fit = fit_ranges(prepared, model, calibration, method=method, batch_size=batch_size, threshold=threshold,
                      input_name=INPUT_NAME, progress=progress)

@@ -37,6 +37,9 @@ class LiverrtModel(nn.Module):
       only and, holding NMS, runs image by image.
     * ``precisions``; ``unsupported_formats``: export format -> why this model has none.
     * ``default_calib_method``: the INT8 activation-range method export uses unless told otherwise.
+    * ``qat_supported``: ``liverrt export --precision int8 --qat`` can fine-tune it
+      (:mod:`liverrt.export.qat`: its ONNX graph of convolutions, Relu, MaxPool and Concat ends in a sigmoid
+      head whose logits train with Dice + BCE against liver masks).
     """
 
     kind: ClassVar[str]
@@ -52,6 +55,7 @@ class LiverrtModel(nn.Module):
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     unsupported_formats: ClassVar[Mapping[str, str]] = {}
     default_calib_method: ClassVar[str] = "search"
+    qat_supported: ClassVar[bool] = False
 
     #: the builder arguments that rebuild this model (stored in checkpoints)
     config: dict

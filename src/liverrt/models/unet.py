@@ -45,6 +45,7 @@ class UNet(LiverrtModel):
     gate = "masks"
     output_names = graph_output_names = ("prob",)
     output_descriptions = {"prob": "sigmoid liver probability, (N, 1, S, S) float32"}
+    qat_supported = True  # quantization-aware INT8 fine-tuning (liverrt.export.qat)
 
     def __init__(
         self,
