@@ -44,12 +44,16 @@ def test_bench_reports_both_engines_and_ratios(tmp_path, tiny_checkpoint):
                for r in results["rows"])
     assert {(g["engine"], g["precision"]) for g in results["gates"]} == {("onnxruntime", p) for p in
                                                                         ("fp32", "fp16", "int8")}
+    verdicts = {g["precision"]: g["verdict"] for g in results["gates"]}  # quick: int8 with percentile ranges
+    assert verdicts["fp32"] in ("passed", "failed") and verdicts["int8"] == "not gated: quick int8 ranges"
+    assert results["subject"]["checkpoint"] == str(tiny_checkpoint) and not results["subject"]["random_weights"]
     assert set(results["int8"]) == {"batch_1", "batch_2"}
     assert any(s["variant"] == "tensorrt" for s in results["skipped"])  # no TensorRT here, and it says why
     assert set(results["speedup_onnxruntime_over_torch"]) == {"batch_1", "batch_2"}
     assert results["machine"]["cores"] >= 1 and results["machine"]["versions"]["torch"]
     assert (tmp_path / "report.md").read_text() == markdown_report(full)
     assert "## U-Net engines" in markdown_report(full)
+    assert "Model timed: **tiny.pt** (checkpoint" in markdown_report(full)
     assert json.loads((tmp_path / "results.json").read_text())["engines"]["rows"] == results["rows"]
 
 
@@ -85,6 +89,8 @@ def test_bench_times_dncnn_sr_and_gates_it_by_psnr(tmp_path):
     assert {(r["engine"], r["precision"]) for r in results["rows"]} == {
         ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "int8")}
     assert all(r["e2e_slice_ms_median"] > 0 for r in results["rows"])
-    assert all(set(g) >= {"mean_psnr_db", "worst_psnr_db"} for g in results["gates"]) and len(results["gates"]) == 3
+    assert len(results["gates"]) == 3
+    gated = [g for g in results["gates"] if g["precision"] != "int8"]  # quick: int8 timed, not gated
+    assert all(set(g) >= {"mean_psnr_db", "worst_psnr_db"} for g in gated)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## DnCNN-SR engines" in report and "mean PSNR vs PyTorch" in report

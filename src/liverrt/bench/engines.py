@@ -1,21 +1,24 @@
 """Engine latency per slice for every engine and precision available here, measured in one run.
 
-The network is the study's U-Net with seeded random weights, or any liverrt
-checkpoint (U-Net, Mask R-CNN, DnCNN-SR). Variants: torch eager (fp32),
-onnxruntime fp32, fp16 and int8 (Q/DQ from phantom calibration slices), and
-TensorRT when it is installed with a GPU (otherwise listed as skipped, with
-the reason; the split Mask R-CNN has no plan). For each: network only
-(``engine.infer``; for Mask R-CNN the three graphs and the NumPy/Numba steps
-between them) and end to end at batch 1 and 8, and the verification gate of
-each variant against torch (ΔDice; for DnCNN-SR the PSNR of its output
-against PyTorch's). End to end is the Segmenter (preprocess, network,
-restore to the source grid, threshold) for the segmentation networks, and
+The network is what :mod:`liverrt.bench.subject` resolves: the bundled default model unless told
+otherwise, a bundled model by name, a checkpoint or ONNX file (U-Net, Mask R-CNN, DnCNN-SR), or a
+registered network with seeded random weights. Variants: torch eager (fp32, from the checkpoint when
+there is one), onnxruntime fp32 (the model's fp32 ONNX), fp16 and int8 (Q/DQ from phantom
+calibration slices), both built from that graph, and TensorRT when it is installed with a GPU
+(otherwise listed as skipped, with the reason; the split Mask R-CNN has no plan). For each: network
+only (``engine.infer``; for Mask R-CNN the three graphs and the NumPy/Numba steps between them) and
+end to end at batch 1 and 8, and the verification gate of each variant against the checkpoint on
+torch (ΔDice; for DnCNN-SR the PSNR of its output against PyTorch's). End to end is the Segmenter
+(preprocess, network, restore to the source grid, threshold) for the segmentation networks, and
 preprocess + network for DnCNN-SR, whose output is an image.
 
-Every number is measured here, on the same preprocessed phantom slices (not
-random tensors), after warm-up: median and p95 over repeats, per batch and
-per slice, slices/s, and the onnxruntime/torch speed ratio, plus the machine
-and library versions. The results are not assertions; they are reported.
+A variant is not gated, and its gate column says why, when the verdict could not mean anything:
+random weights, no checkpoint to compare against, or quick's int8 ranges (:data:`QUICK_SKIPS`).
+
+Every number is measured here, on the same preprocessed phantom slices (not random tensors), after
+warm-up: median and p95 over repeats, per batch and per slice, slices/s, and the onnxruntime/torch
+speed ratio, plus the machine and library versions. The results are not assertions; they are
+reported.
 """
 
 from __future__ import annotations
@@ -24,28 +27,25 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from liverrt.artifacts import ArtifactInfo, artifact_info, onnx_metadata
-from liverrt.artifacts.checkpoint import save_checkpoint
 from liverrt.artifacts.metadata import PRECISIONS
+from liverrt.bench.subject import RandomWeights, Subject, prepare_subject
 from liverrt.bench.timing import time_call
 from liverrt.data.phantom import PhantomConfig, synth_case
 from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
 from liverrt.export import precision as prec
 from liverrt.export.gate import default_volumes, verify_artifact
-from liverrt.export.onnx import export_onnx
 from liverrt.export.pipeline import default_calib_method
 from liverrt.machine import machine_info
-from liverrt.models import build, model_class
+from liverrt.models import model_class
 from liverrt.runtime import open_engine
 from liverrt.runtime.segmenter import Segmenter
 from liverrt.runtime.tensorrt_loader import current_machine
@@ -53,21 +53,47 @@ from liverrt.runtime.tensorrt_loader import current_machine
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much the engines section measures: :data:`FULL`, or :data:`QUICK` (CI's run)."""
+
+    repeats_batch1: int
+    repeats_batched: int  # at every batch size above 1
+    calib_slices: int
+    int8_search: bool  # calibrate int8 as `liverrt export` does even where that is the range search
+
+    def repeats(self, batch: int) -> int:
+        return self.repeats_batch1 if batch == 1 else self.repeats_batched
+
+
+FULL = Budget(repeats_batch1=30, repeats_batched=10, calib_slices=32, int8_search=True)
+QUICK = Budget(repeats_batch1=10, repeats_batched=3, calib_slices=16, int8_search=False)
+
+#: what ``--quick`` leaves out of this section (the report lists it)
+QUICK_SKIPS = (
+    f"engines: {QUICK.repeats_batch1} repeats at batch 1 and {QUICK.repeats_batched} at batch 8 "
+    f"(full: {FULL.repeats_batch1} and {FULL.repeats_batched})",
+    f"engines: int8 calibrates on {QUICK.calib_slices} phantom slices (full: {FULL.calib_slices}) and, where the "
+    "model's `liverrt export` default is the range search (many minutes on 2 cores), takes one-pass percentile "
+    "ranges instead: timed, not gated",
+)
+
+RANDOM = "not gated: random weights"
+NO_CHECKPOINT = "not gated: no checkpoint"
+QUICK_INT8 = "not gated: quick int8 ranges"
+#: why a variant is not gated, one line each (the report prints those that occur)
+NOT_GATED_WHY = {
+    RANDOM: "the network has random weights, so its masks mean nothing and neither would the gate's verdict on "
+            "them; time a trained model (the default, or --model) to gate it",
+    NO_CHECKPOINT: "the gate compares each variant with the PyTorch checkpoint it came from, and {reason}",
+    QUICK_INT8: "quick calibrates int8 with percentile ranges instead of the range search `liverrt export` uses, "
+                "and such ranges can cost a trained model its masks; the row times the same Q/DQ graph, and only "
+                "the full bench gates it",
+}
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path, Path]:
-    """A checkpoint (given, or the paper U-Net with seeded random weights) and its verified ONNX export."""
-
-
-    if model is None:
-        torch.manual_seed(0)
-        model = save_checkpoint(work / "unet_random.pt", build("unet_paper").eval(), model_name="unet_paper",
-                                spec=PreprocessSpec(size=size))
-    onnx_path = work / f"{artifact_info(model).kind}.onnx"
-    export_onnx(model, onnx_path)
-    return model, onnx_path
 
 
 def _slices(size: int, n: int) -> np.ndarray:
@@ -77,92 +103,131 @@ def _slices(size: int, n: int) -> np.ndarray:
     return x
 
 
-def _variants(work: Path, ckpt: Path, onnx_path: Path, info, on_step,
-              int8_method: str) -> tuple[list[tuple[str, str, Path]], list[dict]]:
-    """(engine, precision, artifact) triples that can run here, and the ones skipped with their reason.
+def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path | None, Path]:
+    """``(checkpoint, fp32 ONNX)`` of ``model``, or of the study's U-Net with seeded random weights at ``size``
+    (``benchmarks/int8_variants.py`` uses this)."""
+    subject = prepare_subject(work, model=model, random_weights=None if model else RandomWeights(size=size))
+    return subject.checkpoint, subject.onnx
 
-    ``info``: the checkpoint's :class:`liverrt.artifacts.ArtifactInfo` (kind, PreprocessSpec).
-    """
 
-    variants = [("torch", "fp32", ckpt), ("onnxruntime", "fp32", onnx_path)]
-    skipped = []
-    stem = onnx_path.stem
-    if on_step:
-        on_step("fp16 and int8 graphs")
+@dataclass(frozen=True)
+class _Variant:
+    engine: str
+    precision: str
+    path: Path
+    not_gated: str | None = None  # the gate column's text when it is not run
+
+
+def _int8_method(kind: str, budget: Budget) -> tuple[str, bool]:
+    """The int8 calibration method and whether it is the one `liverrt export` uses for ``kind``."""
+    default = default_calib_method(kind)
+    if default == "search" and not budget.int8_search:
+        return "percentile", False
+    return default, True
+
+
+def _variants(work: Path, subject: Subject, info: ArtifactInfo, step: Callable[[str], None],
+              budget: Budget) -> tuple[list[_Variant], list[dict]]:
+    """The variants that can run here, and the ones skipped with their reason."""
+    not_gated = RANDOM if subject.random_weights else NO_CHECKPOINT if subject.checkpoint is None else None
+    variants, skipped = [], []
+    if subject.checkpoint is not None:
+        variants.append(_Variant("torch", "fp32", subject.checkpoint))
+    else:
+        skipped.append({"variant": "torch fp32", "reason": subject.no_checkpoint})
+    variants.append(_Variant("onnxruntime", "fp32", subject.onnx, not_gated))
+    stem = subject.onnx.stem
+    step("fp16 and int8 graphs")
     try:  # a split Mask R-CNN converts its rpn graph; the box/mask graphs beside it stay fp32
-        prec.to_fp16(onnx_path, work / f"{stem}.fp16.onnx")
-        variants.append(("onnxruntime", "fp16", work / f"{stem}.fp16.onnx"))
+        prec.to_fp16(subject.onnx, work / f"{stem}.fp16.onnx")
+        variants.append(_Variant("onnxruntime", "fp16", work / f"{stem}.fp16.onnx", not_gated))
     except Exception as exc:  # reported, not fatal: the other variants still run
         skipped.append({"variant": "onnxruntime fp16", "reason": str(exc)[:200]})
+    method, as_export = _int8_method(info.kind, budget)
+    calib = None
     try:
-        calib = prec.calibration_slices(default_volumes(info.spec.size, cases=2, seed=2000), info.spec, n=32)
-        prec.to_int8(onnx_path, work / f"{stem}.int8.onnx", calib, calibration_source="phantoms (bench)",
-                     method=int8_method)
-        variants.append(("onnxruntime", "int8", work / f"{stem}.int8.onnx"))
+        calib = prec.calibration_slices(default_volumes(info.spec.size, cases=2, seed=2000), info.spec,
+                                        n=budget.calib_slices)
+        prec.to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib, calibration_source="phantoms (bench)",
+                     method=method)
+        variants.append(_Variant("onnxruntime", "int8", work / f"{stem}.int8.onnx",
+                                 not_gated or (None if as_export else QUICK_INT8)))
     except Exception as exc:
         skipped.append({"variant": "onnxruntime int8", "reason": str(exc)[:200]})
-    no_plan = model_class(info.kind).unsupported_formats.get("tensorrt")
-    if no_plan:
-        skipped.append({"variant": "tensorrt", "reason": no_plan})
-        return variants, skipped
-    try:
-        current_machine()
-        for precision in PRECISIONS:
-            path = onnx_path if precision == "fp32" else work / f"{stem}.{precision}.onnx"
-            if precision == "int8" and path.exists():  # the onnxruntime graph's zero points -128: TensorRT refuses
-                path = prec.to_int8(onnx_path, work / f"{stem}.int8.tensorrt.onnx", calib,
-                                    calibration_source="phantoms (bench)", method=int8_method, target="tensorrt")
-            if path.exists():
-                variants.append(("tensorrt", precision, path))
-    except Exception as exc:
-        skipped.append({"variant": "tensorrt", "reason": str(exc).split(";")[0][:200]})
+    skipped += _tensorrt_variants(work, subject, info, calib, method, variants)
     return variants, skipped
 
 
-def run_engines(*, quick: bool = True, model: Path | None = None, batch_sizes: tuple[int, ...] = (1, 8),
-                on_step: Callable[[str], None] | None = None) -> dict:
-    """Measure the engines of ``model`` (default: the random-weight U-Net); returns the results dict
-    (see :func:`markdown_report`)."""
+def _tensorrt_variants(work: Path, subject: Subject, info: ArtifactInfo, calib: np.ndarray | None, method: str,
+                       variants: list[_Variant]) -> list[dict]:
+    """Append the TensorRT variants that can run here; return the skipped ones with their reason."""
+    no_plan = model_class(info.kind).unsupported_formats.get("tensorrt")
+    if no_plan:
+        return [{"variant": "tensorrt", "reason": no_plan}]
+    by_precision = {v.precision: v for v in variants if v.engine == "onnxruntime"}
+    try:
+        current_machine()
+        for precision in PRECISIONS:
+            if precision not in by_precision:
+                continue
+            v = by_precision[precision]
+            path = v.path
+            if precision == "int8":  # the onnxruntime graph's zero points -128: TensorRT refuses
+                path = prec.to_int8(subject.onnx, work / f"{subject.onnx.stem}.int8.tensorrt.onnx", calib,
+                                    calibration_source="phantoms (bench)", method=method, target="tensorrt")
+            variants.append(_Variant("tensorrt", precision, path, v.not_gated))
+    except Exception as exc:
+        return [{"variant": "tensorrt", "reason": str(exc).split(";")[0][:200]}]
+    return []
+
+
+def run_engines(*, quick: bool = True, model: str | Path | None = None, random_weights: RandomWeights | None = None,
+                batch_sizes: tuple[int, ...] = (1, 8), on_step: Callable[[str], None] | None = None) -> dict:
+    """Measure the engines of ``model`` (default: the bundled default model) or of a network with
+    ``random_weights``; returns the results dict (see :func:`liverrt.bench.engines_report.markdown_report`)."""
     step = on_step or (lambda _: None)
-    repeats = {1: 10, 8: 3} if quick else {1: 30, 8: 10}
+    budget = QUICK if quick else FULL
     with tempfile.TemporaryDirectory(prefix="liverrt-bench-") as tmp:
         work = Path(tmp)
-        step(f"exporting {'the U-Net' if model is None else model} to ONNX")
-        t0 = time.perf_counter()
-        ckpt, onnx_path = _prepare_model(work, 512, model)
-        export_s = time.perf_counter() - t0
-        info = artifact_info(ckpt)
-        # the output-aware range search takes many minutes at 512² on two cores; the quick bench of the
-        # random-weight model (whose gate says little anyway) times the same graph with one-pass ranges
-        int8_method = "percentile" if quick and model is None else default_calib_method(info.kind)
-        variants, skipped = _variants(work, ckpt, onnx_path, info, on_step, int8_method)
-        int8_calibration = _calibration_meta(work / f"{onnx_path.stem}.int8.onnx")
+        subject = prepare_subject(work, model=model, random_weights=random_weights, on_step=step)
+        info = artifact_info(subject.onnx)
+        variants, skipped = _variants(work, subject, info, step, budget)
+        int8_calibration = _calibration_meta(work / f"{subject.onnx.stem}.int8.onnx")
         inputs = _BenchInputs.make(info, batch_sizes)
         rows, gates = [], []
-        for engine_name, precision, path in variants:
-            with open_engine(engine_name, path) as engine:
+        for v in variants:
+            with open_engine(v.engine, v.path) as engine:
                 for bs in batch_sizes:
-                    step(f"{engine_name} {precision} batch {bs}")
-                    rows.append(_time_engine(engine, precision, bs, inputs, repeats.get(bs, max(3, 24 // bs))))
-            if engine_name != "torch":
-                step(f"verification gate {engine_name} {precision}")
-                gates.append(_gate_row(ckpt, path, engine_name, precision, info))
+                    step(f"{v.engine} {v.precision} batch {bs}")
+                    rows.append(_time_engine(engine, v.precision, bs, inputs, budget.repeats(bs)))
+            if v.engine != "torch":
+                if v.not_gated is None:
+                    step(f"verification gate {v.engine} {v.precision}")
+                gates.append(_gate_row(subject, v, info))
     speedups, int8 = _ratios(rows, batch_sizes)
     return {
         "benchmark": f"{info.kind}_engines",
         "kind": info.kind,
-        "model": "unet_paper (1,940,817 parameters, seeded random weights)" if model is None else str(model),
+        "model": subject.name,
+        "subject": subject.describe(),
         "input": "(N, {}, {}, {}) float32, preprocessed phantom slices".format(*info.spec.input_shape(1)[1:]),
         "quick": quick,
-        "export_seconds": export_s,
+        "export_seconds": subject.export_seconds,
         "rows": rows,
         "gates": gates,
+        "not_gated_why": _not_gated_why(gates, subject),
         "skipped": skipped,
         "speedup_onnxruntime_over_torch": speedups,
         "int8": int8,
         "int8_calibration": int8_calibration,
         "machine": machine_info(),
     }
+
+
+def _not_gated_why(gates: list[dict], subject: Subject) -> dict[str, str]:
+    """One line per reason a variant was not gated, for those that occur."""
+    verdicts = dict.fromkeys(g["verdict"] for g in gates if g["passed"] is None)
+    return {v: NOT_GATED_WHY[v].format(reason=subject.no_checkpoint) for v in verdicts}
 
 
 @dataclass(frozen=True)
@@ -200,10 +265,14 @@ def _time_engine(engine, precision: str, bs: int, inputs: _BenchInputs, n_rep: i
             "e2e_slice_ms_median": statistics.median(e2e) * 1e3 / vol.shape[0]}
 
 
-def _gate_row(ckpt: Path, path: Path, engine_name: str, precision: str, info: ArtifactInfo) -> dict:
-    """The verification gate of one variant on phantoms, as the report shows it."""
-    rep = verify_artifact(ckpt, path, default_volumes(info.spec.size, cases=2), engine=engine_name)
-    gate = {"engine": engine_name, "precision": precision, "passed": rep.passed}
+def _gate_row(subject: Subject, v: _Variant, info: ArtifactInfo) -> dict:
+    """The verification gate of one variant on phantoms, as the report shows it; a variant that is not
+    gated has its reason as the verdict and no numbers."""
+    gate = {"engine": v.engine, "precision": v.precision}
+    if v.not_gated is not None:
+        return {**gate, "passed": None, "verdict": v.not_gated}
+    rep = verify_artifact(subject.checkpoint, v.path, default_volumes(info.spec.size, cases=2), engine=v.engine)
+    gate.update(passed=rep.passed, verdict="passed" if rep.passed else "failed")
     if model_class(info.kind).gate == "psnr":
         gate.update(mean_psnr_db=rep.mean["psnr_db"], worst_psnr_db=rep.worst["psnr_db"])
     else:
@@ -215,19 +284,19 @@ def _gate_row(ckpt: Path, path: Path, engine_name: str, precision: str, info: Ar
 def _ratios(rows: list[dict], batch_sizes: tuple[int, ...]) -> tuple[dict, dict]:
     """Per batch size: onnxruntime fp32 over torch, and int8 over both (ratios of one run's medians)."""
     by = {(r["engine"], r["precision"], r["batch"]): r["slice_ms_median"] for r in rows}
-    speedups = {f"batch_{bs}": by[("torch", "fp32", bs)] / by[("onnxruntime", "fp32", bs)] for bs in batch_sizes}
+    speedups = {f"batch_{bs}": by[("torch", "fp32", bs)] / by[("onnxruntime", "fp32", bs)] for bs in batch_sizes
+                if ("torch", "fp32", bs) in by}
     int8 = {}
     for bs in batch_sizes:
         if ("onnxruntime", "int8", bs) in by:
             q = by[("onnxruntime", "int8", bs)]
+            torch_ms = by.get(("torch", "fp32", bs))
             int8[f"batch_{bs}"] = {"int8_ms_per_slice": q, "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)] / q,
-                                   "vs_torch": by[("torch", "fp32", bs)] / q}
+                                   "vs_torch": None if torch_ms is None else torch_ms / q}
     return speedups, int8
 
 
 def _calibration_meta(path: Path) -> dict | None:
-
-
     if not path.exists():
         return None
     meta = onnx_metadata(path)
@@ -237,65 +306,3 @@ def _calibration_meta(path: Path) -> dict | None:
 def _first_slices(volume, n: int):
     return replace(volume, image=volume.image[:n], mask=None if volume.mask is None else volume.mask[:n],
                    instances=None, slice_names=volume.slice_names[:n] if volume.slice_names else volume.slice_names)
-
-
-def markdown_report(results: dict) -> str:
-    m = results["machine"]
-    described = model_class(results.get("kind", "unet"))
-    title = described.title
-    lines = [
-        f"## {title} engines",
-        "",
-        f"- machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
-        f"- date: {m['date']}; python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
-        f"- model: {results['model']}; input {results['input']}",
-        f"- mode: {'quick' if results['quick'] else 'full'}; warm-up 2 calls, then median/p95 over the repeats",
-        "",
-        "| engine | precision | batch | repeats | ms/batch (median) | ms/batch (p95) | ms/slice network | "
-        "slices/s | ms/slice end to end |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["rows"]:
-        lines.append(
-            f"| {r['engine']} | {r.get('precision', 'fp32')} | {r['batch']} | {r['repeats']} | "
-            f"{r['batch_ms_median']:.1f} | {r['batch_ms_p95']:.1f} | {r['slice_ms_median']:.1f} | "
-            f"{r['slices_per_s']:.2f} | {r.get('e2e_slice_ms_median', float('nan')):.1f} |"
-        )
-    lines.append("")
-    for k, v in results["speedup_onnxruntime_over_torch"].items():
-        lines.append(f"- onnxruntime / torch speed ratio at {k.replace('_', ' ')}: **{v:.2f}x** "
-                     f"(torch ms/slice ÷ onnxruntime ms/slice, same run)")
-    for k, v in results.get("int8", {}).items():
-        lines.append(f"- int8 onnxruntime at {k.replace('_', ' ')}: {v['int8_ms_per_slice']:.1f} ms/slice, "
-                     f"**{v['vs_onnxruntime_fp32']:.2f}x** onnxruntime fp32, **{v['vs_torch']:.2f}x** torch eager")
-    cal = results.get("int8_calibration")
-    if cal:
-        lines.append(f"- int8 activation ranges: {cal['method']}"
-                     + (f", {len(cal['float_tensors'])} tensors left float" if cal.get("float_tensors") else "")
-                     + (f" (calibration ΔDice {cal['calib_delta_dice']:.2e})"
-                        if cal.get("calib_delta_dice") is not None else ""))
-    if described.task == "denoising":
-        lines.append(f"- end to end for {title}: preprocess + network (its output is an image)")
-    if described.split_export:
-        lines.append(f"- {title}: 'network' is the three graphs plus the NumPy/Numba steps between them (proposals, "
-                     "NMS, mask pasting); fp16/int8 convert the backbone + FPN + RPN graph, the RoI heads stay fp32")
-    if results.get("gates"):
-        random = "random weights" in results["model"]
-        lines += ["", "Verification gate against torch (2 phantom cases" + ("; on a random-weight model its numbers "
-                  "say little about a trained one" if random else "") + "):", ""]
-        if described.gate == "psnr":
-            lines += ["| engine | precision | mean PSNR vs PyTorch (dB) | worst slice (dB) | gate |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {g['engine']} | {g['precision']} | {g['mean_psnr_db']:.1f} | {g['worst_psnr_db']:.1f} | "
-                      f"{'passed' if g['passed'] else 'failed'} |" for g in results["gates"]]
-        else:
-            lines += ["| engine | precision | mean ΔDice | worst ΔDice | mean ΔBoundary IoU | gate |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {g['engine']} | {g['precision']} | {g['mean_delta_dice']:.2e} | {g['worst_delta_dice']:.2e}"
-                      f" | {g['mean_delta_boundary_iou']:.2e} | {'passed' if g['passed'] else 'failed'} |"
-                      for g in results["gates"]]
-    for sk in results.get("skipped", []):
-        lines.append(f"- skipped {sk['variant']}: {sk['reason']}")
-    return "\n".join(lines) + "\n"

@@ -53,9 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("liverrt.cli.demo:demo",
              "Run the whole pipeline on built-in phantoms: synth -> train -> ONNX -> onnxruntime -> eval -> report."),
     "bench": ("liverrt.cli.bench:bench",
-              "Measure the engines of a network (torch vs onnxruntime fp32/fp16/int8, batch 1 and 8) and "
-              "the metric kernels (vs SciPy references); prints a Markdown report and writes report.md "
-              "and results.json."),
+              "Measure how fast a model runs on each engine and precision, and the metric kernels."),
     "models": ("liverrt.cli.models:models",
                "List the bundled liver models and print their cards (training data and licences, metrics, speed)."),
     "import-detectron2": ("liverrt.cli.import_d2:import_detectron2",
