@@ -76,6 +76,7 @@ def test_an_hu_model_refuses_8bit_slices_and_the_batch_goes_on(tmp_path, tiny_on
     r = CliRunner().invoke(cli, ["infer", "--model", str(tiny_onnx), "--input", str(tmp_path / "in" / "jpegs"),
                                  "--out", str(tmp_path / "seg2")])
     assert r.exit_code == 2 and not (tmp_path / "seg2").exists()
+    assert "->" not in r.output  # no summary line pointing at an output folder that was not written
 
 
 def test_an_8bit_model_takes_hu_ct_through_its_window_with_a_warning(tmp_path, tiny_onnx_8bit, caplog):

@@ -95,9 +95,10 @@ def infer(ctx: click.Context, model: str | None, engine: str, providers: str | N
         warn = " [yellow](liver touches the first/last slice: incomplete)[/]" if c["touches_first_or_last_slice"] else ""
         console.print(f"  {c['id']}: {c['slices_with_liver']} slices with liver, {vol}{warn}")
     n = len(report.cases)
-    page = f"; open {out / 'summary.html'} in a browser" if n else ""
-    console.print(f"{n} case{'s' if n != 1 else ''} in {report.seconds:.1f}s -> {out}{page}")
-    fail_if_skipped(report.skipped, len(report.cases))
+    if n:  # with none written, the error below says why and nothing points to an output that is not there
+        console.print(f"{n} case{'s' if n != 1 else ''} in {report.seconds:.1f}s -> {out}; open "
+                      f"{out / 'summary.html'} in a browser")
+    fail_if_skipped(report.skipped, n)
 
 
 def _model(model: str | None, engine: str) -> tuple[Path, bool]:
