@@ -1,7 +1,7 @@
 """Find the cases in a source path and read them into Volumes.
 
 Each layout is one class in :mod:`liverrt.data.layouts`, tried in the order of
-its registry (``liverrt data inspect`` and the README list them):
+its registry (``liverrt data inspect`` and docs/data.md list them):
 
 * dataset roots: MSD (``imagesTr`` + ``labelsTr``) and LiTS (``volume-N`` +
   ``segmentation-N``) NIfTI datasets (:mod:`liverrt.data.nifti_sets`);

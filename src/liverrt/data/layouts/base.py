@@ -58,7 +58,7 @@ class Layout:
     """
 
     name: ClassVar[str]
-    description: ClassVar[str]  # one line: what the layout looks like (data inspect, the README table)
+    description: ClassVar[str]  # one line: what the layout looks like (data inspect, the table in docs/data.md)
     dataset: ClassVar[bool] = False  # True: found only as a whole root (LiTS, MSD), never as one case folder
     mask_is_label_map: ClassVar[bool] = False  # the mask is one NIfTI label map (liver = label > 0)
     labels_in_case: ClassVar[bool] = False  # labels in the layout's own format: read them with load, not as masks
