@@ -105,3 +105,13 @@ def write_ct_series(folder: Path, ipps, names, *, iop=AXIAL, spacing=(0.8, 0.7),
         write_ct_slice(folder / name, px, ipp, iop=iop, spacing=spacing, series_uid=series_uid, study_uid=study_uid,
                        frame_uid=frame_uid, number=i + 1, description=description, slope=slope, intercept=intercept)
     return series_uid
+
+
+class Clock:
+    """A clock for progress and ETA tests: time moves only when a test sets ``t``."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t

@@ -1,14 +1,8 @@
 """Progress in logs: where stderr is no terminal, long work still reports as it goes."""
 
+from liverrt_test_helpers import Clock
+
 from liverrt.cli.common import LogProgress, progress_bar
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_a_line_per_tenth_and_one_at_the_end():

@@ -12,7 +12,7 @@ import textwrap
 import click
 import pytest
 from click.testing import CliRunner
-from liverrt_test_helpers import make_volume, write_ct_series
+from liverrt_test_helpers import Clock, make_volume, write_ct_series
 
 from liverrt.cli import COMMANDS, cli
 from liverrt.cli.common import Eta, LogProgress, TimeBudget
@@ -127,14 +127,6 @@ def test_long_log_and_console_lines_stay_one_line_off_a_terminal(monkeypatch, no
 
 
 # -- 4. elapsed time and ETA -------------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
 
 def test_eta_from_the_rate_after_the_first_report():
     clock = Clock()
