@@ -135,7 +135,7 @@ def _read_truth(where: Path | CaseRef, cid: str) -> MaskVolume:
     if not isinstance(where, CaseRef):
         return read_mask(where, cid)
     volume = load_case(where)
-    spacing = volume.spacing if volume.intensity == "hu" else None
+    spacing = volume.spacing if volume.has_geometry else None
     return MaskVolume(cid, volume.mask, spacing, Path(where.image), affine=volume.affine if spacing else None,
                       slice_names=volume.slice_names or None)
 

@@ -48,7 +48,7 @@ def _summary(ref: CaseRef, options: ReadOptions) -> dict:
         "first_annotated": notes.annotated[0] if notes.annotated else None,
         "last_annotated": notes.annotated[-1] if notes.annotated else None,
         "shape": list(volume.shape),
-        "spacing": list(volume.spacing) if volume.intensity == "hu" else None,
+        "spacing": list(volume.spacing) if volume.has_geometry else None,
         "intensity": volume.intensity,
         "orphan_masks": notes.orphan_masks,
         "unannotated": notes.unannotated,

@@ -221,6 +221,12 @@ class Volume:
         return tuple(int(s) for s in self.image.shape)  # type: ignore[return-value]
 
     @property
+    def has_geometry(self) -> bool:
+        """Slice geometry: a HU volume (real spacing, slices in order), unlike a set of 8-bit 2-D slices,
+        whose spacing is a placeholder and whose slices may be unrelated pictures."""
+        return self.intensity == "hu"
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Per-slice names; ``slice_000``... when the source had none."""
         if self.slice_names:

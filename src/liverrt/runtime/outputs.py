@@ -18,12 +18,6 @@ from liverrt.viz import ABDOMEN_WINDOW, overlay, pick_slices, save_png
 FORMATS = ("nifti", "png", "dicom-seg")
 
 
-def has_geometry(volume: Volume) -> bool:
-    """Whether ``volume`` has slice geometry (a HU volume: real spacing, slices in order), unlike a set of
-    8-bit 2-D slices, whose spacing is a placeholder and whose slices may be unrelated pictures."""
-    return volume.intensity == "hu"
-
-
 def grey01(image: np.ndarray, intensity: str, window: tuple[float, float] = ABDOMEN_WINDOW) -> np.ndarray:
     """A slice or plane of a volume as [0, 1] grey values for a picture: HU through ``window``
     (centre, width), 8-bit scaled."""
@@ -31,10 +25,10 @@ def grey01(image: np.ndarray, intensity: str, window: tuple[float, float] = ABDO
 
 
 def case_summary(volume: Volume, seg: Segmentation) -> dict:
-    """One case's line in ``summary.json``. Without slice geometry (:func:`has_geometry`) there is no
+    """One case's line in ``summary.json``. Without slice geometry (:attr:`Volume.has_geometry`) there is no
     volume in mL and no incomplete-organ flag (``None``): the first and last slices of a set of 2-D
     pictures are not the ends of a scan."""
-    geometry = has_geometry(volume)
+    geometry = volume.has_geometry
     per_slice = seg.mask.reshape(seg.mask.shape[0], -1).any(axis=1)
     touches = bool(per_slice.size) and bool(per_slice[0] or per_slice[-1])
     return {

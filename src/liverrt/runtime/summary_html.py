@@ -30,7 +30,7 @@ import numpy as np
 
 from liverrt import __version__
 from liverrt.data.volume import Volume
-from liverrt.runtime.outputs import grey01, has_geometry
+from liverrt.runtime.outputs import grey01
 from liverrt.runtime.segmenter import Segmentation
 from liverrt.viz import BOTH_COLOUR, PRED_COLOUR, TRUE_COLOUR, pick_slices, png_bytes, thumbnail
 
@@ -82,7 +82,7 @@ def case_views(volume: Volume, seg: Segmentation, *, slices: int = SLICES, size:
     """Thumbnails of ``volume`` with ``seg.mask`` (red) and the source's own mask, if any (green)."""
     gt = volume.mask
     dz, dy, dx = volume.spacing
-    geometry = has_geometry(volume)
+    geometry = volume.has_geometry
     axial = tuple(
         _picture(thumbnail(grey01(volume.image[i], volume.intensity), seg.mask[i], None if gt is None else gt[i],
                            size=size, row_scale=dy / dx if geometry else 1.0),
