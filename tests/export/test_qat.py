@@ -23,7 +23,7 @@ from liverrt.errors import InputError
 from liverrt.export import precision as prec
 from liverrt.export.onnx import export_onnx
 from liverrt.export.pipeline import ExportOptions, run_export
-from liverrt.export.qat import QatOptions, qat_to_int8
+from liverrt.export.qat import QMAX, QMIN, QatOptions, fake_quantize, qat_to_int8
 from liverrt.models.dncnn_sr import DnCNNSR
 from liverrt.training.losses import dice_bce_loss
 from liverrt.training.slices import build_slice_set
@@ -65,6 +65,47 @@ def fine_tuned(trained, tmp_path_factory):
 
 def _slices(vols, spec):
     return prec.calibration_slices(vols, spec, n=12, seed=5)
+
+
+def _edge_activations(seed: int, scale: float) -> torch.Tensor:
+    """Random activations plus zeros, the extreme levels, values just outside them and far outliers."""
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(seed)) * 60 * scale
+    edges = torch.tensor([0.0, 127, -128, 255, 127.6, -128.6, 255.6, -0.7, 1e4, -1e4]) * scale
+    x.view(-1)[:edges.numel()] = edges
+    return x
+
+
+@pytest.mark.parametrize("zero_point", [0, -128])
+@pytest.mark.parametrize("seed", range(5))
+def test_fake_quantize_values_and_input_gradient_equal_torchs(seed, zero_point):
+    scale = 0.05
+    x = _edge_activations(seed, scale)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = fake_quantize(ours, torch.tensor(scale), torch.tensor(float(zero_point)))
+    ref = torch.fake_quantize_per_tensor_affine(theirs, scale, zero_point, QMIN, QMAX)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + seed))
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(out, ref)
+    assert torch.equal(ours.grad, theirs.grad)
+
+
+@pytest.mark.parametrize("zero_point", [0, -128])
+@pytest.mark.parametrize("seed", range(5))
+def test_fake_quantize_scale_gradient_is_lsq(seed, zero_point):
+    """d loss / d scale, LSQ (Esser et al. 2020), written out in numpy float64: ``round(v) - v`` where the
+    level is in range, the clamped level where it is not, summed against the upstream gradient."""
+    scale = 0.05
+    x = _edge_activations(seed, scale)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + seed))
+    s = torch.tensor(scale, requires_grad=True)
+    (fake_quantize(x, s, torch.tensor(float(zero_point))) * weights).sum().backward()
+    v = x.numpy().astype(np.float32) / np.float32(scale)
+    level = np.rint(v) + zero_point
+    inside = (level >= QMIN) & (level <= QMAX)
+    clamped = np.clip(level, QMIN, QMAX) - zero_point
+    expected = np.sum(weights.numpy().astype(np.float64) * np.where(inside, np.rint(v) - v, clamped))
+    assert s.grad.item() == pytest.approx(expected, rel=1e-4, abs=1e-3)
 
 
 def test_fake_quant_forward_equals_onnxruntime_on_the_written_graph(fine_tuned, trained, tiny_spec):
