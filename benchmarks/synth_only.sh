@@ -5,8 +5,11 @@
 #   bash benchmarks/synth_only.sh [WORK [RUN [TRAIN OPTIONS...]]]
 # WORK (default /tmp/liverrt-synth-only) keeps the synthetic CT, made once and shared by runs; RUN
 # (default "run") names the run folder under WORK; options after it go to `liverrt train unet` (a
-# repeated option replaces the default). The rows of RESULTS.md (issue 17) are
-#   bash benchmarks/synth_only.sh W run                                        # the bundled model
+# repeated option replaces the default). PHANTOMS=N mixes N phantom cases (`liverrt data synth
+# --cases N --seed 0`, 256 x 256 x 32) into the training set. The rows of RESULTS.md (issue 17) are
+#   PHANTOMS=8 bash benchmarks/synth_only.sh W bundle --no-augment --max-minutes 134   # the bundled model
+#   bash benchmarks/synth_only.sh W run                                        # the first bundled model
+#   PHANTOMS=8 bash benchmarks/synth_only.sh W mixph --no-augment --max-minutes 33     # ablation: + phantoms
 #   bash benchmarks/synth_only.sh W noaug --no-augment --max-minutes 52        # ablation: no augmentation
 #   bash benchmarks/synth_only.sh W px15 --pixel-mm 1.5 --max-minutes 52       # ablation: 1.5 mm per pixel
 set -euo pipefail
@@ -22,7 +25,16 @@ if [ ! -d "$WORK/train" ]; then
   liverrt data synth --from-labels "$WORK/maps_val" --out "$WORK/val" --samples 1 --seed 100 --size 256
   liverrt data synth --from-labels "$WORK/maps_train" --out "$WORK/train" --samples 2 --seed 0 --size 256
 fi
-liverrt train unet --data "$WORK/train" --val-data "$WORK/val" --out "$WORK/$RUN" --size 256 --batch-size 8 \
+TRAIN="$WORK/train"
+if [ "${PHANTOMS:-0}" -gt 0 ]; then  # synthetic CT + phantoms: a folder of links to both
+  TRAIN="$WORK/train+phantoms$PHANTOMS"
+  if [ ! -d "$TRAIN" ]; then
+    liverrt data synth --out "$WORK/phantoms$PHANTOMS" --cases "$PHANTOMS" --seed 0 --size 256
+    mkdir -p "$TRAIN"
+    for d in "$WORK"/train/*/ "$WORK/phantoms$PHANTOMS"/*/; do ln -sfn "$d" "$TRAIN/$(basename "$d")"; done
+  fi
+fi
+liverrt train unet --data "$TRAIN" --val-data "$WORK/val" --out "$WORK/$RUN" --size 256 --batch-size 8 \
   --steps-per-epoch 100 --epochs 40 --max-minutes 55 --seed 0 --device cpu "$@"
 for post in "" "--keep-largest --fill-holes"; do
   python "$(dirname "$0")/eval_real.py" "$WORK/$RUN/best.pt" $post

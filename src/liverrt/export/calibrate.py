@@ -405,6 +405,12 @@ def equalize(model: onnx.ModelProto, calibration: np.ndarray, *, batch_size: int
     Nagel et al. 2019 (data-free quantisation), with activation ranges measured
     instead of inferred from batch norm. Measured on the demo U-Net with the
     search: held-out mean ΔDice 0.008 without, 0.0025 with.
+
+    Producers whose channels one convolution reads together (the two inputs of a U-Net decoder's
+    Concat: the up-convolution and the encoder's skip) are balanced as one tensor: the s of all their
+    channels share one normalisation. Normalised per producer, the bundled U-Net's up-convolutions
+    kept a range of ±600 beside skips of 0-3.5 in one int8 scale, which erased the skips: with
+    percentile ranges, quantising that one Concat alone cost mean ΔDice 0.69 on real CT.
     """
     plan = _Channels(gs.import_onnx(model)).plan()  # the graph is read only: weights change in place below
     if not plan:
@@ -413,8 +419,11 @@ def equalize(model: onnx.ModelProto, calibration: np.ndarray, *, batch_size: int
     ranges = _channel_max(model, [r.tensor for r in plan], calibration, batch_size, input_name)
     arrays = {name: numpy_helper.to_array(weights[name]).astype(np.float64)
               for r in plan for name in (_weight(r.producer), *(_weight(n) for n, _ in r.readers))}
-    for r in plan:  # in graph order: a reader rescaled here may be a producer further down
-        _rescale(r, _balancing_scales(r, ranges[r.tensor], arrays), arrays, weights)
+    for group in _shared_readers(plan):  # in graph order: a reader rescaled here may be a producer further down
+        raw = [_balancing_scales(plan[i], ranges[plan[i].tensor], arrays) for i in group]
+        top = max(float(s.max()) for s in raw)
+        for i, s in zip(group, raw, strict=True):
+            _rescale(plan[i], np.clip(s / top, 1e-4, None), arrays, weights)
     for name, arr in arrays.items():
         weights[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
     return len(plan)
@@ -494,7 +503,7 @@ def _weight(conv: gs.Node) -> str:
 
 
 def _balancing_scales(r: _Rescaling, top: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """s_c = sqrt(a_c / w_c) for the producer's channels (see :func:`equalize`), the largest 1."""
+    """s_c = sqrt(a_c / w_c) for the producer's channels (see :func:`equalize`), not yet normalised."""
     a = np.maximum(top, 1e-12)
     w = np.zeros(r.channels)
     for node, off in r.readers:
@@ -503,8 +512,29 @@ def _balancing_scales(r: _Rescaling, top: np.ndarray, arrays: dict[str, np.ndarr
         rows = np.abs(cols).max(axis=(0, 2, 3))  # per output channel of the reader
         w = np.maximum(w, (np.abs(cols[off:off + r.channels]) / np.maximum(rows, 1e-12)[None, :, None, None])
                        .max(axis=(1, 2, 3)))
-    s = np.sqrt(a / np.maximum(w, 1e-3 * max(w.max(), 1e-12)))  # a zero column must not set the scale
-    return np.clip(s / s.max(), 1e-4, None)
+    return np.sqrt(a / np.maximum(w, 1e-3 * max(w.max(), 1e-12)))  # a zero column must not set the scale
+
+
+def _shared_readers(plan: list[_Rescaling]) -> list[list[int]]:
+    """Indices into ``plan`` grouped by shared reader convolutions (transitively), each group in graph order,
+    the groups ordered by their first member."""
+    parent = list(range(len(plan)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_reader: dict[int, int] = {}
+    for i, r in enumerate(plan):
+        for node, _ in r.readers:
+            j = first_reader.setdefault(id(node), i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(plan)):
+        groups[root(i)].append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
 
 
 def _rescale(r: _Rescaling, s: np.ndarray, arrays: dict[str, np.ndarray],
