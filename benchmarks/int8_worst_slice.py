@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from liverrt.artifacts import artifact_info
@@ -80,8 +81,9 @@ def main() -> None:
         print(f"| {names[i]} | {base[i]:.4f} | {int(a[i].sum())} | {int((np.abs(ref[i] - t) < 0.2).sum())} | "
               f"{int(flip.sum())} | {np.median(dist) if dist.size else 0:.3f} / {dist.max() if dist.size else 0:.3f} |")
 
-    scales = list(dict.fromkeys(q.input[1] for q in calibrate._activation_qs(model)))
-    tensor = {q.input[1]: q.input[0] for q in reversed(calibrate._activation_qs(model))}
+    qs = calibrate._activation_qs(gs.import_onnx(model))
+    scales = list(dict.fromkeys(q.inputs[1].name for q in qs))
+    tensor = {q.inputs[1].name: q.inputs[0].name for q in reversed(qs)}
 
     def with_float(floats: set[str]) -> np.ndarray:
         m = copy.deepcopy(model)

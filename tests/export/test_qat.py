@@ -23,7 +23,7 @@ from liverrt.errors import InputError
 from liverrt.export import precision as prec
 from liverrt.export.onnx import export_onnx
 from liverrt.export.pipeline import ExportOptions, run_export
-from liverrt.export.qat import QMAX, QMIN, QatOptions, fake_quantize, qat_to_int8
+from liverrt.export.qat import QMAX, QMIN, QatOptions, QdqNet, fake_quantize, qat_to_int8
 from liverrt.models.dncnn_sr import DnCNNSR
 from liverrt.training.losses import dice_bce_loss
 from liverrt.training.slices import build_slice_set
@@ -136,6 +136,23 @@ def test_fake_quant_forward_equals_onnxruntime_on_the_written_graph(fine_tuned, 
     assert diff.mean() <= min(2e-3, 0.25 * np.abs(int8 - fp32).mean())
 
 
+def test_unquantized_forward_is_the_fp32_network(trained, tiny_spec, tmp_path):
+    """The distillation teacher: the Q/DQ graph in torch with every pair an identity is the fp32 export
+    (the equalisation before placement is exact), while the quantised forward is not."""
+    _, onnx_path, vols, _ = trained
+    calib = prec.calibration_slices(vols, tiny_spec, n=8)
+    prec.prepare_fp32(onnx_path, tmp_path / "prepared.onnx", calib)
+    template, _ = prec.place_qdq(tmp_path / "prepared.onnx", calib)
+    net = QdqNet(template, onnx.load(str(tmp_path / "prepared.onnx"))).eval()
+    x = _slices(vols, tiny_spec)
+    fp32 = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["prob"], {"image": x})[0]
+    with torch.no_grad():
+        plain = net(torch.from_numpy(x), quantize=False)["prob"].numpy()
+        quantized = net(torch.from_numpy(x))["prob"].numpy()
+    assert np.abs(plain - fp32).max() <= 1e-4
+    assert np.abs(quantized - fp32).max() > 1e-3
+
+
 def test_fine_tuning_changed_weights_and_scales_and_records_itself(fine_tuned, trained):
     meta = {p.key: p.value for p in onnx.load(str(fine_tuned.path)).metadata_props}
     assert meta["liverrt.precision"] == "int8"
@@ -201,7 +218,8 @@ def test_cli_qat_export_writes_a_gated_int8_onnx(trained, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (("--precision", "fp16", "--qat"), "--qat fine-tunes for INT8: expected --precision int8, got fp16"),
-    (("--precision", "int8", "--qat-epochs", 2), "--qat-epochs, --qat-steps and --qat-lr are for --qat"),
+    (("--precision", "int8", "--qat-epochs", 2), "--qat-epochs, --qat-steps, --qat-lr and --qat-distill are for --qat"),
+    (("--precision", "int8", "--qat-distill", 0), "--qat-epochs, --qat-steps, --qat-lr and --qat-distill are for --qat"),
     (("--precision", "int8", "--qat", "--calib-method", "search", "--calib", "CASES"), "--qat learns them"),
 ])
 def test_cli_refuses_qat_option_misuse(trained, tmp_path, args, expected):
@@ -236,6 +254,8 @@ def test_qat_options_are_checked_before_any_work():
         ExportOptions(qat=True)
     with pytest.raises(InputError, match=r"epochs=0 \(expected >= 1\), lr=0"):
         QatOptions(epochs=0, lr=0)
+    with pytest.raises(InputError, match=r"distill=-1.0 \(expected >= 0\)"):
+        QatOptions(distill=-1.0)
     assert isinstance(ExportOptions(precision="int8", qat=True).qat, QatOptions)
     assert ExportOptions(precision="int8", qat=False).qat is None
     assert tiny_unet().qat_supported and not DnCNNSR.qat_supported

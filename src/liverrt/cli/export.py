@@ -56,6 +56,9 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
               help="--qat: optimiser steps per epoch (default: one pass over the --calib cases' slices).")
 @click.option("--qat-lr", type=click.FloatRange(0, min_open=True), default=QatOptions.lr, show_default=True,
               help="--qat: Adam learning rate of the weights (cosine decay).")
+@click.option("--qat-distill", type=click.FloatRange(0), default=QatOptions.distill, show_default=True,
+              help="--qat: weight of the loss that keeps the int8 output near the fp32 network's (what the gate "
+                   "compares); 0 trains on the liver masks alone.")
 @click.option("--verify", "--verify-data", "verify_data", type=existing_path, default=None,
               help="Cases the verification gate runs on (default: phantoms).")
 @click.option("--no-verify", is_flag=True, help="Skip the dataset verification gate (the parity check still runs).")
@@ -86,7 +89,8 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
            verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
-           maskrcnn_graph: str, qat: bool, qat_epochs: int, qat_steps: int | None, qat_lr: float, overwrite: bool,
+           maskrcnn_graph: str, qat: bool, qat_epochs: int, qat_steps: int | None, qat_lr: float, qat_distill: float,
+           overwrite: bool,
            layout: str | None) -> None:
     """Export a checkpoint to ONNX, TensorRT or Triton, kept only if it passes the check against PyTorch.
 
@@ -102,8 +106,8 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     if no_verify and (verify_data or given(ctx, "max_mean_delta_dice") or given(ctx, "max_worst_delta_dice")):
         raise click.UsageError("--no-verify skips the gate; --verify and the gate limits would be ignored")
 
-    if not qat and any(given(ctx, o) for o in ("qat_epochs", "qat_steps", "qat_lr")):
-        raise click.UsageError("--qat-epochs, --qat-steps and --qat-lr are for --qat")
+    if not qat and any(given(ctx, o) for o in ("qat_epochs", "qat_steps", "qat_lr", "qat_distill")):
+        raise click.UsageError("--qat-epochs, --qat-steps, --qat-lr and --qat-distill are for --qat")
     if qat and precision != "int8":  # before the cases load (ExportOptions says the same)
         raise click.UsageError(f"--qat fine-tunes for INT8: expected --precision int8, got {precision}")
     verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
@@ -118,7 +122,8 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
         calib_method=calib_method, int8_target=int8_target, maskrcnn_graph=maskrcnn_graph, batch=batch,
         workspace_mb=workspace_mb,
         triton=TritonOptions(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind),
-        qat=QatOptions(epochs=qat_epochs, steps_per_epoch=qat_steps, lr=qat_lr) if qat else None)
+        qat=QatOptions(epochs=qat_epochs, steps_per_epoch=qat_steps, lr=qat_lr, distill=qat_distill) if qat
+        else None)
     searching = precision == "int8" and not qat and (
         calib_method or default_calib_method(artifact_info(checkpoint).kind)) == "search"
     bar = "QAT fine-tuning" if qat else "INT8 range search" if searching else None

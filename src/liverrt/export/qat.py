@@ -31,6 +31,7 @@ run of the written graph agree.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import tempfile
@@ -73,7 +74,12 @@ class QatOptions:
     """How the fine-tuning runs: ``epochs`` of ``steps_per_epoch`` optimiser steps (default: one pass
     over the calibration cases' slices) of ``batch_size`` slices; Adam at ``lr`` for the weights and
     ``scale_lr`` for the log activation scales (``learn_scales``; else the starting ranges stay), cosine
-    decay to 0; ``device`` as for training (``auto``: CUDA if there is one)."""
+    decay to 0; ``device`` as for training (``auto``: CUDA if there is one).
+
+    The loss is the U-Net's own (Dice + BCE against the liver masks) plus ``distill`` times the BCE of the
+    int8 graph's logits against the fp32 graph's probabilities (the float network before fine-tuning,
+    frozen): the gate compares int8 with fp32, and the masks alone let the fine-tuned graph drift from
+    fp32 where fp32 is wrong. ``distill=0`` trains on the masks alone."""
 
     epochs: int = 3
     steps_per_epoch: int | None = None
@@ -81,6 +87,7 @@ class QatOptions:
     scale_lr: float = 1e-2
     batch_size: int = 8
     learn_scales: bool = True
+    distill: float = 1.0
     seed: int = 0
     device: str = "auto"
 
@@ -90,6 +97,7 @@ class QatOptions:
                      ("steps_per_epoch", self.steps_per_epoch or 1)) if value < 1]
         problems += [f"{name}={value} (expected > 0)" for name, value in
                      (("lr", self.lr), ("scale_lr", self.scale_lr)) if not value > 0]
+        problems += [f"distill={self.distill} (expected >= 0)"] if not self.distill >= 0 else []
         if problems:
             raise InputError(f"QAT options: {', '.join(problems)}.")
 
@@ -243,16 +251,18 @@ class QdqNet(nn.Module):
         self.param_names.append(name)
         return len(self.param_names) - 1
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, *, quantize: bool = True) -> dict[str, torch.Tensor]:
+        """The graph's outputs and logits; ``quantize=False`` runs it in float (every Q/DQ pair an identity)."""
         env: dict[str, torch.Tensor] = {self.input_name: image}
         scales = self.log_scales.exp()  # the whole vector, as activation_scales() computes it: the same floats
         for op, ins, out, attrs in self.steps:
             args = [self.params[i] if isinstance(i, int) else env[i] for i in ins]
             if op == "act":
                 i = self.scale_index[attrs["scale"]]
-                env[out] = fake_quantize(args[0], scales[i], self.zero_points[i])
+                env[out] = fake_quantize(args[0], scales[i], self.zero_points[i]) if quantize else args[0]
             elif op == "weight":
-                env[out] = fake_weight(self.params[attrs["param"]], attrs["axis"])
+                w = self.params[attrs["param"]]
+                env[out] = fake_weight(w, attrs["axis"]) if quantize else w
             else:
                 env[out] = _OPS[op](args, attrs)
         return {**{n: env[n] for n in self.output_names}, "logits": env[self.logits]}
@@ -372,10 +382,12 @@ class Tuning:
 
 def fine_tune(net: QdqNet, volumes: Sequence[Volume], spec: PreprocessSpec, options: QatOptions, *,
               bce_weight: float = 1.0, progress: Progress | None = None) -> Tuning:
-    """Train ``net`` in place on all slices of ``volumes`` (Dice + BCE on its logits, the U-Net's loss)."""
+    """Train ``net`` in place on all slices of ``volumes`` (Dice + BCE on its logits, the U-Net's loss, plus
+    the distillation term of :class:`QatOptions`)."""
     data = build_slice_set(list(volumes), spec)
     device = resolve_device(options.device)
     net.to(device).train()
+    teacher = copy.deepcopy(net).eval().requires_grad_(False) if options.distill > 0 else None
     per_epoch = options.steps_per_epoch or math.ceil(len(data) / options.batch_size)
     total = options.epochs * per_epoch
     groups = [{"params": list(net.params), "lr": options.lr}]
@@ -394,7 +406,12 @@ def fine_tune(net: QdqNet, volumes: Sequence[Volume], spec: PreprocessSpec, opti
                 order = torch.cat([order, torch.randperm(len(data), generator=gen)])
             index, order = order[:options.batch_size], order[options.batch_size:]
             x, y = data.x[index].to(device), data.y[index].to(device)
-            loss = dice_bce_loss(net(x)["logits"].float(), y, bce_weight=bce_weight)
+            logits = net(x)["logits"].float()
+            loss = dice_bce_loss(logits, y, bce_weight=bce_weight)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = torch.sigmoid(teacher(x, quantize=False)["logits"].float())
+                loss = loss + options.distill * F.binary_cross_entropy_with_logits(logits, soft)
             if not torch.isfinite(loss):
                 raise ExportError(f"QAT: the loss became {loss.item()} at step {step + 1}; expected a finite loss "
                                   "(lower --qat-lr).")
