@@ -64,8 +64,9 @@ Progress = Callable[[int, int, str], None]
 #: int8 as onnxruntime's QuantizeLinear saturates it (zero point 0 or -128)
 QMIN, QMAX = -128, 127
 #: where the activation ranges start: the best single percentile of |x| for all activations (the range
-#: search's first step, ~11 runs of 16 calibration slices; 99.99 for every tensor left the bundled U-Net at
-#: mean ΔDice 0.54, too far for the scales to come back at a fine-tuning learning rate)
+#: search's first step, ~11 runs of 16 calibration slices). Chosen when 99.99 for every tensor left the
+#: bundled U-Net at mean ΔDice 0.54; since the Concat-aware equalisation, 99.99 gives 0.047 there and
+#: 3 QAT epochs from this start 0.108 (benchmarks/RESULTS.md, 2026-12-07).
 INIT = "best single percentile"
 
 
