@@ -30,6 +30,7 @@ import numpy as np
 
 import liverrt
 from liverrt.artifacts import artifact_info
+from liverrt.atomic import MARKER
 from liverrt.data.io import read_nifti_volume, write_nifti
 from liverrt.data.sources import load_cases
 from liverrt.export.pipeline import run_export
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_export(kept, onnx_path, verify_volumes=verify, overwrite=True)
     for extra in BUNDLED.glob(f"{args.file}.verify.*"):  # the gate's report: kept out of the package
         shutil.move(extra, ROOT / "models" / extra.name)
+    (BUNDLED / MARKER).unlink(missing_ok=True)  # the record of what liverrt wrote there: not package data
     print(result.table())
 
     scores = eval_real.score(onnx_path, engine="onnxruntime", keep_largest=True, fill_holes=True)
