@@ -46,8 +46,11 @@ def _writing(out) -> bool:
 
 
 def _popen(args):
+    # a test run started in the background of a non-interactive shell (nohup ... &) inherits SIGINT ignored,
+    # and Python keeps an ignored SIGINT ignored: give the child the default, as an interactive user has
     return subprocess.Popen(module_cmd(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(), cwd=ROOT)
+                            env=subprocess_env(), cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc, timeout=120):
