@@ -308,3 +308,34 @@ def test_edit_graph_replaces_the_graph_alone_and_keeps_its_annotations(tiny_onnx
         graph.nodes.clear()
         raise RuntimeError
     assert model.SerializeToString() == edited  # an error inside the block leaves the model as it was
+
+
+def test_equalize_balances_the_inputs_of_a_concat_as_one_tensor(tiny_onnx):
+    """A decoder's Concat: 'up' reaches ~100 with small reader weights, the skip ~1 with large ones, both
+    contributing alike to the convolution that reads them. Balanced per producer, nothing moves (each
+    producer's two channels are alike) and one int8 scale for the Concat would leave the skip about one
+    level; balanced as one tensor, both halves end with the same range, and the function is unchanged."""
+    nodes, inits = [], []
+    for node, init in (conv("up", "image", np.full((2, 1, 1, 1), 100.0), [0.0, 0.0], "u"),
+                       conv("skip", "image", np.ones((2, 1, 1, 1)), [0.0, 0.0], "k"),
+                       conv("head", "c", np.array([0.01, 0.01, 1.0, 1.0]).reshape(1, 4, 1, 1), [-1.0], "t")):
+        nodes.append(node)
+        inits += init
+    nodes[2:2] = [helper.make_node("Relu", ["k"], ["kr"]), helper.make_node("Concat", ["u", "kr"], ["c"], axis=1)]
+    nodes.append(helper.make_node("Sigmoid", ["t"], ["prob"]))
+    model = liverrt_model(nodes, inits, tiny_onnx)
+    reference = onnx.ModelProto.FromString(model.SerializeToString())
+    calib = uniform_slices(4, 21)
+
+    def halves(m):
+        m = onnx.ModelProto.FromString(m.SerializeToString())
+        m.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+        c = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["c"], {"image": calib})[0]
+        return np.abs(c[:, :2]).max(), np.abs(c[:, 2:]).max()
+
+    up, skip = halves(model)
+    assert up / skip == pytest.approx(100, rel=1e-3)
+    assert equalize(model, calib) == 2
+    up, skip = halves(model)
+    assert up / skip == pytest.approx(1, rel=1e-2)
+    np.testing.assert_allclose(run(model, calib), run(reference, calib), atol=2e-6)
