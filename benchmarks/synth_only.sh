@@ -10,12 +10,12 @@
 #   PHANTOMS=8 bash benchmarks/synth_only.sh W bundle --no-augment --max-minutes 134   # the bundled model (*)
 #   bash benchmarks/synth_only.sh W run                                        # the first bundled model
 #   PHANTOMS=8 bash benchmarks/synth_only.sh W mixph --no-augment --max-minutes 33     # ablation: + phantoms (*)
+#   bash benchmarks/synth_only.sh W noaug --no-augment --max-minutes 52        # ablation: no augmentation
+#   bash benchmarks/synth_only.sh W px15 --pixel-mm 1.5 --max-minutes 52       # ablation: 1.5 mm per pixel
 # (*) these were run in legs on a shared machine: mixph stopped after epoch 12; the bundled model is
 # mixph continued with `--resume --max-minutes 100` (24 epochs in all, epoch 17 kept). A time budget
 # ends a run after a number of epochs that depends on the load, so a rerun gives the recipe, not
 # these exact weights.
-#   bash benchmarks/synth_only.sh W noaug --no-augment --max-minutes 52        # ablation: no augmentation
-#   bash benchmarks/synth_only.sh W px15 --pixel-mm 1.5 --max-minutes 52       # ablation: 1.5 mm per pixel
 set -euo pipefail
 DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
 WORK="${1:-/tmp/liverrt-synth-only}"

@@ -284,9 +284,10 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     1 / scale, which rounds a value on a level boundary the other way now and then) and round half to even.
 
     Gradients: straight through to ``x`` inside the range, none outside; to ``scale`` LSQ's
-    (Esser et al. 2020): ``round(v) - v`` inside, the clamped level outside, ``v = x / scale``. One fused
-    autograd step (:class:`_FakeQuantize`): the same values and gradients as writing it with ``detach``, at
-    about a third of the time, which is most of a QAT step on the CPU.
+    (Esser et al. 2020): ``round(v) - v`` inside, the clamped level outside, ``v = x / scale``; "inside"
+    is the rounded level within [-128, 127], as torch's ``fake_quantize_per_tensor_affine`` decides it (its
+    values and input gradients are these, tested). One autograd step (:class:`_FakeQuantize`) instead of
+    a chain of nine tensor ops: a QAT step of the 256² U-Net took 8.5 s instead of 14.6 s on 2 cores.
     """
     return _FakeQuantize.apply(x, scale, zero_point)
 
