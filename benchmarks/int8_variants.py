@@ -10,6 +10,8 @@ changes scales, not the graph, except for tensors it leaves float):
   [0, max] with zero point -128, so onnxruntime fuses Conv + Relu);
 * ``int8 tensorrt``: zero points 0 only (what TensorRT accepts), run here on
   onnxruntime to show the cost of the symmetric Relu outputs on a CPU;
+* ``int8 onnxruntime, ConvTranspose``: the same with the up-convolutions left
+  as ConvTranspose (before 2026-12-07), which onnxruntime runs in float;
 * ``int8 untied``: without channel equalisation, scale ties and [0, max]
   ranges (separate symmetric scales on each Conv output and Relu output), as
   onnxruntime's quantize_static places them.
@@ -56,6 +58,20 @@ def _untied(src: Path, out: Path, calib: np.ndarray) -> Path:
         p.tie_scales, p.unsigned_relu_ranges, p.equalize = saved
 
 
+def _convtranspose_kept(src: Path, out: Path, calib: np.ndarray) -> Path:
+    """The onnxruntime target without :func:`~liverrt.export.precision.shuffle_upconvs`."""
+    import dataclasses
+
+    from liverrt.export import precision as p
+
+    saved = p.INT8_TARGETS["onnxruntime"]
+    p.INT8_TARGETS["onnxruntime"] = dataclasses.replace(saved, shuffled_upconvs=False)
+    try:
+        return p.to_int8(src, out, calib, method="percentile")
+    finally:
+        p.INT8_TARGETS["onnxruntime"] = saved
+
+
 def _session(path: Path, threads: int, profile: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -92,6 +108,7 @@ def main() -> None:
         paths = {
             "fp32": fp32,
             "int8 onnxruntime": prec.to_int8(fp32, work / "ort.onnx", calib, method="percentile"),
+            "int8 onnxruntime, ConvTranspose": _convtranspose_kept(fp32, work / "convt.onnx", calib),
             "int8 tensorrt": prec.to_int8(fp32, work / "trt.onnx", calib, method="percentile", target="tensorrt"),
             "int8 untied": _untied(fp32, work / "untied.onnx", calib),
         }

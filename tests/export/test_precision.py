@@ -249,7 +249,7 @@ def test_one_pass_ranges_and_per_tensor_weights(method, tiny_onnx, calib, tmp_pa
 def test_int8_with_tensorrt_placement_quantizes_only_conv_inputs(tiny_onnx, calib, tmp_path):
     # one-pass ranges: the search may leave a convolution's input float (fallback), which this test is not about
     out = to_int8(tiny_onnx, tmp_path / "trt.onnx", calib, quantize_conv_outputs=False, float_input_layer=False,
-                  method="percentile")
+                  method="percentile", target="tensorrt")
     model = onnx.load(str(out))
     # the image itself is quantised too when float_input_layer=False
     assert next(n for n in model.graph.node if "image" in n.input).op_type == "QuantizeLinear"
@@ -260,6 +260,61 @@ def test_int8_with_tensorrt_placement_quantizes_only_conv_inputs(tiny_onnx, cali
     assert convs and all(consumer[c.output[0]].op_type in ("Relu", "Sigmoid") for c in convs)
     assert all(producer(model, c.input[0]).op_type == "DequantizeLinear" for c in convs)
     assert np.abs(run(out, calib) - run(tiny_onnx, calib)).max() < INT8_ATOL
+
+
+def _upconv_graph(spatial):
+    """Three ConvTransposes side by side: 2x2 stride 2 with a bias, 3x3 stride 3 without, and a padded one."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in
+             (("w2", (4, 5, 2, 2)), ("b2", (5,)), ("w3", (4, 3, 3, 3)), ("wp", (4, 2, 3, 3)))]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w2", "b2"], ["y2"], "up2", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("ConvTranspose", ["x", "w3"], ["y3"], "up3", kernel_shape=[3, 3], strides=[3, 3]),
+             helper.make_node("ConvTranspose", ["x", "wp"], ["yp"], "padded", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y2", "y3", "yp")]
+    graph = helper.make_graph(nodes, "ups", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, *spatial])],
+                              outputs, inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def _run_all(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})
+
+
+def test_shuffled_upconvs_are_the_same_function():
+    model = _upconv_graph([5, 7])  # not square: rows and columns must not swap
+    x = np.random.default_rng(1).standard_normal((2, 4, 5, 7)).astype(np.float32)
+    ref = _run_all(model, x)
+    assert precision.shuffle_upconvs(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.name for n in model.graph.node if n.op_type == "ConvTranspose"] == ["padded"]
+    for got, want in zip(_run_all(model, x), ref, strict=True):
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    dynamic = _upconv_graph(["h", "w"])  # the Reshapes need static sizes: left alone
+    assert precision.shuffle_upconvs(dynamic) == 0
+
+
+def test_int8_for_onnxruntime_runs_the_upconvolutions_in_int8(int8_onnx, tiny_onnx, calib, tmp_path):
+    """onnxruntime's CPU provider has no int8 ConvTranspose: the onnxruntime target shuffles, one scale per
+    shuffle, and the session moves int8 values (no DequantizeLinear before a Reshape or Transpose)."""
+    model = onnx.load(str(int8_onnx))
+    assert not any(n.op_type == "ConvTranspose" for n in model.graph.node)
+    moves = [n for n in model.graph.node if n.op_type in ("Reshape", "Transpose")]
+    assert len(moves) == 5 * sum(n.op_type == "ConvTranspose" for n in onnx.load(str(tiny_onnx)).graph.node) > 0
+    for move in moves:
+        dq, (q,) = producer(model, move.input[0]), [n for n in model.graph.node if move.output[0] in n.input]
+        assert dq.op_type == "DequantizeLinear" and q.op_type == "QuantizeLinear" and dq.input[1:] == q.input[1:]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(int8_onnx), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    made_by = {o: n.op_type for n in optimized.graph.node for o in n.output}
+    reads = [made_by.get(n.input[0]) for n in optimized.graph.node if n.op_type in ("Reshape", "Transpose")]
+    assert reads and "DequantizeLinear" not in reads and "ConvTranspose" not in made_by.values()
+    kept = to_int8(tiny_onnx, tmp_path / "trt.onnx", calib, target="tensorrt", method="percentile")
+    assert any(n.op_type == "ConvTranspose" for n in onnx.load(str(kept)).graph.node)  # TensorRT: int8 deconv
 
 
 # --------------------------------------------------------------------------- calibration slices

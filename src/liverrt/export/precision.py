@@ -35,6 +35,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,31 @@ log = logging.getLogger(__name__)
 #: the precision variants made from an fp32 ONNX
 VARIANTS = tuple(p for p in PRECISIONS if p != "fp32")
 CALIBRATION_METHODS = ("search", "percentile", "minmax")
-#: onnxruntime: Relu outputs in [0, amax] (zero point -128), Relus fused away; tensorrt: zero points 0 only.
-INT8_TARGETS = ("onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Int8Target:
+    """What the runtime an INT8 graph is written for accepts, and what it runs fastest."""
+
+    #: Relu outputs in [0, amax] with zero point -128 (:func:`unsigned_relu_ranges`): twice the levels, and
+    #: onnxruntime drops the Relus into QLinearConv. TensorRT accepts zero point 0 only.
+    unsigned_relus: bool
+    #: ConvTranspose as a 1x1 Conv + pixel shuffle (:func:`shuffle_upconvs`): onnxruntime's CPU provider has
+    #: no int8 ConvTranspose and runs the rewrite in int8; TensorRT has int8 deconvolution.
+    shuffled_upconvs: bool
+
+
+INT8_TARGETS = {
+    "onnxruntime": Int8Target(unsigned_relus=True, shuffled_upconvs=True),
+    "tensorrt": Int8Target(unsigned_relus=False, shuffled_upconvs=False),
+}
+
+
+def int8_target(name: str) -> Int8Target:
+    """The :class:`Int8Target` called ``name``; InputError for another name."""
+    if name not in INT8_TARGETS:
+        raise InputError(f"INT8 target {name!r}: expected one of {tuple(INT8_TARGETS)}.")
+    return INT8_TARGETS[name]
 INPUT_NAME = "image"
 OUTPUT_NAME = "prob"
 
@@ -186,8 +210,7 @@ def to_int8(
     _check_calibration(calibration, info.spec)
     if method not in CALIBRATION_METHODS:
         raise InputError(f"Calibration method {method!r}: expected one of {CALIBRATION_METHODS}.")
-    if target not in INT8_TARGETS:
-        raise InputError(f"INT8 target {target!r}: expected one of {INT8_TARGETS}.")
+    int8_target(target)
     if batch_size < 1:
         raise InputError(f"batch_size {batch_size}: expected >= 1.")
     with tempfile.TemporaryDirectory(prefix="liverrt-int8-") as tmp:
@@ -461,21 +484,86 @@ class _SliceReader:
 
 
 def prepare_fp32(src_onnx: Path, out_onnx: Path, calibration: np.ndarray, *, batch_size: int = 4,
-                 equalise: bool = True) -> int:
+                 equalise: bool = True, target: str = "onnxruntime") -> int:
     """The fp32 graph the Q/DQ pairs are placed in: shapes inferred, channels equalised (see
     :func:`liverrt.export.calibrate.equalize`; the same function within float rounding, int8-friendlier),
-    written to ``out_onnx``; returns how many convolutions were rescaled."""
+    up-convolutions rewritten where ``target`` runs the rewrite faster (:func:`shuffle_upconvs`; the same
+    function), written to ``out_onnx``; returns how many convolutions were rescaled."""
     # shape inference only: ORT's graph optimisations would add ORT-specific opset imports. ONNX's own
     # shape inference, not onnxruntime's symbolic one: that gives up on DnCNN-SR's dynamic H/W and then
     # writes sym_shape_infer_temp.onnx + .data files into the working directory; on the U-Net and the
     # Mask R-CNN backbone ONNX's types every tensor the symbolic one does, with the same types and ranks
     quant_pre_process(str(src_onnx), str(out_onnx), skip_optimization=True, skip_symbolic_shape=True)
-    if not equalise:
-        return 0
-    equalized = onnx.load(str(out_onnx))
-    n_equalized = equalize(equalized, calibration, batch_size=batch_size, input_name=INPUT_NAME)
-    onnx.save(equalized, str(out_onnx))
+    prepared = onnx.load(str(out_onnx))
+    n_equalized = equalize(prepared, calibration, batch_size=batch_size, input_name=INPUT_NAME) if equalise else 0
+    if int8_target(target).shuffled_upconvs:
+        shuffle_upconvs(prepared)  # after equalize, which balances a ConvTranspose's output channels
+    onnx.save(prepared, str(out_onnx))
     return n_equalized
+
+
+def shuffle_upconvs(model: onnx.ModelProto) -> int:
+    """Rewrite each ConvTranspose whose kernel equals its stride as a 1x1 Conv + pixel shuffle; returns how many.
+
+    Such a ConvTranspose (no padding, one group, the U-Net's 2x2 up-convolutions) writes each input pixel's
+    ``k*k`` output pixels from that pixel alone: ``out[c, k*i + a, k*j + b] = sum_m W[m, c, a, b] x[m, i, j]``.
+    A 1x1 Conv computes the ``k*k*C`` values per pixel (channel ``(a*k + b)*C + c``) and a shuffle puts them
+    in place: Transpose to channels-last, Reshape, swap two axes, Reshape, Transpose back. The same function
+    (sums in another order: equal within float rounding). onnxruntime's CPU provider has no int8
+    ConvTranspose, so the up-convolutions ran in float between a DequantizeLinear and a QuantizeLinear; it
+    runs the Conv as QLinearConv and the shuffle on int8 values (:func:`~liverrt.export.calibrate.tie_scales`
+    gives the shuffle's tensors one scale), and its layout optimiser cancels the two outer Transposes against
+    the ones it puts around its channels-last QLinearConv. (DepthToSpace is the same shuffle in one node, but
+    channels-first: onnxruntime then transposes around it, which was slower.) On the study's U-Net at 512²
+    (percentile ranges, one interleaved run on 2 loaded cores) int8 took 148 ms per slice against 190 with
+    the ConvTransposes in float. Needs static spatial sizes (the U-Net's export has them; DnCNN-SR's, with
+    dynamic sizes, stay ConvTranspose), and leaves one with padding, dilation, groups or output_padding.
+    """
+    rewritten = 0
+    with edit_graph(model) as graph:
+        for node in [n for n in graph.nodes if n.op == "ConvTranspose"]:
+            rewritten += _shuffle_upconv(graph, node)
+        graph.toposort()
+    return rewritten
+
+
+def _shuffle_upconv(graph: gs.Graph, node: gs.Node) -> bool:
+    x, weight, bias = (list(node.inputs) + [None])[:3]
+    if not isinstance(weight, gs.Constant) or weight.values.ndim != 4 or (bias is not None
+                                                                          and not isinstance(bias, gs.Constant)):
+        return False
+    c_in, c_out, kh, kw = weight.values.shape
+    attrs = node.attrs
+    plain = (list(attrs.get("strides", [1, 1])) == [kh, kw] and not any(attrs.get("pads", [0])) and
+             not any(attrs.get("output_padding", [0])) and set(attrs.get("dilations", [1])) == {1} and
+             attrs.get("group", 1) == 1 and "output_shape" not in attrs and
+             attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"))
+    shape = x.shape
+    if not plain or shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return False
+    h, w = shape[2:]
+    name = node.name or node.outputs[0].name
+    w1 = np.ascontiguousarray(weight.values.transpose(2, 3, 1, 0).reshape(kh * kw * c_out, c_in, 1, 1))
+    conv_in = [x, gs.Constant(f"{weight.name}_1x1", w1)]
+    if bias is not None:
+        conv_in.append(gs.Constant(f"{bias.name}_1x1", np.tile(bias.values, kh * kw)))
+    t = [gs.Variable(f"{name}_shuffle{i}", dtype=np.float32) for i in range(5)]
+
+    def shape_const(tag: str, dims: list[int]) -> gs.Constant:
+        return gs.Constant(f"{name}_{tag}", np.array(dims, np.int64))
+
+    graph.nodes += [
+        gs.Node("Conv", f"{name}_1x1", inputs=conv_in, outputs=[t[0]]),
+        gs.Node("Transpose", f"{name}_nhwc", {"perm": [0, 2, 3, 1]}, [t[0]], [t[1]]),
+        gs.Node("Reshape", f"{name}_rows", inputs=[t[1], shape_const("rows", [0, h, w, kh, kw * c_out])],
+                outputs=[t[2]]),
+        gs.Node("Transpose", f"{name}_interleave", {"perm": [0, 1, 3, 2, 4]}, [t[2]], [t[3]]),
+        gs.Node("Reshape", f"{name}_pixels", inputs=[t[3], shape_const("pixels", [0, h * kh, w * kw, c_out])],
+                outputs=[t[4]]),
+        gs.Node("Transpose", f"{name}_nchw", {"perm": [0, 3, 1, 2]}, [t[4]], list(node.outputs)),
+    ]
+    node.outputs.clear()
+    return True
 
 
 def place_qdq(prepared: Path, calibration: np.ndarray, *, per_channel: bool = True, batch_size: int = 4,
@@ -518,7 +606,7 @@ def place_qdq(prepared: Path, calibration: np.ndarray, *, per_channel: bool = Tr
     with edit_graph(model) as qdq:
         _float_logits(qdq, heads)
     tie_scales(model)
-    unsigned = unsigned_relu_ranges(model) if target == "onnxruntime" else 0
+    unsigned = unsigned_relu_ranges(model) if int8_target(target).unsigned_relus else 0
     return model, unsigned
 
 
@@ -526,7 +614,7 @@ def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: b
                 batch_size: int, quantize_conv_outputs: bool, float_input_layer: bool, threshold: float,
                 target: str, progress: Progress | None) -> tuple[onnx.ModelProto, RangeFit]:
     prepared = tmp / "prepared.onnx"
-    n_equalized = prepare_fp32(src, prepared, calibration, batch_size=batch_size)
+    n_equalized = prepare_fp32(src, prepared, calibration, batch_size=batch_size, target=target)
     model, unsigned = place_qdq(prepared, calibration, per_channel=per_channel, batch_size=batch_size,
                                 quantize_conv_outputs=quantize_conv_outputs, float_input_layer=float_input_layer,
                                 target=target)

@@ -146,12 +146,11 @@ def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, op
     src, out = Path(src_onnx), Path(out_onnx)
     info = artifact_info(src)
     check_volumes(volumes)
-    if target not in prec.INT8_TARGETS:
-        raise InputError(f"INT8 target {target!r}: expected one of {prec.INT8_TARGETS}.")
+    prec.int8_target(target)
     calibration = prec.calibration_slices(list(volumes), info.spec, n=calib_slices)
     with tempfile.TemporaryDirectory(prefix="liverrt-qat-") as tmp:
         prepared, tuned = Path(tmp) / "prepared.onnx", Path(tmp) / "tuned.onnx"
-        equalized = prec.prepare_fp32(src, prepared, calibration)
+        equalized = prec.prepare_fp32(src, prepared, calibration, target=target)
         template, unsigned = prec.place_qdq(prepared, calibration, target=target)
         init = fit_ranges(prepared, template, calibration, method="search", sweeps=0, max_float=0,
                           threshold=info.threshold, input_name=prec.INPUT_NAME)
@@ -185,7 +184,8 @@ class QdqNet(nn.Module):
     activation QuantizeLinear -> DequantizeLinear pair is :func:`fake_quantize` with the pair's scale and
     zero point; a weight DequantizeLinear is a per-channel symmetric fake quantisation of
     the float weight (scale max |w| / 127, along the DQ's axis; the straight-through estimator passes its
-    gradient). Runs Conv, ConvTranspose, Relu, MaxPool, Concat, Sigmoid and Identity; another op raises
+    gradient). Runs Conv, ConvTranspose, Relu, MaxPool, Concat, Sigmoid, Identity, Reshape and Transpose
+    (the pixel shuffle of :func:`~liverrt.export.precision.shuffle_upconvs`); another op raises
     :class:`ExportError`.
     """
 
@@ -204,6 +204,7 @@ class QdqNet(nn.Module):
         self.steps: list[tuple] = []  # (op, inputs, output, attributes) in graph order
         quantized: dict[str, tuple[str, str]] = {}  # Q output -> (its input, its scale)
         self.logits = None
+        self.constants: dict[str, str] = {}  # integer initializer -> the buffer holding it
         for node in qdq.graph.node:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             if node.op_type == "QuantizeLinear" and node.input[0] not in consts:
@@ -225,7 +226,8 @@ class QdqNet(nn.Module):
                 i = self._param(source.input[1], fp32_weights)
                 self.steps.append(("weight", (), node.output[0], {"param": i, "axis": attrs.get("axis", 1)}))
             elif node.op_type in _OPS:
-                ins = tuple(self._param(t, fp32_weights) if t in consts else t for t in node.input if t)
+                ins = tuple(self._param(t, fp32_weights) if t in consts and consts[t].dtype.kind == "f" else t
+                            for t in node.input if t)
                 self.steps.append((node.op_type, ins, node.output[0], attrs))
                 if node.op_type in prec.OUTPUT_HEAD_OPS:
                     self.logits = node.input[0]
@@ -235,6 +237,10 @@ class QdqNet(nn.Module):
         if self.logits is None:
             raise ExportError(f"QAT: the graph has no output head ({sorted(prec.OUTPUT_HEAD_OPS)}); expected "
                               "logits to train on.")
+        for name, value in consts.items():  # a Reshape's shape: a constant, not a parameter
+            if value.dtype == np.int64:
+                self.register_buffer(f"const_{len(self.constants)}", torch.from_numpy(value.copy()))
+                self.constants[name] = f"const_{len(self.constants)}"
         self.scale_names = list(scales)
         self.scale_index = {s: i for i, s in enumerate(self.scale_names)}
         self.log_scales = nn.Parameter(torch.log(torch.tensor([scales[s][0] for s in self.scale_names],
@@ -254,7 +260,8 @@ class QdqNet(nn.Module):
 
     def forward(self, image: torch.Tensor, *, quantize: bool = True) -> dict[str, torch.Tensor]:
         """The graph's outputs and logits; ``quantize=False`` runs it in float (every Q/DQ pair an identity)."""
-        env: dict[str, torch.Tensor] = {self.input_name: image}
+        env: dict[str, torch.Tensor] = {self.input_name: image,
+                                        **{name: getattr(self, buf) for name, buf in self.constants.items()}}
         scales = self.log_scales.exp()  # the whole vector, as activation_scales() computes it: the same floats
         for op, ins, out, attrs in self.steps:
             args = [self.params[i] if isinstance(i, int) else env[i] for i in ins]
@@ -358,6 +365,13 @@ def _max_pool(args, attrs):
                         ceil_mode=bool(attrs.get("ceil_mode", 0)))
 
 
+def _reshape(args, attrs):
+    if attrs.get("allowzero", 0):
+        raise ExportError("QAT: Reshape with allowzero; expected 0 (a 0 in the shape copies the input's size).")
+    x, shape = args
+    return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape.tolist())])
+
+
 _OPS: dict[str, Callable] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -366,6 +380,8 @@ _OPS: dict[str, Callable] = {
     "Concat": lambda args, attrs: torch.cat(args, dim=attrs["axis"]),
     "Sigmoid": lambda args, attrs: torch.sigmoid(args[0]),
     "Identity": lambda args, attrs: args[0],
+    "Reshape": _reshape,
+    "Transpose": lambda args, attrs: args[0].permute(attrs["perm"]),
 }
 
 
