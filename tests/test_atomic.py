@@ -18,6 +18,7 @@ from liverrt.atomic import (
     overwrite_allowed,
     refuse_output_in_input,
     refuse_overwriting_inputs,
+    remove_unfinished,
     write_text_atomic,
     writing_as,
 )
@@ -111,6 +112,23 @@ def test_a_failed_write_leaves_the_previous_output_and_no_temp(tmp_path):
             raise KeyboardInterrupt
     assert (tmp_path / "c1" / "mask.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c1"]
+
+
+def test_writes_a_signal_cut_off_before_their_block_are_removed_on_the_way_out(tmp_path):
+    """A signal can land in contextlib's __enter__ after the generator yielded: the ``with`` block never
+    starts, so neither the writer's cleanup nor its rename runs (a CI run left ``.case01.xxxx`` so). The
+    CLI's exit calls remove_unfinished, which removes such temporaries and nothing else."""
+    _case(tmp_path / "done", "kept")
+    cut_off = [atomic_dir(tmp_path / "c1"), atomic_path(tmp_path / "r.json")]
+    temps = [cm.__enter__() for cm in cut_off]  # entered, never exited
+    (temps[0] / "mask.txt").write_text("half")
+    assert all(t.exists() for t in temps)
+    remove_unfinished()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]
+    assert (tmp_path / "done" / "mask.txt").read_text() == "kept"
+    for cm in cut_off:  # the suspended generators, closed later (at exit), do not fail on the missing temporaries
+        cm.gen.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]
 
 
 def test_inputs_are_refused_even_with_overwrite(tmp_path):

@@ -58,6 +58,11 @@ _writer_fixed: ContextVar[bool] = ContextVar("liverrt_writer_fixed", default=Fal
 #: temporary folders of atomic_dir blocks still open: what is written inside them is listed once, by their seal
 _pending: list[Path] = []
 
+#: temporary files and folders of atomic writes not yet renamed or removed. The CLI removes what is left on its
+#: way out (:func:`remove_unfinished`): a signal can land where the writer's own cleanup never runs, e.g. in
+#: contextlib's ``__enter__`` after the generator yielded, so the ``with`` block never starts and never exits.
+_unfinished: set[Path] = set()
+
 #: errnos that mean "this location cannot be written" (bad input) rather than "the write failed"
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
                errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
@@ -385,10 +390,11 @@ def atomic_path(path: Path, *, suffix: str = "", protect: Iterable[Path] = ()) -
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     except OSError as exc:
         raise os_error(exc, path) from exc
-    os.close(fd)
     tmp = Path(tmp_name)
+    _unfinished.add(tmp)
     try:
         try:
+            os.close(fd)
             yield tmp
             set_default_mode(tmp)
             _commit_file(tmp, path)
@@ -399,6 +405,8 @@ def atomic_path(path: Path, *, suffix: str = "", protect: Iterable[Path] = ()) -
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _unfinished.discard(tmp)
 
 
 def _remove_tree(path: Path) -> None:
@@ -418,12 +426,13 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
     refuse_overwriting_inputs(folder, protect)
     check_replaceable(folder)
     _mkdir(folder.parent)
+    old: Path | None = None
+    nested = _in_pending(folder.parent)  # inside an outer atomic_dir: its seal lists these files
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     except OSError as exc:
         raise os_error(exc, folder) from exc
-    old: Path | None = None
-    nested = _in_pending(folder.parent)  # inside an outer atomic_dir: its seal lists these files
+    _unfinished.add(tmp)
     _pending.append(tmp)
     try:
         try:
@@ -450,8 +459,20 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
             os.replace(old / "x", folder)  # put the previous output back
         raise
     finally:
+        _unfinished.discard(tmp)
         if old is not None:
             _remove_tree(old)
+
+
+def remove_unfinished() -> None:
+    """Remove the temporary files and folders of atomic writes that neither finished nor cleaned up after
+    themselves (see ``_unfinished``); the CLI calls it on its way out, after a signal too."""
+    for tmp in list(_unfinished):
+        if tmp.is_dir() and not tmp.is_symlink():
+            _remove_tree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+        _unfinished.discard(tmp)
 
 
 def write_bytes_atomic(data: bytes, path: Path, *, protect: Iterable[Path] = ()) -> Path:

@@ -14,7 +14,7 @@ import sys
 import click
 
 from liverrt import __version__
-from liverrt.atomic import os_error, overwrite_allowed, writing_as
+from liverrt.atomic import os_error, overwrite_allowed, remove_unfinished, writing_as
 from liverrt.cli.common import LazyGroup, configure_output
 from liverrt.errors import LiverrtError
 
@@ -148,6 +148,8 @@ def main() -> None:  # console-script entry point
         click.echo("Error: stopped by SIGTERM; the output being written was removed, finished outputs are kept.",
                    err=True)
         sys.exit(EXIT_SIGTERM)
+    finally:  # click turns SIGINT's KeyboardInterrupt into "Aborted!" and exit 1: this runs then too
+        remove_unfinished()
 
 
 if __name__ == "__main__":  # pragma: no cover
