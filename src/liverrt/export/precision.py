@@ -515,8 +515,8 @@ def shuffle_upconvs(model: onnx.ModelProto) -> int:
     gives the shuffle's tensors one scale), and its layout optimiser cancels the two outer Transposes against
     the ones it puts around its channels-last QLinearConv. (DepthToSpace is the same shuffle in one node, but
     channels-first: onnxruntime then transposes around it, which was slower.) On the study's U-Net at 512²
-    (percentile ranges, one interleaved run on 2 loaded cores) int8 took 148 ms per slice against 190 with
-    the ConvTransposes in float. Needs static spatial sizes (the U-Net's export has them; DnCNN-SR's, with
+    (percentile ranges, five interleaved runs on 2 idle cores, benchmarks/int8_variants.py) int8 took
+    75-80 ms per slice at batch 1 against 91-95 with the ConvTransposes in float. Needs static spatial sizes (the U-Net's export has them; DnCNN-SR's, with
     dynamic sizes, stay ConvTranspose), and leaves one with padding, dilation, groups or output_padding.
     """
     rewritten = 0
