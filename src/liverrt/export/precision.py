@@ -96,6 +96,8 @@ def int8_target(name: str) -> Int8Target:
     if name not in INT8_TARGETS:
         raise InputError(f"INT8 target {name!r}: expected one of {tuple(INT8_TARGETS)}.")
     return INT8_TARGETS[name]
+
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "prob"
 
@@ -516,8 +518,9 @@ def shuffle_upconvs(model: onnx.ModelProto) -> int:
     the ones it puts around its channels-last QLinearConv. (DepthToSpace is the same shuffle in one node, but
     channels-first: onnxruntime then transposes around it, which was slower.) On the study's U-Net at 512²
     (percentile ranges, five interleaved runs on 2 idle cores, benchmarks/int8_variants.py) int8 took
-    75-80 ms per slice at batch 1 against 91-95 with the ConvTransposes in float. Needs static spatial sizes (the U-Net's export has them; DnCNN-SR's, with
-    dynamic sizes, stay ConvTranspose), and leaves one with padding, dilation, groups or output_padding.
+    75-80 ms per slice at batch 1 against 91-95 with the ConvTransposes in float. Needs static spatial
+    sizes (the U-Net's export has them; DnCNN-SR's, with dynamic sizes, stay ConvTranspose), and leaves
+    one with padding, dilation, groups or output_padding.
     """
     rewritten = 0
     with edit_graph(model) as graph:

@@ -239,8 +239,9 @@ class QdqNet(nn.Module):
                               "logits to train on.")
         for name, value in consts.items():  # a Reshape's shape: a constant, not a parameter
             if value.dtype == np.int64:
-                self.register_buffer(f"const_{len(self.constants)}", torch.from_numpy(value.copy()))
-                self.constants[name] = f"const_{len(self.constants)}"
+                buffer = f"const_{len(self.constants)}"
+                self.register_buffer(buffer, torch.from_numpy(value.copy()))
+                self.constants[name] = buffer
         self.scale_names = list(scales)
         self.scale_index = {s: i for i, s in enumerate(self.scale_names)}
         self.log_scales = nn.Parameter(torch.log(torch.tensor([scales[s][0] for s in self.scale_names],
