@@ -18,7 +18,8 @@ changes scales, not the graph, except for tensors it leaves float):
 
 Batches alternate between variants so load on the machine hits all alike;
 the report gives the median ms per slice at batch 1 and 8 and the ratio to
-fp32, for each of ``--runs`` timing runs (the graphs are made once). ``--profile`` adds onnxruntime's per-operator time for each variant.
+fp32, for each of ``--runs`` timing runs (the graphs are made once).
+``--profile`` adds onnxruntime's per-operator time for each variant.
 Random weights by default (timing does not depend on them).
 """
 
