@@ -55,11 +55,9 @@ _writer: ContextVar[str] = ContextVar("liverrt_writer", default="liverrt (Python
 #: set inside a :func:`writes_outputs` function: the functions it calls write under its name
 _writer_fixed: ContextVar[bool] = ContextVar("liverrt_writer_fixed", default=False)
 
-#: temporary folders of atomic_dir blocks still open: what is written inside them is listed once, by their seal
-_pending: list[Path] = []
-
-#: temporary files and folders of atomic writes not yet renamed or removed. The CLI removes what is left on its
-#: way out (:func:`remove_unfinished`): a signal can land where the writer's own cleanup never runs, e.g. in
+#: temporary files and folders of atomic writes not yet renamed or removed. What is written inside such a
+#: folder is listed once, by its seal (:func:`_in_pending`). The CLI removes what is left on its way out
+#: (:func:`remove_unfinished`): a signal can land where the writer's own cleanup never runs, e.g. in
 #: contextlib's ``__enter__`` after the generator yielded, so the ``with`` block never starts and never exits.
 _unfinished: set[Path] = set()
 
@@ -196,7 +194,8 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _in_pending(folder: Path) -> bool:
-    return any(folder == t or t in folder.parents for t in _pending)
+    """Whether ``folder`` is, or is inside, the temporary folder of an unfinished atomic_dir."""
+    return any(folder == t or t in folder.parents for t in _unfinished)
 
 
 def _commit_file(tmp: Path, path: Path) -> None:
@@ -433,13 +432,9 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
     except OSError as exc:
         raise os_error(exc, folder) from exc
     _unfinished.add(tmp)
-    _pending.append(tmp)
     try:
         try:
-            try:
-                yield tmp
-            finally:
-                _pending.remove(tmp)
+            yield tmp
             if not nested:
                 _seal(tmp)
             set_default_mode(tmp)
