@@ -6,6 +6,7 @@ takes seconds on two cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,12 +24,12 @@ from liverrt.errors import InputError
 from liverrt.export import precision as prec
 from liverrt.export.onnx import export_onnx
 from liverrt.export.pipeline import ExportOptions, run_export
-from liverrt.export.qat import QMAX, QMIN, QatOptions, QdqNet, fake_quantize, qat_to_int8
+from liverrt.export.qat import QMAX, QMIN, STARTS, QatOptions, QdqNet, fake_quantize, qat_to_int8
 from liverrt.models.dncnn_sr import DnCNNSR
 from liverrt.training.losses import dice_bce_loss
 from liverrt.training.slices import build_slice_set
 
-QUICK = QatOptions(epochs=2, steps_per_epoch=3, batch_size=4, lr=1e-4, device="cpu")
+QUICK = QatOptions(epochs=2, steps_per_epoch=3, batch_size=4, lr=1e-4, masks=1.0, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +219,11 @@ def test_cli_qat_export_writes_a_gated_int8_onnx(trained, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (("--precision", "fp16", "--qat"), "--qat fine-tunes for INT8: expected --precision int8, got fp16"),
-    (("--precision", "int8", "--qat-epochs", 2), "--qat-epochs, --qat-steps, --qat-lr and --qat-distill are for --qat"),
-    (("--precision", "int8", "--qat-distill", 0), "--qat-epochs, --qat-steps, --qat-lr and --qat-distill are for --qat"),
+    (("--precision", "int8", "--qat-epochs", 2), "--qat-epochs is for --qat"),
+    (("--precision", "int8", "--qat-distill", 0), "--qat-distill is for --qat"),
+    (("--precision", "int8", "--qat-masks", 1), "--qat-masks is for --qat"),
+    (("--precision", "int8", "--qat-start", "percentile"), "--qat-start is for --qat"),
+    (("--precision", "int8", "--qat", "--qat-distill", 0, "--calib", "CASES"), "distill=0 and masks=0 (expected a loss)"),
     (("--precision", "int8", "--qat", "--calib-method", "search", "--calib", "CASES"), "--qat learns them"),
 ])
 def test_cli_refuses_qat_option_misuse(trained, tmp_path, args, expected):
@@ -233,12 +237,28 @@ def test_qat_refuses_calibration_cases_without_masks(trained, tmp_path):
     ckpt, _, vols, _ = trained
     bare = tmp_path / "bare"
     write_nifti(vols[0].image, vols[0].affine, bare / "c0" / "image.nii.gz")
-    r = run("export", ckpt, "-o", tmp_path / "x.onnx", "--precision", "int8", "--qat", "--calib", bare)
-    assert r.exit_code == 2 and "--qat fine-tunes on the --calib cases' liver masks" in r.output, r.output
+    r = run("export", ckpt, "-o", tmp_path / "x.onnx", "--precision", "int8", "--qat", "--qat-masks", 1, "--calib", bare)
+    assert r.exit_code == 2 and "--qat-masks 1 fine-tunes on the --calib cases' liver masks" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
     with pytest.raises(InputError, match="--qat needs --calib"):
         run_export(ckpt, tmp_path / "y.onnx", precision="int8", qat=True)
     assert not (tmp_path / "y.onnx").exists()
+
+
+def test_distillation_alone_needs_no_masks_and_the_start_sets_the_first_ranges(trained, fine_tuned, tmp_path):
+    """The default loss (distillation from the fp32 graph) fine-tunes on cases without masks; ``start``
+    chooses between the full range search (the fixture's run) and its first step only."""
+    _, onnx_path, vols, _ = trained
+    bare = [dataclasses.replace(v, mask=None) for v in vols]
+    options = QatOptions(epochs=1, steps_per_epoch=2, batch_size=2, start="percentile", device="cpu")
+    result = qat_to_int8(onnx_path, tmp_path / "qat.onnx", bare, options=options, calib_slices=8)
+    assert result.steps == 2 and np.isfinite(result.loss_last)
+    record = json.loads({p.key: p.value for p in onnx.load(str(result.path)).metadata_props}["liverrt.calibration"])
+    searched = json.loads({p.key: p.value for p in onnx.load(str(fine_tuned.path)).metadata_props}
+                          ["liverrt.calibration"])
+    assert record["qat"]["masks"] == 0 and record["init"]["ranges"] == STARTS["percentile"]
+    assert searched["init"]["ranges"] == STARTS["search"]
+    assert searched["init"]["evaluations"] > record["init"]["evaluations"]  # the search's sweeps ran
 
 
 def test_qat_refuses_a_model_class_without_qat_support(tmp_path, tiny_spec):
@@ -256,6 +276,10 @@ def test_qat_options_are_checked_before_any_work():
         QatOptions(epochs=0, lr=0)
     with pytest.raises(InputError, match=r"distill=-1.0 \(expected >= 0\)"):
         QatOptions(distill=-1.0)
+    with pytest.raises(InputError, match=r"distill=0 and masks=0 \(expected a loss\)"):
+        QatOptions(distill=0)
+    with pytest.raises(InputError, match=r"start='minmax' \(expected one of search, percentile\)"):
+        QatOptions(start="minmax")
     assert isinstance(ExportOptions(precision="int8", qat=True).qat, QatOptions)
     assert ExportOptions(precision="int8", qat=False).qat is None
     assert tiny_unet().qat_supported and not DnCNNSR.qat_supported

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from liverrt.bench import QUICK_SKIPS, SECTIONS, markdown_report, run_bench
+from liverrt.bench import QUICK_SKIPS, SECTIONS, engines, markdown_report, run_bench
 from liverrt.bench.subject import RandomWeights, bundled_checkpoint, prepare_subject
 from liverrt.cli import cli
 from liverrt.cli.bench import bench
@@ -110,3 +111,24 @@ def test_the_default_quick_bench_times_the_bundled_model_and_lists_what_it_skips
     assert [h for h in report.splitlines() if h.startswith("## ")] == [
         "## U-Net engines", "## Metric kernels (Numba) vs naive SciPy references"]
     assert "failed" not in report
+
+
+@pytest.mark.slow
+def test_the_full_bench_adds_int8_by_qat_with_its_gate_and_ratios(tmp_path, tiny_checkpoint, monkeypatch):
+    # the full budget's fine-tuning and range search, without the full run's repeats and search (minutes)
+    monkeypatch.setattr(engines, "QUICK", replace(engines.QUICK, qat=True))
+    full = run_bench(tmp_path, quick=True, model=tiny_checkpoint, batch_sizes=(1,), sections=("engines",))
+    results = full["engines"]
+    assert ("onnxruntime", "int8-qat") in {(r["engine"], r["precision"]) for r in results["rows"]}
+    gate = next(g for g in results["gates"] if g["precision"] == "int8-qat")
+    assert gate["verdict"] in GATE_VERDICTS and 0 <= gate["mean_delta_dice"] <= gate["worst_delta_dice"] <= 1
+    assert set(results["int8"]) == {"batch_1", "int8-qat batch_1"}
+    assert results["int8"]["int8-qat batch_1"]["vs_onnxruntime_fp32"] > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "- int8-qat onnxruntime at batch 1: " in report and "- int8 onnxruntime at batch 1: " in report
+    assert f"| onnxruntime | int8-qat | {gate['mean_delta_dice']:.2e} |" in report
+
+
+def test_the_quick_bench_says_it_leaves_qat_out():
+    assert not engines.QUICK.qat and engines.FULL.qat
+    assert any("quantization-aware" in line for line in QUICK_SKIPS["engines"])

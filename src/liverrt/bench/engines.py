@@ -4,7 +4,8 @@ The network is what :mod:`liverrt.bench.subject` resolves: the bundled default m
 otherwise, a bundled model by name, a checkpoint or ONNX file (U-Net, Mask R-CNN, DnCNN-SR), or a
 registered network with seeded random weights. Variants: torch eager (fp32, from the checkpoint when
 there is one), onnxruntime fp32 (the model's fp32 ONNX), fp16 and int8 (Q/DQ from phantom
-calibration slices), both built from that graph, and TensorRT when it is installed with a GPU
+calibration slices), both built from that graph, int8 by quantization-aware fine-tuning on the same
+phantoms for networks that support it (full run only), and TensorRT when it is installed with a GPU
 (otherwise listed as skipped, with the reason; the split Mask R-CNN has no plan). For each: network
 only (``engine.infer``; for Mask R-CNN the three graphs and the NumPy/Numba steps between them) and
 end to end at batch 1 and 8, and the verification gate of each variant against the checkpoint on
@@ -44,6 +45,7 @@ from liverrt.data.volume import Volume
 from liverrt.export import precision as prec
 from liverrt.export.gate import default_volumes, verify_artifact
 from liverrt.export.pipeline import default_calib_method
+from liverrt.export.qat import QatOptions, qat_to_int8
 from liverrt.machine import machine_info
 from liverrt.models import model_class
 from liverrt.runtime import open_engine
@@ -61,13 +63,14 @@ class Budget:
     repeats_batched: int  # at every batch size above 1
     calib_slices: int
     int8_search: bool  # calibrate int8 as `liverrt export` does even where that is the range search
+    qat: bool  # add int8 by quantization-aware fine-tuning where the model class supports it
 
     def repeats(self, batch: int) -> int:
         return self.repeats_batch1 if batch == 1 else self.repeats_batched
 
 
-FULL = Budget(repeats_batch1=30, repeats_batched=10, calib_slices=32, int8_search=True)
-QUICK = Budget(repeats_batch1=10, repeats_batched=3, calib_slices=16, int8_search=False)
+FULL = Budget(repeats_batch1=30, repeats_batched=10, calib_slices=32, int8_search=True, qat=True)
+QUICK = Budget(repeats_batch1=10, repeats_batched=3, calib_slices=16, int8_search=False, qat=False)
 
 #: what ``--quick`` leaves out of this section (the report lists it)
 QUICK_SKIPS = (
@@ -76,6 +79,8 @@ QUICK_SKIPS = (
     f"engines: int8 calibrates on {QUICK.calib_slices} phantom slices (full: {FULL.calib_slices}) and, where the "
     "model's `liverrt export` default is the range search (many minutes on 2 cores), takes one-pass percentile "
     "ranges instead: timed, not gated",
+    "engines: no int8 by quantization-aware fine-tuning (minutes of training; the full run fine-tunes on the "
+    "calibration phantoms' masks)",
 )
 
 RANDOM = "not gated: random weights"
@@ -113,7 +118,7 @@ def _prepare_model(work: Path, size: int, model: Path | None) -> tuple[Path | No
 @dataclass(frozen=True)
 class _Variant:
     engine: str
-    precision: str
+    precision: str  # fp32, fp16, int8, or int8-qat (the same int8 graph, its weights and ranges fine-tuned)
     path: Path
     not_gated: str | None = None  # the gate column's text when it is not run
 
@@ -145,15 +150,23 @@ def _variants(work: Path, subject: Subject, info: ArtifactInfo, step: Callable[[
         skipped.append({"variant": "onnxruntime fp16", "reason": str(exc)[:200]})
     method, as_export = _int8_method(info.kind, budget)
     calib = None
+    calib_volumes = default_volumes(info.spec.size, cases=2, seed=2000)
     try:
-        calib = prec.calibration_slices(default_volumes(info.spec.size, cases=2, seed=2000), info.spec,
-                                        n=budget.calib_slices)
+        calib = prec.calibration_slices(calib_volumes, info.spec, n=budget.calib_slices)
         prec.to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib, calibration_source="phantoms (bench)",
                      method=method)
         variants.append(_Variant("onnxruntime", "int8", work / f"{stem}.int8.onnx",
                                  not_gated or (None if as_export else QUICK_INT8)))
     except Exception as exc:
         skipped.append({"variant": "onnxruntime int8", "reason": str(exc)[:200]})
+    if budget.qat and model_class(info.kind).qat_supported and subject.checkpoint is not None:
+        step("int8 by quantization-aware fine-tuning")
+        try:
+            qat_to_int8(subject.onnx, work / f"{stem}.int8-qat.onnx", calib_volumes, options=QatOptions(device="cpu"),
+                        calib_slices=budget.calib_slices, calibration_source="phantoms (bench)")
+            variants.append(_Variant("onnxruntime", "int8-qat", work / f"{stem}.int8-qat.onnx", not_gated))
+        except Exception as exc:
+            skipped.append({"variant": "onnxruntime int8-qat", "reason": str(exc)[:200]})
     skipped += _tensorrt_variants(work, subject, info, calib, method, variants)
     return variants, skipped
 
@@ -282,17 +295,20 @@ def _gate_row(subject: Subject, v: _Variant, info: ArtifactInfo) -> dict:
 
 
 def _ratios(rows: list[dict], batch_sizes: tuple[int, ...]) -> tuple[dict, dict]:
-    """Per batch size: onnxruntime fp32 over torch, and int8 over both (ratios of one run's medians)."""
+    """Per batch size: onnxruntime fp32 over torch, and each int8 graph over both (ratios of one run's medians);
+    the int8 ratios are keyed ``batch_<n>`` (post-training ranges) and ``int8-qat batch_<n>``."""
     by = {(r["engine"], r["precision"], r["batch"]): r["slice_ms_median"] for r in rows}
     speedups = {f"batch_{bs}": by[("torch", "fp32", bs)] / by[("onnxruntime", "fp32", bs)] for bs in batch_sizes
                 if ("torch", "fp32", bs) in by}
     int8 = {}
-    for bs in batch_sizes:
-        if ("onnxruntime", "int8", bs) in by:
-            q = by[("onnxruntime", "int8", bs)]
-            torch_ms = by.get(("torch", "fp32", bs))
-            int8[f"batch_{bs}"] = {"int8_ms_per_slice": q, "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)] / q,
-                                   "vs_torch": None if torch_ms is None else torch_ms / q}
+    for precision, prefix in (("int8", ""), ("int8-qat", "int8-qat ")):
+        for bs in batch_sizes:
+            if ("onnxruntime", precision, bs) in by:
+                q = by[("onnxruntime", precision, bs)]
+                torch_ms = by.get(("torch", "fp32", bs))
+                int8[f"{prefix}batch_{bs}"] = {"int8_ms_per_slice": q,
+                                               "vs_onnxruntime_fp32": by[("onnxruntime", "fp32", bs)] / q,
+                                               "vs_torch": None if torch_ms is None else torch_ms / q}
     return speedups, int8
 
 

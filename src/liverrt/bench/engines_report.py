@@ -55,7 +55,8 @@ def _ratio_lines(results: dict) -> list[str]:
              f"(torch ms/slice ÷ onnxruntime ms/slice, same run)"
              for k, v in results["speedup_onnxruntime_over_torch"].items()]
     for k, v in results.get("int8", {}).items():
-        lines.append(f"- int8 onnxruntime at {k.replace('_', ' ')}: {v['int8_ms_per_slice']:.1f} ms/slice, "
+        name, _, batch = k.rpartition("batch_")
+        lines.append(f"- {name or 'int8 '}onnxruntime at batch {batch}: {v['int8_ms_per_slice']:.1f} ms/slice, "
                      f"**{v['vs_onnxruntime_fp32']:.2f}x** onnxruntime fp32"
                      + ("" if v.get("vs_torch") is None else f", **{v['vs_torch']:.2f}x** torch eager"))
     cal = results.get("int8_calibration")

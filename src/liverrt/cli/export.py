@@ -22,7 +22,7 @@ from liverrt.cli.common import (
 from liverrt.data.sources import load_cases
 from liverrt.export.gate import LIMITS
 from liverrt.export.pipeline import FORMATS, ExportOptions, default_calib_method, run_export
-from liverrt.export.qat import QatOptions
+from liverrt.export.qat import STARTS, QatOptions
 from liverrt.export.triton import TritonOptions
 from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
 
@@ -48,8 +48,9 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
                    "DnCNN-SR); percentile = every tensor at its 99.99th percentile (one pass); minmax = largest "
                    "value (one pass; the default for Mask R-CNN; broke both trained U-Nets).")
 @click.option("--qat", is_flag=True,
-              help="INT8 by quantization-aware fine-tuning on the --calib cases' liver masks (the same Q/DQ graph, "
-                   "its weights and activation ranges trained for int8 rounding; minutes), then the gate.")
+              help="INT8 by quantization-aware fine-tuning on the --calib cases (the same Q/DQ graph, its weights "
+                   "and activation ranges trained to reproduce the fp32 network under int8 rounding; minutes), "
+                   "then the gate.")
 @click.option("--qat-epochs", type=click.IntRange(1), default=QatOptions.epochs, show_default=True,
               help="--qat: fine-tuning epochs.")
 @click.option("--qat-steps", type=click.IntRange(1), default=None,
@@ -58,7 +59,13 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
               help="--qat: Adam learning rate of the weights (cosine decay).")
 @click.option("--qat-distill", type=click.FloatRange(0), default=QatOptions.distill, show_default=True,
               help="--qat: weight of the loss that keeps the int8 output near the fp32 network's (what the gate "
-                   "compares); 0 trains on the liver masks alone.")
+                   "compares).")
+@click.option("--qat-masks", type=click.FloatRange(0), default=QatOptions.masks, show_default=True,
+              help="--qat: weight of the network's own loss on the --calib cases' liver masks (needs masks); "
+                   "0: distillation alone.")
+@click.option("--qat-start", type=click.Choice(list(STARTS)), default=QatOptions.start, show_default=True,
+              help="--qat: where the activation ranges start: the range search of post-training INT8 without "
+                   "float scales (minutes), or its first step (the best single percentile for all tensors).")
 @click.option("--verify", "--verify-data", "verify_data", type=existing_path, default=None,
               help="Cases the verification gate runs on (default: phantoms).")
 @click.option("--no-verify", is_flag=True, help="Skip the dataset verification gate (the parity check still runs).")
@@ -90,7 +97,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
            maskrcnn_graph: str, qat: bool, qat_epochs: int, qat_steps: int | None, qat_lr: float, qat_distill: float,
-           overwrite: bool,
+           qat_masks: float, qat_start: str, overwrite: bool,
            layout: str | None) -> None:
     """Export a checkpoint to ONNX, TensorRT or Triton, kept only if it passes the check against PyTorch.
 
@@ -106,8 +113,10 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
     if no_verify and (verify_data or given(ctx, "max_mean_delta_dice") or given(ctx, "max_worst_delta_dice")):
         raise click.UsageError("--no-verify skips the gate; --verify and the gate limits would be ignored")
 
-    if not qat and any(given(ctx, o) for o in ("qat_epochs", "qat_steps", "qat_lr", "qat_distill")):
-        raise click.UsageError("--qat-epochs, --qat-steps, --qat-lr and --qat-distill are for --qat")
+    qat_options = [o for o in ("qat_epochs", "qat_steps", "qat_lr", "qat_distill", "qat_masks", "qat_start")
+                   if given(ctx, o)]
+    if not qat and qat_options:
+        raise click.UsageError(f"--{qat_options[0].replace('_', '-')} is for --qat")
     if qat and precision != "int8":  # before the cases load (ExportOptions says the same)
         raise click.UsageError(f"--qat fine-tunes for INT8: expected --precision int8, got {precision}")
     verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
@@ -122,8 +131,8 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
         calib_method=calib_method, int8_target=int8_target, maskrcnn_graph=maskrcnn_graph, batch=batch,
         workspace_mb=workspace_mb,
         triton=TritonOptions(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind),
-        qat=QatOptions(epochs=qat_epochs, steps_per_epoch=qat_steps, lr=qat_lr, distill=qat_distill) if qat
-        else None)
+        qat=QatOptions(epochs=qat_epochs, steps_per_epoch=qat_steps, lr=qat_lr, distill=qat_distill,
+                       masks=qat_masks, start=qat_start) if qat else None)
     searching = precision == "int8" and not qat and (
         calib_method or default_calib_method(artifact_info(checkpoint).kind)) == "search"
     bar = "QAT fine-tuning" if qat else "INT8 range search" if searching else None

@@ -204,7 +204,7 @@ def run_export(checkpoint: Path, out: Path, options: ExportOptions | None = None
     targets = _Targets.plan(checkpoint, out, options)
     options.check_model(model_class(artifact_info(checkpoint).kind))
     if options.qat is not None:
-        check_volumes(calib_volumes)
+        check_volumes(calib_volumes, options.qat)
     targets.check(overwrite)
     targets.work.mkdir(parents=True, exist_ok=True)
 

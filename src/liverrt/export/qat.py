@@ -11,19 +11,22 @@ torch, it runs the export's own graph:
    post-training INT8 (:func:`~liverrt.export.precision.prepare_fp32`,
    :func:`~liverrt.export.precision.place_qdq`: onnxruntime's placement,
    first layer and logits float, tied scales, the target's zero-point
-   rule), activation ranges starting at the best single percentile of |x| for all tensors;
+   rule); the activation ranges start where post-training INT8 ends, at the
+   output-aware range search's (without float fallback), or at its first
+   step only (:class:`QatOptions` ``start``);
 2. :class:`QdqNet` runs that graph in torch: each activation Q->DQ pair is a
    fake quantisation with the pair's scale and zero point (one learned
    scale per scale initializer, so tied scales stay tied, LSQ with a log
    parameter), each weight DequantizeLinear a per-channel symmetric fake
    quantisation of the float weight with onnxruntime's scale (max |w| / 127);
-3. the float weights and the scales are fine-tuned with the network's loss
-   (Dice + BCE on the logits the output head reads) on the calibration
-   cases' liver masks, Adam with a cosine decay;
+3. the float weights and the scales are fine-tuned, Adam with a cosine
+   decay, to reproduce the fp32 network's output (distillation: what the
+   gate compares), optionally plus the network's own loss (Dice + BCE) on
+   the calibration cases' liver masks;
 4. the fine-tuned weights go back into the fp32 graph, the pairs are placed
    again (onnxruntime quantises the new weights per channel) and the learned
-   activation scales replace the min-max ones: the same graph, no range
-   search, no float fallback.
+   activation scales replace the min-max ones: the same graph, no float
+   fallback.
 
 ``tests/export/test_qat.py`` checks that :class:`QdqNet` and onnxruntime's
 run of the written graph agree.
@@ -48,7 +51,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from liverrt.artifacts import artifact_info
-from liverrt.data.preprocess import PreprocessSpec
+from liverrt.data.preprocess import PreprocessSpec, to_input
 from liverrt.data.volume import Volume
 from liverrt.device import resolve_device
 from liverrt.errors import ExportError, InputError
@@ -63,32 +66,37 @@ Progress = Callable[[int, int, str], None]
 
 #: int8 as onnxruntime's QuantizeLinear saturates it (zero point 0 or -128)
 QMIN, QMAX = -128, 127
-#: where the activation ranges start: the best single percentile of |x| for all activations (the range
-#: search's first step, ~11 runs of 16 calibration slices). Chosen when 99.99 for every tensor left the
-#: bundled U-Net at mean ΔDice 0.54; since the Concat-aware equalisation, 99.99 gives 0.047 there and
-#: 3 QAT epochs from this start 0.108 (benchmarks/RESULTS.md, 2026-12-07).
-INIT = "best single percentile"
+#: where the activation ranges start (QatOptions.start): the output-aware range search of post-training
+#: INT8 without float fallback (minutes), or its first step only, the best single percentile of |x| for all
+#: activations (~11 runs of 16 calibration slices)
+STARTS = {"search": "range search, no float scales", "percentile": "best single percentile"}
 
 
 @dataclass(frozen=True)
 class QatOptions:
-    """How the fine-tuning runs: ``epochs`` of ``steps_per_epoch`` optimiser steps (default: one pass
-    over the calibration cases' slices) of ``batch_size`` slices; Adam at ``lr`` for the weights and
-    ``scale_lr`` for the log activation scales (``learn_scales``; else the starting ranges stay), cosine
-    decay to 0; ``device`` as for training (``auto``: CUDA if there is one).
+    """How the fine-tuning runs: from the activation ranges of ``start`` (:data:`STARTS`), ``epochs`` of
+    ``steps_per_epoch`` optimiser steps (default: one pass over the calibration cases' slices) of
+    ``batch_size`` slices; Adam at ``lr`` for the weights and ``scale_lr`` for the log activation scales
+    (``learn_scales``; else the starting ranges stay), cosine decay to 0; ``device`` as for training
+    (``auto``: CUDA if there is one).
 
-    The loss is the U-Net's own (Dice + BCE against the liver masks) plus ``distill`` times the BCE of the
-    int8 graph's logits against the fp32 graph's probabilities (the float network before fine-tuning,
-    frozen): the gate compares int8 with fp32, and the masks alone let the fine-tuned graph drift from
-    fp32 where fp32 is wrong. ``distill=0`` trains on the masks alone."""
+    The loss is ``distill`` times the KL divergence of the int8 graph's per-pixel probabilities from the fp32
+    graph's (the float network before fine-tuning, frozen; the BCE against its probabilities less their
+    entropy, so 0 is a perfect match), plus ``masks`` times the U-Net's own loss (Dice + BCE
+    against the liver masks). The gate compares int8 with fp32, and the masks let the fine-tuned graph drift
+    from fp32 where fp32 is wrong, so the default is distillation alone, which needs no masks. The defaults
+    (distillation, weights at 5e-6, from the search) were chosen by measurement on the bundled U-Net
+    (benchmarks/RESULTS.md, 2026-12-07, midday)."""
 
     epochs: int = 3
     steps_per_epoch: int | None = None
-    lr: float = 2e-5
+    lr: float = 5e-6
     scale_lr: float = 1e-2
     batch_size: int = 8
     learn_scales: bool = True
     distill: float = 1.0
+    masks: float = 0.0
+    start: str = "search"
     seed: int = 0
     device: str = "auto"
 
@@ -98,7 +106,10 @@ class QatOptions:
                      ("steps_per_epoch", self.steps_per_epoch or 1)) if value < 1]
         problems += [f"{name}={value} (expected > 0)" for name, value in
                      (("lr", self.lr), ("scale_lr", self.scale_lr)) if not value > 0]
-        problems += [f"distill={self.distill} (expected >= 0)"] if not self.distill >= 0 else []
+        problems += [f"{name}={value} (expected >= 0)" for name, value in
+                     (("distill", self.distill), ("masks", self.masks)) if not value >= 0]
+        problems += [] if self.distill + self.masks > 0 else ["distill=0 and masks=0 (expected a loss)"]
+        problems += [] if self.start in STARTS else [f"start={self.start!r} (expected one of {', '.join(STARTS)})"]
         if problems:
             raise InputError(f"QAT options: {', '.join(problems)}.")
 
@@ -122,15 +133,17 @@ class QatResult:
                 "loss_first_epoch": self.loss_first, "loss_last_epoch": self.loss_last, **asdict(self.options)}
 
 
-def check_volumes(volumes: Sequence[Volume] | None) -> None:
-    """QAT trains on the calibration cases' liver masks: refuse none, or a case without a mask (one line)."""
+def check_volumes(volumes: Sequence[Volume] | None, options: QatOptions) -> None:
+    """QAT trains on the calibration cases, and with ``options.masks`` on their liver masks: refuse none, or a
+    case without a mask where masks are needed (one line)."""
     if not volumes:
-        raise InputError("--qat needs --calib: cases with liver masks to fine-tune on (a case-level split of "
-                         "your data, not the test cases).")
+        raise InputError("--qat needs --calib: cases to fine-tune on (a case-level split of your data, not the "
+                         "test cases).")
     missing = [v.case_id for v in volumes if v.mask is None]
-    if missing:
-        raise InputError(f"--qat fine-tunes on the --calib cases' liver masks: case(s) {', '.join(missing[:5])} "
-                         f"have none; expected every --calib case with a mask.")
+    if missing and options.masks > 0:
+        raise InputError(f"--qat-masks {options.masks:g} fine-tunes on the --calib cases' liver masks: case(s) "
+                         f"{', '.join(missing[:5])} have none; expected every --calib case with a mask, or "
+                         "--qat-masks 0 (distillation alone).")
 
 
 def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, options: QatOptions | None = None,
@@ -145,15 +158,17 @@ def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, op
     options = options or QatOptions()
     src, out = Path(src_onnx), Path(out_onnx)
     info = artifact_info(src)
-    check_volumes(volumes)
+    check_volumes(volumes, options)
     prec.int8_target(target)
     calibration = prec.calibration_slices(list(volumes), info.spec, n=calib_slices)
     with tempfile.TemporaryDirectory(prefix="liverrt-qat-") as tmp:
         prepared, tuned = Path(tmp) / "prepared.onnx", Path(tmp) / "tuned.onnx"
         equalized = prec.prepare_fp32(src, prepared, calibration, target=target)
         template, unsigned = prec.place_qdq(prepared, calibration, target=target)
-        init = fit_ranges(prepared, template, calibration, method="search", sweeps=0, max_float=0,
-                          threshold=info.threshold, input_name=prec.INPUT_NAME)
+        init = fit_ranges(prepared, template, calibration, method="search", max_float=0,
+                          threshold=info.threshold, input_name=prec.INPUT_NAME,
+                          **({"sweeps": 0} if options.start == "percentile" else {}),
+                          progress=progress and (lambda done, total, what: progress(done, total, f"ranges: {what}")))
         fp32 = onnx.load(str(prepared))
         net = QdqNet(template, fp32, learn_scales=options.learn_scales)
         t0 = time.perf_counter()
@@ -167,7 +182,7 @@ def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, op
     prec.write_int8(model, src, out, calibration[:1], {
         "method": "qat", "slices": int(calibration.shape[0]), "per_channel": True, "quantize_conv_outputs": True,
         "float_input_layer": True, "source": calibration_source, "target": target,
-        "init": {"ranges": INIT, **init.summary()}, "equalized_convolutions": equalized,
+        "init": {"ranges": STARTS[options.start], **init.summary()}, "equalized_convolutions": equalized,
         "unsigned_scales": unsigned, "qat": result.summary()})
     log.info("wrote QAT int8 graph %s (%d steps on %d slices, %.0f s)", out, tuning.steps, tuning.slices, seconds)
     return result
@@ -401,13 +416,18 @@ class Tuning:
 
 def fine_tune(net: QdqNet, volumes: Sequence[Volume], spec: PreprocessSpec, options: QatOptions, *,
               bce_weight: float = 1.0, progress: Progress | None = None) -> Tuning:
-    """Train ``net`` in place on all slices of ``volumes`` (Dice + BCE on its logits, the U-Net's loss, plus
-    the distillation term of :class:`QatOptions`)."""
-    data = build_slice_set(list(volumes), spec)
+    """Train ``net`` in place on all slices of ``volumes`` with the loss of :class:`QatOptions` (distillation
+    from the float graph, and the U-Net's Dice + BCE on the liver masks where ``masks`` > 0)."""
+    if options.masks > 0:
+        data = build_slice_set(list(volumes), spec)
+        slices, masks = data.x, data.y
+    else:  # distillation alone: the slices, no masks
+        slices = torch.cat([torch.from_numpy(to_input(v.image, v.intensity, spec, v.spacing)[0]) for v in volumes])
+        masks = None
     device = resolve_device(options.device)
     net.to(device).train()
     teacher = copy.deepcopy(net).eval().requires_grad_(False) if options.distill > 0 else None
-    per_epoch = options.steps_per_epoch or math.ceil(len(data) / options.batch_size)
+    per_epoch = options.steps_per_epoch or math.ceil(len(slices) / options.batch_size)
     total = options.epochs * per_epoch
     groups = [{"params": list(net.params), "lr": options.lr}]
     if options.learn_scales:
@@ -422,15 +442,19 @@ def fine_tune(net: QdqNet, volumes: Sequence[Volume], spec: PreprocessSpec, opti
         losses = []
         for _ in range(per_epoch):
             if order.numel() < options.batch_size:  # a fresh pass over the slices, shuffled
-                order = torch.cat([order, torch.randperm(len(data), generator=gen)])
+                order = torch.cat([order, torch.randperm(len(slices), generator=gen)])
             index, order = order[:options.batch_size], order[options.batch_size:]
-            x, y = data.x[index].to(device), data.y[index].to(device)
+            x = slices[index].to(device)
             logits = net(x)["logits"].float()
-            loss = dice_bce_loss(logits, y, bce_weight=bce_weight)
-            if teacher is not None:
+            loss = logits.new_zeros(())
+            if masks is not None:
+                loss = loss + options.masks * dice_bce_loss(logits, masks[index].to(device), bce_weight=bce_weight)
+            if teacher is not None:  # KL(fp32 || int8) per pixel: the BCE less the fp32 output's own entropy
                 with torch.no_grad():
-                    soft = torch.sigmoid(teacher(x, quantize=False)["logits"].float())
-                loss = loss + options.distill * F.binary_cross_entropy_with_logits(logits, soft)
+                    target = teacher(x, quantize=False)["logits"].float()
+                    soft = torch.sigmoid(target)
+                    entropy = F.binary_cross_entropy_with_logits(target, soft)
+                loss = loss + options.distill * (F.binary_cross_entropy_with_logits(logits, soft) - entropy)
             if not torch.isfinite(loss):
                 raise ExportError(f"QAT: the loss became {loss.item()} at step {step + 1}; expected a finite loss "
                                   "(lower --qat-lr).")
@@ -445,7 +469,7 @@ def fine_tune(net: QdqNet, volumes: Sequence[Volume], spec: PreprocessSpec, opti
         epoch_loss.append(float(np.mean(losses)))
         log.info("QAT epoch %d/%d: loss %.4f", epoch + 1, options.epochs, epoch_loss[-1])
     net.eval().cpu()
-    return Tuning(step, len(data), epoch_loss[0], epoch_loss[-1])
+    return Tuning(step, len(slices), epoch_loss[0], epoch_loss[-1])
 
 
 # --------------------------------------------------------------------------- back into the graph
