@@ -79,8 +79,8 @@ QUICK_SKIPS = (
     f"engines: int8 calibrates on {QUICK.calib_slices} phantom slices (full: {FULL.calib_slices}) and, where the "
     "model's `liverrt export` default is the range search (many minutes on 2 cores), takes one-pass percentile "
     "ranges instead: timed, not gated",
-    "engines: no int8 by quantization-aware fine-tuning (minutes of training; the full run fine-tunes on the "
-    "calibration phantoms' masks)",
+    "engines: no int8 by quantization-aware fine-tuning (minutes: a range search, then training; the full run "
+    "fine-tunes on the calibration phantoms)",
 )
 
 RANDOM = "not gated: random weights"

@@ -89,7 +89,7 @@ class ExportOptions:
     by TensorRT). ``limits`` default to those of the precision (:data:`liverrt.export.gate.LIMITS`).
     ``batch`` is the TensorRT optimisation profile (MIN:OPT:MAX); ``triton`` the Triton model settings
     (its ``name`` defaults to the checkpoint's stem).
-    ``qat``: quantization-aware fine-tuning on the calibration cases' masks before the INT8 graph is written
+    ``qat``: quantization-aware fine-tuning on the calibration cases before the INT8 graph is written
     (:mod:`liverrt.export.qat`; ``True`` for the default :class:`~liverrt.export.qat.QatOptions`); int8 only,
     for model classes with ``qat_supported``, and its ranges are learned (no ``calib_method``).
     """
