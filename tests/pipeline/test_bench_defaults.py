@@ -115,7 +115,7 @@ def test_the_default_quick_bench_times_the_bundled_model_and_lists_what_it_skips
 
 @pytest.mark.slow
 def test_the_full_bench_adds_int8_by_qat_with_its_gate_and_ratios(tmp_path, tiny_checkpoint, monkeypatch):
-    # the full budget's fine-tuning and range search, without the full run's repeats and search (minutes)
+    # the full run's QAT variant on the quick budget (the full run's repeats and int8 range search take minutes)
     monkeypatch.setattr(engines, "QUICK", replace(engines.QUICK, qat=True))
     full = run_bench(tmp_path, quick=True, model=tiny_checkpoint, batch_sizes=(1,), sections=("engines",))
     results = full["engines"]
