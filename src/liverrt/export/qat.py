@@ -149,7 +149,7 @@ def check_volumes(volumes: Sequence[Volume] | None, options: QatOptions) -> None
 def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, options: QatOptions | None = None,
                 target: str = "onnxruntime", calib_slices: int = 64, bce_weight: float = 1.0,
                 calibration_source: str | None = None, progress: Progress | None = None) -> QatResult:
-    """Fine-tune the fp32 liverrt ONNX ``src_onnx`` on ``volumes`` (with masks) and write its INT8 Q/DQ graph.
+    """Fine-tune the fp32 liverrt ONNX ``src_onnx`` on ``volumes`` (with masks where ``options.masks`` > 0) and write its INT8 Q/DQ graph.
 
     ``calib_slices`` slices of ``volumes`` (:func:`~liverrt.export.precision.calibration_slices`) set the
     equalisation and the starting ranges; all their slices are the training set. ``target`` as for
