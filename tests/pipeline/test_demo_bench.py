@@ -70,7 +70,7 @@ def test_bench_times_a_mask_rcnn_and_says_why_it_has_no_plan(tmp_path, maskrcnn_
     assert [s["reason"] for s in results["skipped"] if s["variant"] == "tensorrt"][0].startswith(
         "the split Mask R-CNN has no TensorRT plan")
     report = (tmp_path / "report.md").read_text()
-    assert "## Mask R-CNN engines" in report and "U-Net" not in report and "the RoI heads stay fp32" in report
+    assert "## Mask R-CNN engines" in report and "U-Net" not in report and "int8 all three graphs" in report
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ from liverrt.export import precision as prec
 from liverrt.export.gate import default_volumes, verify_artifact
 from liverrt.export.pipeline import default_calib_method
 from liverrt.export.qat import QatOptions, qat_to_int8
+from liverrt.export.roi_heads import heads_to_int8
 from liverrt.machine import machine_info
 from liverrt.models import model_class
 from liverrt.runtime import open_engine
@@ -143,7 +144,7 @@ def _variants(work: Path, subject: Subject, info: ArtifactInfo, step: Callable[[
     variants.append(_Variant("onnxruntime", "fp32", subject.onnx, not_gated))
     stem = subject.onnx.stem
     step("fp16 and int8 graphs")
-    try:  # a split Mask R-CNN converts its rpn graph; the box/mask graphs beside it stay fp32
+    try:  # fp16 of a split Mask R-CNN converts its rpn graph; the box/mask graphs beside it stay fp32
         prec.to_fp16(subject.onnx, work / f"{stem}.fp16.onnx")
         variants.append(_Variant("onnxruntime", "fp16", work / f"{stem}.fp16.onnx", not_gated))
     except Exception as exc:  # reported, not fatal: the other variants still run
@@ -155,6 +156,9 @@ def _variants(work: Path, subject: Subject, info: ArtifactInfo, step: Callable[[
         calib = prec.calibration_slices(calib_volumes, info.spec, n=budget.calib_slices)
         prec.to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib, calibration_source="phantoms (bench)",
                      method=method)
+        if model_class(info.kind).split_export:  # int8 RoI heads, as `liverrt export` makes them
+            heads_to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib,
+                          method="minmax" if method == "minmax" else "percentile")
         variants.append(_Variant("onnxruntime", "int8", work / f"{stem}.int8.onnx",
                                  not_gated or (None if as_export else QUICK_INT8)))
     except Exception as exc:

@@ -18,7 +18,8 @@ def markdown_report(results: dict) -> str:
         lines.append(f"- end to end for {title}: preprocess + network (its output is an image)")
     if described.split_export:
         lines.append(f"- {title}: 'network' is the three graphs plus the NumPy/Numba steps between them (proposals, "
-                     "NMS, mask pasting); fp16/int8 convert the backbone + FPN + RPN graph, the RoI heads stay fp32")
+                     "NMS, mask pasting); fp16 converts the backbone + FPN + RPN graph (the RoI heads stay fp32), "
+                     "int8 all three graphs (the heads calibrated on the RoIs the pipeline makes)")
     if results.get("gates"):
         lines += ["", "Verification gate against torch (2 phantom cases):", "",
                   *_gate_table(results["gates"], described.gate)]

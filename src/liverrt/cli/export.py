@@ -87,6 +87,9 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB
 @click.option("--maskrcnn-graph", type=click.Choice(["split", "single"]), default="split", show_default=True,
               help="Mask R-CNN: three plain graphs + the liverrt runtime (any engine), or torchvision's whole "
                    "model as one graph (onnxruntime only, batch 1 per call).")
+@click.option("--fp32-heads", is_flag=True,
+              help="Mask R-CNN, --precision int8: keep the RoI heads (box and mask graphs) in fp32; by default they "
+                   "are INT8 too, calibrated on the RoIs the split pipeline makes from the --calib slices.")
 @overwrite_option(expose=True, help="Replace existing artifacts (and a Triton model version), even where liverrt "
                                     "did not write them (never the checkpoint).")
 @layout_option
@@ -96,7 +99,7 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
            verify_data: Path | None, no_verify: bool, max_mean_delta_dice: float | None,
            max_worst_delta_dice: float | None, opset: int, exporter: str, atol: float, batch: str,
            workspace_mb: int, name: str | None, max_batch_size: int | None, instances: int, kind: str,
-           maskrcnn_graph: str, qat: bool, qat_epochs: int, qat_steps: int | None, qat_lr: float, qat_distill: float,
+           maskrcnn_graph: str, fp32_heads: bool, qat: bool, qat_epochs: int, qat_steps: int | None, qat_lr: float, qat_distill: float,
            qat_masks: float, qat_start: str, overwrite: bool,
            layout: str | None) -> None:
     """Export a checkpoint to ONNX, TensorRT or Triton, kept only if it passes the check against PyTorch.
@@ -121,14 +124,17 @@ def export(ctx: click.Context, checkpoint: Path, fmt: str, out: Path, precision:
         raise click.UsageError(f"--qat fine-tunes for INT8: expected --precision int8, got {precision}")
     verify_volumes = load_cases(verify_data, layout=layout).volumes if verify_data else None
     calib_volumes = load_cases(calib, layout=layout).volumes if calib else None
-    if precision != "int8" and any(given(ctx, o) for o in ("calib", "calib_method", "calib_slices", "int8_target")):
-        raise click.UsageError("--calib, --calib-method, --calib-slices and --int8-target are for --precision int8")
+    if precision != "int8" and any(given(ctx, o) for o in ("calib", "calib_method", "calib_slices", "int8_target",
+                                                           "fp32_heads")):
+        raise click.UsageError("--calib, --calib-method, --calib-slices, --int8-target and --fp32-heads are for "
+                               "--precision int8")
     limits = {k: v for k, v in (("mean_delta_dice", max_mean_delta_dice), ("worst_delta_dice", max_worst_delta_dice))
               if v is not None}
     options = ExportOptions(
         fmt=fmt, precision=precision, opset=opset, exporter=exporter, atol=atol, verify=not no_verify,
         limits=replace(LIMITS[precision], **limits) if limits else None, calib_slices=calib_slices,
-        calib_method=calib_method, int8_target=int8_target, maskrcnn_graph=maskrcnn_graph, batch=batch,
+        calib_method=calib_method, int8_target=int8_target, maskrcnn_graph=maskrcnn_graph,
+        int8_heads=not fp32_heads, batch=batch,
         workspace_mb=workspace_mb,
         triton=TritonOptions(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind),
         qat=QatOptions(epochs=qat_epochs, steps_per_epoch=qat_steps, lr=qat_lr, distill=qat_distill,

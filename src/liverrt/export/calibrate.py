@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,8 @@ PERCENTILES: tuple[float, ...] = (100.0, 99.99, 99.9, 99.5, 99.0, 98.0, 95.0, 90
 SAMPLES_PER_BATCH = 1 << 17
 
 Progress = Callable[[int, int, str], None]
+#: a graph's calibration inputs: one ``{input name: batch}`` per run
+Feeds = Sequence[dict[str, np.ndarray]]
 
 
 @dataclass
@@ -144,10 +146,10 @@ def fit_ranges(
     """
     if method not in ("minmax", "percentile", "search"):
         raise ExportError(f"Range method {method!r}: expected 'minmax', 'percentile' or 'search'.")
+    feeds = slice_feeds(calibration, batch_size, input_name)
     if method in ("minmax", "percentile"):
-        at = 100.0 if method == "minmax" else float(percentile)
-        return _fixed_ranges(fp32_path, model, calibration, method, at, batch_size, input_name)
-    groups = _groups(model, fp32_path, calibration, batch_size, input_name, PERCENTILES)
+        return fixed_ranges(fp32_path, model, feeds, method=method, percentile=percentile)
+    groups = _groups(model, fp32_path, feeds, PERCENTILES)
     fit = RangeFit(method)
     if not groups:
         return fit
@@ -173,11 +175,13 @@ def fit_ranges(
     return fit
 
 
-def _fixed_ranges(fp32_path: Path, model: onnx.ModelProto, calibration: np.ndarray, method: str, at: float,
-                  batch_size: int, input_name: str) -> RangeFit:
-    """Every scale from its own tensor's ``at`` percentile of |x| (100: the maximum), no search."""
+def fixed_ranges(fp32_path: Path, model: onnx.ModelProto, feeds: Feeds, *, method: str = "percentile",
+                 percentile: float = 99.99) -> RangeFit:
+    """Set every scale of ``model`` (in place) from its own tensor's ``percentile`` of |x| (``minmax``: the
+    maximum), no search; ``feeds``: the fp32 graph's inputs, one dict per batch (any graph, any inputs)."""
+    at = 100.0 if method == "minmax" else float(percentile)
     fit = RangeFit(method)
-    for g in _groups(model, fp32_path, calibration, batch_size, input_name, (at,)):
+    for g in _groups(model, fp32_path, feeds, (at,)):
         _set_scale(model, g, g.candidates[0])
         fit.percentiles[g.scale] = at
     return fit
@@ -425,7 +429,7 @@ def equalize(model: onnx.ModelProto, calibration: np.ndarray, *, batch_size: int
     if not plan:
         return 0
     weights = {t.name: t for t in model.graph.initializer}
-    ranges = _channel_max(model, [r.tensor for r in plan], calibration, batch_size, input_name)
+    ranges = _channel_max(model, [r.tensor for r in plan], slice_feeds(calibration, batch_size, input_name))
     arrays = {name: numpy_helper.to_array(weights[name]).astype(np.float64)
               for r in plan for name in (_weight(r.producer), *(_weight(n) for n, _ in r.readers))}
     for group in _shared_readers(plan):  # in graph order: a reader rescaled here may be a producer further down
@@ -563,19 +567,22 @@ def _rescale(r: _Rescaling, s: np.ndarray, arrays: dict[str, np.ndarray],
             k[off:off + r.channels] *= s[:, None, None, None]
 
 
-def _channel_max(model: onnx.ModelProto, tensors: list[str], calibration: np.ndarray, batch_size: int,
-                 input_name: str) -> dict[str, np.ndarray]:
+def _channel_max(model: onnx.ModelProto, tensors: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
     top: dict[str, np.ndarray] = {}
-    for batch in _intermediates(model, tensors, calibration, batch_size, input_name):
+    for batch in _intermediates(model, tensors, feeds):
         for t, arr in batch.items():
             mx = np.abs(arr).max(axis=(0, 2, 3))
             top[t] = mx if t not in top else np.maximum(top[t], mx)
     return top
 
 
-def _intermediates(model: onnx.ModelProto, tensors: list[str], calibration: np.ndarray, batch_size: int,
-                   input_name: str):
-    """Yield {tensor: value} for each calibration batch, ``tensors`` read out of the (float) ``model``."""
+def slice_feeds(calibration: np.ndarray, batch_size: int, input_name: str = "image") -> Feeds:
+    """A one-input graph's feeds: ``calibration`` slices ``batch_size`` at a time (views, no copies)."""
+    return [{input_name: calibration[i:i + batch_size]} for i in range(0, calibration.shape[0], batch_size)]
+
+
+def _intermediates(model: onnx.ModelProto, tensors: list[str], feeds: Feeds):
+    """Yield {tensor: value} for each feed, ``tensors`` read out of the (float) ``model``."""
 
     m = copy.deepcopy(model)
     outputs = {o.name for o in m.graph.output}
@@ -583,8 +590,8 @@ def _intermediates(model: onnx.ModelProto, tensors: list[str], calibration: np.n
         if t not in outputs:
             m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    for i in range(0, calibration.shape[0], batch_size):
-        yield dict(zip(tensors, sess.run(tensors, {input_name: calibration[i:i + batch_size]}), strict=True))
+    for feed in feeds:
+        yield dict(zip(tensors, sess.run(tensors, feed), strict=True))
 
 
 # --------------------------------------------------------------------------- unsigned ranges
@@ -654,8 +661,7 @@ def _is_activation_q(n: gs.Node) -> bool:
             and isinstance(n.inputs[1], gs.Constant))
 
 
-def _groups(model: onnx.ModelProto, fp32_path: Path, calibration: np.ndarray, batch_size: int,
-            input_name: str, percentiles: tuple[float, ...]) -> list[_Group]:
+def _groups(model: onnx.ModelProto, fp32_path: Path, feeds: Feeds, percentiles: tuple[float, ...]) -> list[_Group]:
     qs = _activation_qs(gs.import_onnx(model))
     by_scale: dict[str, dict[str, gs.Tensor]] = defaultdict(dict)  # scale -> {tensor name: tensor}, in order
     for q in qs:
@@ -664,8 +670,7 @@ def _groups(model: onnx.ModelProto, fp32_path: Path, calibration: np.ndarray, ba
     zero_points = {q.inputs[1].name: int(q.inputs[2].values) for q in qs
                    if len(q.inputs) > 2 and isinstance(q.inputs[2], gs.Constant)}
     tensors = sorted({t for ts in by_scale.values() for t in ts})
-    samples = _sample(fp32_path, tensors, calibration, batch_size, input_name,
-                      keep_values=any(p < 100 for p in percentiles))
+    samples = _sample(fp32_path, tensors, feeds, keep_values=any(p < 100 for p in percentiles))
     groups = []
     for scale, by_name in by_scale.items():  # model order: the Q nodes are topologically sorted
         ts = [t for t in by_name if t in samples]
@@ -700,9 +705,9 @@ def _reader_macs(tensor: gs.Tensor, shape: tuple[int, ...], scale: str) -> float
     return total
 
 
-def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_size: int, input_name: str,
-            keep_values: bool = True) -> dict[str, tuple[tuple[float, float], np.ndarray, tuple[int, ...]]]:
-    """Per tensor: ((min, max), a random sample of x, shape) over the calibration slices (fp32 graph).
+def _sample(fp32_path: Path, tensors: list[str], feeds: Feeds, keep_values: bool = True
+            ) -> dict[str, tuple[tuple[float, float], np.ndarray, tuple[int, ...]]]:
+    """Per tensor: ((min, max), a random sample of x, shape) over the calibration feeds (fp32 graph).
 
     Without ``keep_values`` (min-max ranges) the sample is empty: the ~580 tensors of the Mask R-CNN
     backbone would otherwise hold GBs of values nobody reads.
@@ -716,7 +721,7 @@ def _sample(fp32_path: Path, tensors: list[str], calibration: np.ndarray, batch_
     low, top = dict.fromkeys(present, 0.0), dict.fromkeys(present, 0.0)
     kept: dict[str, list[np.ndarray]] = {t: [] for t in present}
     shapes: dict[str, tuple[int, ...]] = {}
-    for batch in _intermediates(model, present, calibration, batch_size, input_name):
+    for batch in _intermediates(model, present, feeds):
         for t, arr in batch.items():
             shapes[t] = arr.shape
             a = arr.ravel()

@@ -26,6 +26,7 @@ from liverrt.export import precision as prec
 from liverrt.export.gate import GateLimits, default_volumes, verify_artifact
 from liverrt.export.onnx import export_onnx
 from liverrt.export.qat import QatOptions, check_volumes, qat_to_int8
+from liverrt.export.roi_heads import heads_to_int8
 from liverrt.export.triton import TritonOptions, write_triton_repo
 from liverrt.models import model_class
 from liverrt.models.base import LiverrtModel
@@ -92,6 +93,7 @@ class ExportOptions:
     ``qat``: quantization-aware fine-tuning on the calibration cases before the INT8 graph is written
     (:mod:`liverrt.export.qat`; ``True`` for the default :class:`~liverrt.export.qat.QatOptions`); int8 only,
     for model classes with ``qat_supported``, and its ranges are learned (no ``calib_method``).
+    ``int8_heads``: a split Mask R-CNN's RoI heads in INT8 too (:mod:`liverrt.export.roi_heads`), else fp32.
     """
 
     fmt: str = "onnx"
@@ -109,6 +111,7 @@ class ExportOptions:
     workspace_mb: int = DEFAULT_WORKSPACE_MB
     triton: TritonOptions = field(default_factory=TritonOptions)
     qat: QatOptions | bool | None = None
+    int8_heads: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.qat, bool):
@@ -262,9 +265,8 @@ def _convert(checkpoint, fp32_path: Path, target: Path, options: ExportOptions, 
     info = artifact_info(fp32_path)
     t0 = time.perf_counter()
     split = SplitArtifact.open(fp32_path)
-    if split is not None:
-        # the backbone/FPN/RPN graph holds nearly all the arithmetic: it gets the precision; the RoI heads,
-        # fed by RoIAlign on runtime-made boxes, stay fp32 (their calibration would need the runtime's RoIs)
+    int8_heads = split is not None and options.precision == "int8" and options.int8_heads
+    if split is not None and not int8_heads:  # fp16 (and --fp32-heads): the precision is the rpn graph's alone
         SplitArtifact(target).copy_heads_from(split)
     if options.precision == "fp16":
         prec.to_fp16(fp32_path, target)
@@ -285,7 +287,10 @@ def _convert(checkpoint, fp32_path: Path, target: Path, options: ExportOptions, 
             method = options.calib_method or default_calib_method(info.kind)
             prec.to_int8(fp32_path, target, slices, calibration_source=source, method=method,
                          progress=progress, target=options.int8_target)
-    if split is not None:  # the rpn graph names its own (copied) heads
+            if int8_heads:  # calibrated on the RoIs the split pipeline makes from the same slices; linked
+                heads_to_int8(fp32_path, target, slices, target=options.int8_target,
+                              method="minmax" if method == "minmax" else "percentile")
+    if split is not None and not int8_heads:  # the rpn graph names its own (copied) heads
         SplitArtifact(target).relink(heads_precision="fp32")
     result.rows.append(ExportRow("onnx", options.precision, target, _size(target), time.perf_counter() - t0))
     return target

@@ -56,10 +56,12 @@ from liverrt.data.volume import Volume
 from liverrt.errors import ExportError, InputError
 from liverrt.evaluation import json_safe
 from liverrt.export.calibrate import (
+    Feeds,
     Progress,
     RangeFit,
     equalize,
     fit_ranges,
+    slice_feeds,
     tie_scales,
     unsigned_relu_ranges,
 )
@@ -457,20 +459,20 @@ def _drop_cast_round_trips(graph: gs.Graph) -> None:
 # --------------------------------------------------------------------------- int8
 
 
-class _SliceReader:
-    """onnxruntime CalibrationDataReader over (N, 1, S, S) slices, ``batch_size`` at a time.
+class _FeedReader:
+    """onnxruntime CalibrationDataReader over a graph's calibration feeds (one ``{input: batch}`` per run).
 
-    ``set_range`` and ``__len__`` (in batches) let quantize_static collect one
-    batch per pass (``CalibStridedMinMax``), so the min-max pass never holds
+    ``set_range`` and ``__len__`` (in feeds) let quantize_static collect one
+    feed per pass (``CalibStridedMinMax``), so the min-max pass never holds
     more than one batch of activations.
     """
 
-    def __init__(self, slices: np.ndarray, batch_size: int) -> None:
-        self.batches = [slices[i:i + batch_size] for i in range(0, slices.shape[0], batch_size)]
-        self.set_range(0, len(self.batches))
+    def __init__(self, feeds: Feeds) -> None:
+        self.feeds = list(feeds)
+        self.set_range(0, len(self.feeds))
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.feeds)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._next, self._end = start_index, end_index
@@ -479,10 +481,10 @@ class _SliceReader:
         if self._next >= self._end:
             return None
         self._next += 1
-        return {INPUT_NAME: self.batches[self._next - 1]}
+        return self.feeds[self._next - 1]
 
     def rewind(self) -> None:
-        self.set_range(0, len(self.batches))
+        self.set_range(0, len(self.feeds))
 
 
 def prepare_fp32(src_onnx: Path, out_onnx: Path, calibration: np.ndarray, *, batch_size: int = 4,
@@ -583,7 +585,20 @@ def place_qdq(prepared: Path, calibration: np.ndarray, *, per_channel: bool = Tr
     graph = onnx.load(str(prepared)).graph
     heads = [n.name for n in graph.node if n.op_type in OUTPUT_HEAD_OPS]
     input_layer = [n.name for n in graph.node if INPUT_NAME in n.input] if float_input_layer else []
-    reader = _SliceReader(calibration, batch_size)
+    model = quantize_qdq(prepared, slice_feeds(calibration, batch_size, INPUT_NAME), exclude=heads + input_layer,
+                         per_channel=per_channel, quantize_conv_outputs=quantize_conv_outputs)
+    with edit_graph(model) as qdq:
+        _float_logits(qdq, heads)
+    tie_scales(model)
+    unsigned = unsigned_relu_ranges(model) if int8_target(target).unsigned_relus else 0
+    return model, unsigned
+
+
+def quantize_qdq(fp32: Path, feeds: Feeds, *, exclude: Sequence[str] = (), per_channel: bool = True,
+                 quantize_conv_outputs: bool = True) -> onnx.ModelProto:
+    """onnxruntime's quantize_static in liverrt's scheme: Q/DQ pairs on every quantisable op but the nodes
+    ``exclude`` names, int8 activations with zero point 0 and min-max ranges over ``feeds``, symmetric int8
+    weights (per output channel), float biases, one Q/DQ pair per reader."""
     extra = {
         "ActivationSymmetric": True, "WeightSymmetric": True,  # zero points 0: TensorRT's scheme
         "QuantizeBias": False,  # TensorRT rejects DequantizeLinear on int32 biases
@@ -600,17 +615,12 @@ def place_qdq(prepared: Path, calibration: np.ndarray, *, per_channel: bool = Tr
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quantize_static(
-                str(prepared), str(quantized), reader,
+                str(fp32), str(quantized), _FeedReader(feeds),
                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=heads + input_layer, extra_options=extra,
+                nodes_to_exclude=list(exclude), extra_options=extra,
             )
-        model = onnx.load(str(quantized))
-    with edit_graph(model) as qdq:
-        _float_logits(qdq, heads)
-    tie_scales(model)
-    unsigned = unsigned_relu_ranges(model) if int8_target(target).unsigned_relus else 0
-    return model, unsigned
+        return onnx.load(str(quantized))
 
 
 def _int8_model(src: Path, tmp: Path, calibration: np.ndarray, *, per_channel: bool, method: str,
