@@ -1,7 +1,7 @@
 """Export a trained U-Net into the package as a bundled model and write its card from measurements.
 
     python benchmarks/bundle_model.py CHECKPOINT --name liver-unet-synth --file liver_unet_synth.onnx \
-        --card-text card_text.json [--verify CASES]
+        --card-text card_text.json [--verify CASES] [--estimate EVAL_JSON ...]
 
 1. copies CHECKPOINT to models/<file stem>.pt (the checkpoint the bundled ONNX is gated against);
 2. exports it to src/liverrt/models/bundled/<file> with `liverrt export` (fp32, the verification gate
@@ -13,6 +13,11 @@
    post-process, write);
 5. writes <file stem>.card.json: the measured figures plus the text of --card-text (summary, use,
    licence, training data, failure modes, commands).
+
+A model trained on the real volumes themselves cannot be measured on them: --estimate takes the
+`eval_real.py --json` files of the same recipe trained without each volume (leave one volume out),
+and the card shows those figures as the estimate for unseen scans (the card text's ``estimate``
+gives the method and commands), next to the bundled model's own, optimistic, figures.
 """
 
 from __future__ import annotations
@@ -50,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file", required=True, help="ONNX file name in the package's bundled folder")
     ap.add_argument("--card-text", type=Path, required=True)
     ap.add_argument("--verify", type=Path, default=None)
+    ap.add_argument("--estimate", type=Path, nargs="+", default=None,
+                    help="eval_real.py --json files of leave-one-volume-out runs (the model saw the real volumes)")
     args = ap.parse_args(argv)
+    card = json.loads(args.card_text.read_text())
+    if args.estimate and "estimate" not in card:
+        ap.error("--estimate needs an 'estimate' entry (method, measured_by) in --card-text")
 
     stem = args.file[: -len(".onnx")]
     kept = ROOT / "models" / f"{stem}.pt"
@@ -66,14 +76,13 @@ def main(argv: list[str] | None = None) -> int:
 
     scores = eval_real.score(onnx_path, engine="onnxruntime", keep_largest=True, fill_holes=True)
     print(eval_real.markdown(scores))
-    metrics = {case: {**{k: c["volume"][k] for k in ("dice", "mask_iou", "ravd", "assd", "hd95")},
-                      **{k: c[k] for k in ("fp_slices", "liver_free_slices", "pred_ml", "true_ml")}}
-               for case, c in scores["cases"].items()}
     speed = _speed(onnx_path)
     info = artifact_info(onnx_path)
-    card = json.loads(args.card_text.read_text())
+    if args.estimate:
+        card["estimate"]["metrics"] = {case: m for path in args.estimate
+                                       for case, m in _card_metrics(json.loads(path.read_text())).items()}
     card.update({
-        "metrics": metrics,
+        "metrics": _card_metrics(scores),
         "measured_by": "python benchmarks/eval_real.py src/liverrt/models/bundled/"
                        f"{args.file} --engine onnxruntime --keep-largest --fill-holes",
         "speed": speed,
@@ -85,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     (BUNDLED / f"{stem}.card.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps(card, indent=2))
     return 0
+
+
+def _card_metrics(scores: dict) -> dict[str, dict]:
+    """Per volume, the card's figures from an eval_real.score result (or its --json file)."""
+    return {case: {**{k: c["volume"][k] for k in ("dice", "mask_iou", "ravd", "assd", "hd95")},
+                   **{k: c[k] for k in ("fp_slices", "liver_free_slices", "pred_ml", "true_ml")}}
+            for case, c in scores["cases"].items()}
 
 
 def _speed(onnx_path: Path) -> str:

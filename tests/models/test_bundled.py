@@ -38,6 +38,30 @@ def test_every_registered_model_is_installed_small_and_described():
         assert "non-commercial" in card["licence"].lower()
         text = m.card_markdown()
         assert m.name in text and card["training_data"][0]["licence"] in text
+        if "estimate" in card:  # trained on the measured volumes: an estimate from runs that did not see them
+            assert {"method", "measured_by", "metrics"} <= set(card["estimate"])
+            assert set(card["estimate"]["metrics"]) == set(card["metrics"])
+
+
+def _metrics(dice: float) -> dict:
+    return {"dice": dice, "mask_iou": dice / (2 - dice), "ravd": 1.0, "assd": 2.0, "hd95": 9.0, "fp_slices": 0,
+            "liver_free_slices": 31}
+
+
+def test_a_card_with_an_estimate_says_which_figures_saw_the_volumes(monkeypatch):
+    from liverrt.models.bundled import BundledModel
+
+    card = {**REGISTRY[0].card, "metrics": {"ircad01": _metrics(0.9611)},
+            "estimate": {"method": "Leave one volume out.", "measured_by": ["python eval_real.py RUN"],
+                         "metrics": {"ircad01": _metrics(0.9233)}}}
+    monkeypatch.setattr(BundledModel, "card", property(lambda self: card))
+    text = REGISTRY[0].card_markdown()
+    estimate, seen = text.index("## Estimate for scans it has not seen"), text.index("seen in training: optimistic")
+    assert estimate < text.index("0.9233") < seen < text.index("0.9611")
+    assert "never seen in training" not in text and "`python eval_real.py RUN`" in text
+    del card["estimate"]
+    text = REGISTRY[0].card_markdown()
+    assert "## Measured on real CT (never seen in training)" in text and "Estimate" not in text
 
 
 @pytest.mark.slow
