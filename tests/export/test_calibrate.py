@@ -153,7 +153,8 @@ def test_percentile_method_sets_each_scale_from_its_own_tensor(wide, tmp_path):
     # the scale of relu(c2) now follows the median |t|, far below the metal's 500
     (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "tr"]
     t = run_intermediate(wide, "tr", calib)
-    assert int(inits[q.input[2]]) == -128  # a Relu output: the range [0, amax] over 255 steps
+    zero_point = inits[q.input[2]]  # a Relu output: the range [0, amax] over 255 steps (written as uint8)
+    assert zero_point.dtype == np.uint8 and int(zero_point) == 0
     assert float(inits[q.input[1]]) * 255 == pytest.approx(np.percentile(np.abs(t), 50), rel=0.05)
 
 

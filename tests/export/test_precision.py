@@ -181,14 +181,18 @@ def test_int8_graph_is_symmetric_per_channel_qdq(int8_onnx):
         assert helper.get_attribute_value(next(a for a in dq.attribute if a.name == "axis")) == axis
         assert list(scale.dims) == [w.dims[axis]]
     assert not any(t.data_type == TensorProto.INT32 for t in model.graph.initializer)  # biases stay float
-    # onnxruntime target: weights and signed activations symmetric, Relu outputs [0, amax] (zero point -128)
+    # onnxruntime target: weights symmetric int8; activations stored as uint8 (what its QLinearConv takes):
+    # signed ones symmetric (zero point 128), Relu outputs [0, amax] (zero point 0, int8's -128)
     producer = {o: n for n in model.graph.node for o in n.output}
     unsigned = set()
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             z = inits[n.input[2]]
-            assert z.data_type == TensorProto.INT8 and int(numpy_helper.to_array(z).ravel()[0]) in (0, -128)
-            if n.op_type == "QuantizeLinear" and numpy_helper.to_array(z).ravel()[0] == -128:
+            if n.input[0] in inits:  # a weight
+                assert z.data_type == TensorProto.INT8 and not numpy_helper.to_array(z).any()
+                continue
+            assert z.data_type == TensorProto.UINT8 and int(numpy_helper.to_array(z).ravel()[0]) in (128, 0)
+            if n.op_type == "QuantizeLinear" and numpy_helper.to_array(z).ravel()[0] == 0:
                 unsigned.add(producer[n.input[0]].op_type)
     assert unsigned == {"Relu", "MaxPool", "Conv"}  # Conv: the pre-Relu output, tied to the Relu's range
 
@@ -199,6 +203,7 @@ def test_int8_for_tensorrt_has_only_zero_zero_points(tiny_onnx, calib, tmp_path)
     inits = {t.name: t for t in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert zero_points and all(not numpy_helper.to_array(z).any() for z in zero_points)
+    assert all(z.data_type == TensorProto.INT8 for z in zero_points)  # TensorRT takes int8 activations only
     assert json.loads(meta(out)["liverrt.calibration"])["target"] == "tensorrt"
     with pytest.raises(InputError, match="onnxruntime"):
         to_int8(tiny_onnx, tmp_path / "x.onnx", calib, target="openvino")

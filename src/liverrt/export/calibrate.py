@@ -667,8 +667,9 @@ def _groups(model: onnx.ModelProto, fp32_path: Path, feeds: Feeds, percentiles: 
     for q in qs:
         if q.inputs[1].values.size == 1:
             by_scale[q.inputs[1].name].setdefault(q.inputs[0].name, q.inputs[0])
-    zero_points = {q.inputs[1].name: int(q.inputs[2].values) for q in qs
-                   if len(q.inputs) > 2 and isinstance(q.inputs[2], gs.Constant)}
+    # [0, amax] ranges: the zero point at its type's minimum (int8 -128; uint8 0, as graphs for onnxruntime store it)
+    unsigned_scales = {q.inputs[1].name for q in qs if len(q.inputs) > 2 and isinstance(q.inputs[2], gs.Constant)
+                       and int(q.inputs[2].values) == np.iinfo(q.inputs[2].values.dtype).min}
     tensors = sorted({t for ts in by_scale.values() for t in ts})
     samples = _sample(fp32_path, tensors, feeds, keep_values=any(p < 100 for p in percentiles))
     groups = []
@@ -676,7 +677,7 @@ def _groups(model: onnx.ModelProto, fp32_path: Path, feeds: Feeds, percentiles: 
         ts = [t for t in by_name if t in samples]
         if not ts:
             continue
-        unsigned = zero_points.get(scale) == -128  # [0, amax]: only the positive part is representable
+        unsigned = scale in unsigned_scales  # [0, amax]: only the positive part is representable
         values = np.concatenate([np.maximum(samples[t][1], 0) if unsigned else np.abs(samples[t][1]) for t in ts])
         top = float(values.max(initial=0.0))
         top = max(top, max(samples[t][0][1] if unsigned else max(-samples[t][0][0], samples[t][0][1])

@@ -181,9 +181,9 @@ def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, op
     result = QatResult(out, tuning.steps, tuning.slices, seconds, tuning.loss_first, tuning.loss_last, options, net)
     prec.write_int8(model, src, out, calibration[:1], {
         "method": "qat", "slices": int(calibration.shape[0]), "per_channel": True, "quantize_conv_outputs": True,
-        "float_input_layer": True, "source": calibration_source, "target": target,
+        "float_input_layer": True, "source": calibration_source,
         "init": {"ranges": STARTS[options.start], **init.summary()}, "equalized_convolutions": equalized,
-        "unsigned_scales": unsigned, "qat": result.summary()})
+        "unsigned_scales": unsigned, "qat": result.summary()}, target=target)
     log.info("wrote QAT int8 graph %s (%d steps on %d slices, %.0f s)", out, tuning.steps, tuning.slices, seconds)
     return result
 

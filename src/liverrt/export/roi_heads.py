@@ -28,7 +28,7 @@ from liverrt.atomic import atomic_path
 from liverrt.errors import ExportError, InputError
 from liverrt.export.calibrate import Feeds, RangeFit, fixed_ranges, tie_scales, unsigned_relu_ranges
 from liverrt.export.graph import edit_graph
-from liverrt.export.precision import int8_target, quantize_qdq, shuffle_upconvs
+from liverrt.export.precision import int8_target, quantize_qdq, shuffle_upconvs, uint8_activations
 from liverrt.runtime.maskrcnn_split import SplitMaskRCNN
 from liverrt.runtime.onnxruntime_loader import CPU, ort_split_runner
 
@@ -79,6 +79,8 @@ def heads_to_int8(fp32_rpn: Path, target_rpn: Path, slices: np.ndarray, *, targe
     for part in HEADS:
         model, fits[part] = quantize_head(source.paths[part], feeds[part], target=target, method=method,
                                           percentile=percentile)
+        if int8_target(target).uint8_activations:
+            uint8_activations(model)
         with atomic_path(out.paths[part], suffix=".onnx", protect=(source.paths[part],)) as tmp:
             onnx.save(model, str(tmp))
     out.relink(heads_precision="int8")
