@@ -1,6 +1,6 @@
 """Export a trained U-Net into the package as a bundled model and write its card from measurements.
 
-    python benchmarks/bundle_model.py CHECKPOINT --name liver-unet-synth --file liver_unet_synth.onnx \
+    python benchmarks/bundle_model.py CHECKPOINT --name liver-unet --file liver_unet.onnx \
         --card-text card_text.json [--verify CASES] [--estimate EVAL_JSON ...]
 
 1. copies CHECKPOINT to models/<file stem>.pt (the checkpoint the bundled ONNX is gated against);

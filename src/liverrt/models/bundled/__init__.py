@@ -19,7 +19,7 @@ from pathlib import Path
 from liverrt.errors import InputError
 
 #: the model ``liverrt infer`` and ``liverrt.segment`` use when none is named
-DEFAULT = "liver-unet-synth"
+DEFAULT = "liver-unet"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _metrics_table(metrics: dict[str, dict]) -> list[str]:
 
 
 #: every bundled model, the default first
-REGISTRY: tuple[BundledModel, ...] = (BundledModel(DEFAULT, "liver_unet_synth.onnx"),)
+REGISTRY: tuple[BundledModel, ...] = (BundledModel(DEFAULT, "liver_unet.onnx"),)
 
 
 def bundled_models() -> tuple[BundledModel, ...]:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduces the bundled liver-unet and its leave-one-volume-out estimate (issue 17, benchmarks/RESULTS.md
+# 2026-12-07 late morning): the synthetic-only model fine-tuned on its own training set (synthetic CT of 14
+# IRCADb label maps + 8 phantoms) plus the real volumes ircad01 and lits000, each linked 8 times.
+#   bash benchmarks/real_mix.sh WORK INIT [TRAIN OPTIONS...]
+# WORK: the folder of benchmarks/synth_only.sh with PHANTOMS=8 (it reads WORK/train+phantoms8 and WORK/val);
+# INIT: the synthetic-only checkpoint (the bundled model before: `git show 971fc2b:models/liver_unet_synth.pt`).
+# Three runs of the same fine-tuning: without ircad01 (scored on it), without lits000 (scored on it), and
+# with both (the bundled weights; its scores on the two volumes are on volumes it saw). Each takes about
+# 30 min alone on 2 CPU cores (55 min for the first two side by side, one thread each). Then
+#   python benchmarks/bundle_model.py WORK/both/best.pt --name liver-unet --file liver_unet.onnx \
+#     --card-text models/liver_unet.card-text.json --verify VERIFY_CASES \
+#     --estimate WORK/without_ircad01/eval_ircad01.json WORK/without_lits000/eval_lits000.json
+set -euo pipefail
+DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
+WORK="$1"
+INIT="$2"
+shift 2
+BASE="$WORK/train+phantoms8"
+[ -d "$BASE" ] && [ -d "$WORK/val" ] || { echo "run PHANTOMS=8 bash benchmarks/synth_only.sh $WORK first" >&2; exit 2; }
+mix() {  # mix NAME VOLUME...: the base set and each real volume linked 8 times
+  local out="$WORK/mix_$1"; shift
+  mkdir -p "$out"
+  for d in "$BASE"/*/; do ln -sfn "$(readlink -f "$d")" "$out/$(basename "$d")"; done
+  for v in "$@"; do
+    for r in 1 2 3 4 5 6 7 8; do
+      mkdir -p "$out/${v}_r$r"
+      ln -sfn "$DATA/$v/ct.nii.gz" "$out/${v}_r$r/image.nii.gz"
+      ln -sfn "$DATA/$v/liver.nii.gz" "$out/${v}_r$r/mask.nii.gz"
+    done
+  done
+}
+train() {  # train RUN MIX [OPTIONS...]
+  local run="$1" data="$WORK/mix_$2"; shift 2
+  liverrt train unet --data "$data" --val-data "$WORK/val" --out "$WORK/$run" --size 256 --batch-size 8 \
+    --steps-per-epoch 50 --epochs 8 --lr 3e-4 --warmup-steps 0 --seed 0 --device cpu --no-augment --init "$INIT" "$@"
+}
+mix lits000 lits000
+mix ircad01 ircad01
+mix both ircad01 lits000
+train without_ircad01 lits000 "$@"
+python "$(dirname "$0")/eval_real.py" "$WORK/without_ircad01/best.pt" --cases ircad01 --keep-largest --fill-holes \
+  --json "$WORK/without_ircad01/eval_ircad01.json"
+train without_lits000 ircad01 "$@"
+python "$(dirname "$0")/eval_real.py" "$WORK/without_lits000/best.pt" --cases lits000 --keep-largest --fill-holes \
+  --json "$WORK/without_lits000/eval_lits000.json"
+train both both "$@"
+python "$(dirname "$0")/eval_real.py" "$WORK/both/best.pt" --keep-largest --fill-holes
