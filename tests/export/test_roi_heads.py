@@ -128,6 +128,20 @@ def test_slices_without_detections_cannot_calibrate_the_mask_head(tmp_path, slic
     assert not (tmp_path / "none.int8.box.onnx").exists()  # nothing written
 
 
+def test_an_export_whose_heads_cannot_be_calibrated_writes_no_int8_graph(tmp_path, slices):
+    torch.manual_seed(0)
+    m = LiverMaskRCNN(depth=18, fpn_channels=32, box_head_dim=64, mask_head_channels=32, image_size=64,
+                      score_threshold=0.3)
+    with torch.no_grad():  # no detections: the mask head has nothing to calibrate on
+        m.net.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([4.0, -4.0]))
+    ckpt = save_checkpoint(tmp_path / "none.pt", m, model_name="maskrcnn_r101_fpn", spec=PreprocessSpec(size=64))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match="give the mask head no RoIs"):
+        run_export(ckpt, out / "none.int8.onnx", ExportOptions(precision="int8", verify=False, calib_slices=8))
+    assert not [p.name for p in out.glob("none.int8.*") if ".fp32" not in p.name]  # only the fp32 source stays
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("int8_heads", [True, False], ids=["int8-heads", "fp32-heads"])
 def test_export_makes_the_heads_int8_unless_asked_not_to(maskrcnn_ckpt, maskrcnn_onnx, tmp_path, int8_heads):

@@ -26,7 +26,7 @@ from liverrt.export import precision as prec
 from liverrt.export.gate import GateLimits, default_volumes, verify_artifact
 from liverrt.export.onnx import export_onnx
 from liverrt.export.qat import QatOptions, check_volumes, qat_to_int8
-from liverrt.export.roi_heads import heads_to_int8
+from liverrt.export.roi_heads import int8_heads
 from liverrt.export.triton import TritonOptions, write_triton_repo
 from liverrt.models import model_class
 from liverrt.models.base import LiverrtModel
@@ -265,8 +265,8 @@ def _convert(checkpoint, fp32_path: Path, target: Path, options: ExportOptions, 
     info = artifact_info(fp32_path)
     t0 = time.perf_counter()
     split = SplitArtifact.open(fp32_path)
-    int8_heads = split is not None and options.precision == "int8" and options.int8_heads
-    if split is not None and not int8_heads:  # fp16 (and --fp32-heads): the precision is the rpn graph's alone
+    with_int8_heads = split is not None and options.precision == "int8" and options.int8_heads
+    if split is not None and not with_int8_heads:  # fp16 (and --fp32-heads): the precision is the rpn graph's alone
         SplitArtifact(target).copy_heads_from(split)
     if options.precision == "fp16":
         prec.to_fp16(fp32_path, target)
@@ -285,12 +285,16 @@ def _convert(checkpoint, fp32_path: Path, target: Path, options: ExportOptions, 
         else:
             slices = prec.calibration_slices(calib_volumes, info.spec, n=options.calib_slices)
             method = options.calib_method or default_calib_method(info.kind)
+            heads = None
+            if with_int8_heads:  # calibrated on the RoIs the split pipeline makes from the same slices, before
+                # anything is written: slices the heads cannot be calibrated on leave no rpn graph behind
+                heads = int8_heads(fp32_path, slices, target=options.int8_target,
+                                   method="minmax" if method == "minmax" else "percentile")
             prec.to_int8(fp32_path, target, slices, calibration_source=source, method=method,
                          progress=progress, target=options.int8_target)
-            if int8_heads:  # calibrated on the RoIs the split pipeline makes from the same slices; linked
-                heads_to_int8(fp32_path, target, slices, target=options.int8_target,
-                              method="minmax" if method == "minmax" else "percentile")
-    if split is not None and not int8_heads:  # the rpn graph names its own (copied) heads
+            if heads is not None:
+                heads.write(target)
+    if split is not None and not with_int8_heads:  # the rpn graph names its own (copied) heads
         SplitArtifact(target).relink(heads_precision="fp32")
     result.rows.append(ExportRow("onnx", options.precision, target, _size(target), time.perf_counter() - t0))
     return target

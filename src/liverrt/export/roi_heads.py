@@ -7,7 +7,7 @@ split runtime itself (:class:`~liverrt.runtime.maskrcnn_split.SplitMaskRCNN`) ru
 graphs on the calibration slices: real RoIs of the model being quantised, each level's RoIs as the
 runtime assigns them. Each head is then quantised in the scheme of the backbone
 (:func:`~liverrt.export.precision.quantize_qdq`: symmetric per-channel weights, Q/DQ pairs, scales
-tied, for onnxruntime non-negative activations with zero point -128) with each activation clipped
+tied; for onnxruntime [0, max] ranges for non-negative activations and uint8 storage) with each activation clipped
 at its 99.99th percentile on those feeds. RoIAlign (no int8 kernel) stays float, and so do the layers
 that write the graph outputs (class logits, box regression, mask logits): the runtime's softmax,
 decoding and mask threshold read them, as the U-Net's logits stay float before its Sigmoid.
@@ -16,6 +16,7 @@ decoding and mask threshold read them, as the U-Net's logits stay float before i
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,38 @@ def head_feeds(rpn: Path, slices: np.ndarray, *, batch_size: int = 2) -> dict[st
     return recorded
 
 
-def heads_to_int8(fp32_rpn: Path, target_rpn: Path, slices: np.ndarray, *, target: str = "onnxruntime",
-                  method: str = "percentile", percentile: float = 99.99, batch_size: int = 2) -> dict[str, RangeFit]:
-    """Write INT8 box and mask graphs beside the rpn graph ``target_rpn`` (already written, in any precision)
-    and link them to it (its manifest names them, ``heads_precision`` int8).
+@dataclass(frozen=True)
+class Int8Heads:
+    """The INT8 box and mask graphs of a split Mask R-CNN, made (:func:`int8_heads`) but not yet written."""
 
-    They are made from the fp32 split artifact ``fp32_rpn``, calibrated on the RoIs its pipeline makes from
-    ``slices``, with ``method`` (``percentile`` or ``minmax``) ranges; returns each head's ranges. A head the
-    slices never reach (no proposal, or no detection, on any of them) cannot be calibrated: InputError.
+    source: SplitArtifact  # the fp32 artifact they were made from
+    models: dict[str, onnx.ModelProto]
+    fits: dict[str, RangeFit]
+
+    def write(self, target_rpn: Path) -> None:
+        """Write the heads beside the rpn graph ``target_rpn`` (just written by the same export, in any precision)
+        and link them to it (its manifest names them, ``heads_precision`` int8). On a failure the heads written
+        here and ``target_rpn`` are removed: no rpn graph is left naming heads it does not have."""
+        out = SplitArtifact(target_rpn)
+        written: list[Path] = []
+        try:
+            for part, model in self.models.items():
+                with atomic_path(out.paths[part], suffix=".onnx", protect=(self.source.paths[part],)) as tmp:
+                    onnx.save(model, str(tmp))
+                written.append(out.paths[part])
+            out.relink(heads_precision="int8")
+        except BaseException:
+            for path in (*written, Path(target_rpn)):
+                path.unlink(missing_ok=True)
+            raise
+
+
+def int8_heads(fp32_rpn: Path, slices: np.ndarray, *, target: str = "onnxruntime", method: str = "percentile",
+               percentile: float = 99.99, batch_size: int = 2) -> Int8Heads:
+    """The INT8 box and mask graphs of the fp32 split artifact ``fp32_rpn``, calibrated on the RoIs its pipeline
+    makes from ``slices``, with ``method`` (``percentile`` or ``minmax``) ranges, for ``target``. Writes
+    nothing. A head the slices never reach (no proposal, or no detection, on any of them) cannot be
+    calibrated: InputError.
     """
     feeds = head_feeds(fp32_rpn, slices, batch_size=batch_size)
     empty = [part for part, f in feeds.items() if not f]
@@ -74,17 +99,21 @@ def heads_to_int8(fp32_rpn: Path, target_rpn: Path, slices: np.ndarray, *, targe
         raise InputError(f"INT8 RoI heads: the calibration slices give the {' and '.join(empty)} head no RoIs "
                          f"(the model {'detects nothing' if empty == ['mask'] else 'proposes nothing'} on them); "
                          "expected --calib cases with liver the model finds.")
-    source, out = SplitArtifact.open(fp32_rpn), SplitArtifact(target_rpn)
-    fits = {}
+    source = SplitArtifact.open(fp32_rpn)
+    models, fits = {}, {}
     for part in HEADS:
-        model, fits[part] = quantize_head(source.paths[part], feeds[part], target=target, method=method,
-                                          percentile=percentile)
+        models[part], fits[part] = quantize_head(source.paths[part], feeds[part], target=target, method=method,
+                                                 percentile=percentile)
         if int8_target(target).uint8_activations:
-            uint8_activations(model)
-        with atomic_path(out.paths[part], suffix=".onnx", protect=(source.paths[part],)) as tmp:
-            onnx.save(model, str(tmp))
-    out.relink(heads_precision="int8")
-    return fits
+            uint8_activations(models[part])
+    return Int8Heads(source, models, fits)
+
+
+def heads_to_int8(fp32_rpn: Path, target_rpn: Path, slices: np.ndarray, **options) -> dict[str, RangeFit]:
+    """:func:`int8_heads` written beside the rpn graph ``target_rpn`` and linked to it; returns each head's ranges."""
+    heads = int8_heads(fp32_rpn, slices, **options)
+    heads.write(target_rpn)
+    return heads.fits
 
 
 def quantize_head(fp32: Path, feeds: Feeds, *, target: str = "onnxruntime", method: str = "percentile",
