@@ -179,6 +179,8 @@ def fixed_ranges(fp32_path: Path, model: onnx.ModelProto, feeds: Feeds, *, metho
                  percentile: float = 99.99) -> RangeFit:
     """Set every scale of ``model`` (in place) from its own tensor's ``percentile`` of |x| (``minmax``: the
     maximum), no search; ``feeds``: the fp32 graph's inputs, one dict per batch (any graph, any inputs)."""
+    if method not in ("minmax", "percentile"):
+        raise ExportError(f"Fixed range method {method!r}: expected 'minmax' or 'percentile'.")
     at = 100.0 if method == "minmax" else float(percentile)
     fit = RangeFit(method)
     for g in _groups(model, fp32_path, feeds, (at,)):
