@@ -157,8 +157,7 @@ def _variants(work: Path, subject: Subject, info: ArtifactInfo, step: Callable[[
         prec.to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib, calibration_source="phantoms (bench)",
                      method=method)
         if model_class(info.kind).split_export:  # int8 RoI heads, as `liverrt export` makes them
-            heads_to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib,
-                          method="minmax" if method == "minmax" else "percentile")
+            heads_to_int8(subject.onnx, work / f"{stem}.int8.onnx", calib, method=method)
         variants.append(_Variant("onnxruntime", "int8", work / f"{stem}.int8.onnx",
                                  not_gated or (None if as_export else QUICK_INT8)))
     except Exception as exc:

@@ -288,8 +288,7 @@ def _convert(checkpoint, fp32_path: Path, target: Path, options: ExportOptions, 
             heads = None
             if with_int8_heads:  # calibrated on the RoIs the split pipeline makes from the same slices, before
                 # anything is written: slices the heads cannot be calibrated on leave no rpn graph behind
-                heads = int8_heads(fp32_path, slices, target=options.int8_target,
-                                   method="minmax" if method == "minmax" else "percentile")
+                heads = int8_heads(fp32_path, slices, target=options.int8_target, method=method)
             prec.to_int8(fp32_path, target, slices, calibration_source=source, method=method,
                          progress=progress, target=options.int8_target)
             if heads is not None:

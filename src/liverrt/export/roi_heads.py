@@ -89,8 +89,9 @@ class Int8Heads:
 def int8_heads(fp32_rpn: Path, slices: np.ndarray, *, target: str = "onnxruntime", method: str = "percentile",
                percentile: float = 99.99, batch_size: int = 2) -> Int8Heads:
     """The INT8 box and mask graphs of the fp32 split artifact ``fp32_rpn``, calibrated on the RoIs its pipeline
-    makes from ``slices``, with ``method`` (``percentile`` or ``minmax``) ranges, for ``target``. Writes
-    nothing. A head the slices never reach (no proposal, or no detection, on any of them) cannot be
+    makes from ``slices``, for ``target``. ``method``: the backbone's range method; the heads follow ``minmax``
+    and take ``percentile`` ranges otherwise (the range search needs a ``prob`` output, which heads lack).
+    Writes nothing. A head the slices never reach (no proposal, or no detection, on any of them) cannot be
     calibrated: InputError.
     """
     feeds = head_feeds(fp32_rpn, slices, batch_size=batch_size)
@@ -100,12 +101,11 @@ def int8_heads(fp32_rpn: Path, slices: np.ndarray, *, target: str = "onnxruntime
                          f"(the model {'detects nothing' if empty == ['mask'] else 'proposes nothing'} on them); "
                          "expected --calib cases with liver the model finds.")
     source = SplitArtifact.open(fp32_rpn)
+    ranges = "minmax" if method == "minmax" else "percentile"
     models, fits = {}, {}
     for part in HEADS:
-        models[part], fits[part] = quantize_head(source.paths[part], feeds[part], target=target, method=method,
+        models[part], fits[part] = quantize_head(source.paths[part], feeds[part], target=target, method=ranges,
                                                  percentile=percentile)
-        if int8_target(target).uint8_activations:
-            uint8_activations(models[part])
     return Int8Heads(source, models, fits)
 
 
@@ -118,7 +118,8 @@ def heads_to_int8(fp32_rpn: Path, target_rpn: Path, slices: np.ndarray, **option
 
 def quantize_head(fp32: Path, feeds: Feeds, *, target: str = "onnxruntime", method: str = "percentile",
                   percentile: float = 99.99) -> tuple[onnx.ModelProto, RangeFit]:
-    """The QDQ graph of one fp32 head graph, its activation ranges set from ``feeds``."""
+    """The QDQ graph of one fp32 head graph for ``target``, its activation ranges (``method``: ``percentile`` or
+    ``minmax``) set from ``feeds``."""
     model = onnx.load(str(fp32))
     with edit_graph(model) as graph:
         graph.fold_constants()  # the exporter's Identity on a bias: quantize_static wants initializers
@@ -135,6 +136,8 @@ def quantize_head(fp32: Path, feeds: Feeds, *, target: str = "onnxruntime", meth
         unsigned = unsigned_relu_ranges(qdq) if int8_target(target).unsigned_relus else 0
         fit = fixed_ranges(prepared, qdq, feeds, method=method, percentile=percentile)
     fit.unsigned_scales = unsigned
+    if int8_target(target).uint8_activations:  # after the ranges, as write_int8 does for the rpn graph
+        uint8_activations(qdq)
     return qdq, fit
 
 
