@@ -256,8 +256,8 @@ def test_distillation_alone_needs_no_masks_and_the_start_sets_the_first_ranges(t
     record = json.loads({p.key: p.value for p in onnx.load(str(result.path)).metadata_props}["liverrt.calibration"])
     searched = json.loads({p.key: p.value for p in onnx.load(str(fine_tuned.path)).metadata_props}
                           ["liverrt.calibration"])
-    assert record["qat"]["masks"] == 0 and record["init"]["ranges"] == STARTS["percentile"]
-    assert searched["init"]["ranges"] == STARTS["search"]
+    assert record["qat"]["masks"] == 0 and record["init"]["ranges"] == STARTS["percentile"].description
+    assert searched["init"]["ranges"] == STARTS["search"].description
     assert searched["init"]["evaluations"] > record["init"]["evaluations"]  # the search's sweeps ran
 
 

@@ -69,7 +69,20 @@ QMIN, QMAX = -128, 127
 #: where the activation ranges start (QatOptions.start): the output-aware range search of post-training
 #: INT8 without float fallback (minutes), or its first step only, the best single percentile of |x| for all
 #: activations (~11 runs of 16 calibration slices)
-STARTS = {"search": "range search, no float scales", "percentile": "best single percentile"}
+@dataclass(frozen=True)
+class RangeStart:
+    """A starting point of QAT's activation ranges: what the calibration record calls it, and the range
+    search's sweeps (``None``: the search's default; 0: its first step only)."""
+
+    description: str
+    sweeps: int | None = None
+
+    def search_options(self) -> dict:
+        return {} if self.sweeps is None else {"sweeps": self.sweeps}
+
+
+STARTS = {"search": RangeStart("range search, no float scales"),
+          "percentile": RangeStart("best single percentile", sweeps=0)}
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,7 @@ def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, op
         template, unsigned = prec.place_qdq(prepared, calibration, target=target)
         init = fit_ranges(prepared, template, calibration, method="search", max_float=0,
                           threshold=info.threshold, input_name=prec.INPUT_NAME,
-                          **({"sweeps": 0} if options.start == "percentile" else {}),
+                          **STARTS[options.start].search_options(),
                           progress=progress and (lambda done, total, what: progress(done, total, f"ranges: {what}")))
         fp32 = onnx.load(str(prepared))
         net = QdqNet(template, fp32, learn_scales=options.learn_scales)
@@ -182,7 +195,7 @@ def qat_to_int8(src_onnx: Path, out_onnx: Path, volumes: Sequence[Volume], *, op
     prec.write_int8(model, src, out, calibration[:1], {
         "method": "qat", "slices": int(calibration.shape[0]), "per_channel": True, "quantize_conv_outputs": True,
         "float_input_layer": True, "source": calibration_source,
-        "init": {"ranges": STARTS[options.start], **init.summary()}, "equalized_convolutions": equalized,
+        "init": {"ranges": STARTS[options.start].description, **init.summary()}, "equalized_convolutions": equalized,
         "unsigned_scales": unsigned, "qat": result.summary()}, target=target)
     log.info("wrote QAT int8 graph %s (%d steps on %d slices, %.0f s)", out, tuning.steps, tuning.slices, seconds)
     return result
