@@ -115,6 +115,61 @@ def test_missing_organs_are_placed_over_body_voxels_only(maps, monkeypatch):
             assert placed.nonzero()[2].mean() > 48  # patient's left: the image right
 
 
+def _chest_map(lung: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A taller map (36 slices of 2 mm): the liver a dome in slices 2-16, with 19 liver-free slices of
+    "body" above it (or lung at the back, ``lung``: a map that labels it)."""
+    labels, _ = _label_map(d=36)
+    n = labels.shape[1]
+    zz, yy, xx = np.mgrid[:36, :n, :n]
+    r = np.sqrt(((yy - 0.45 * n) / (0.2 * n)) ** 2 + ((xx - 0.32 * n) / (0.18 * n)) ** 2)
+    liver = (zz >= 2) & (r <= 1) & (zz <= 2 + 14 * np.sqrt(np.clip(1 - r ** 2, 0, 1)))  # highest in the middle
+    labels[(labels == 11) | (labels == 12) | (labels == 15)] = 1
+    labels[liver] = 11
+    if lung:
+        labels[(zz > 20) & (labels == 1) & (yy > 0.5 * n) & (np.abs(xx - n / 2) > 0.15 * n)] = 3
+    return labels, liver
+
+
+def test_the_thorax_puts_lung_and_heart_above_the_liver_dome(tmp_path, monkeypatch):
+    seen = {}
+    real_intensities = synth_ct._intensities
+
+    def keep(tissue, *args):
+        seen["tissue"] = tissue.copy()
+        return real_intensities(tissue, *args)
+
+    monkeypatch.setattr(synth_ct, "_intensities", keep)
+    labels, liver = _chest_map()
+    lm = LabelMap.read(_write_map(tmp_path / "chest", labels, liver))
+    n = labels.shape[1]
+    dome = 16 * SPACING[0]  # mm
+    for seed in range(3):
+        volume, drawn = synth_sample(lm, seed, replace(QUIET, size=96, thorax_p=1.0))
+        tissue = seen["tissue"]
+        assert {"lung", "heart"} <= set(drawn["placed"]), drawn["placed"]
+        kept = labels != 1
+        assert np.array_equal(tissue[kept], labels[kept])  # the expert's labels stay
+        lung, heart = tissue == synth_ct._ID["lung"], tissue == synth_ct._ID["heart"]
+        for organ in (lung, heart):
+            z = organ.nonzero()[0] * SPACING[0]
+            assert (labels[organ] == 1).all() and z.min() > dome - 90 and z.mean() > dome - 10
+        _, hy, hx = heart.nonzero()
+        assert hx.mean() > n / 2 and hy.mean() < n / 2  # the patient's left (image right), in front
+        lo, hi = PHASES[drawn["phase"]]["heart"]
+        assert lo - 25 <= volume.image[heart].mean() <= hi + 25
+        assert volume.image[lung].mean() < -700
+        spleen = tissue == synth_ct._ID["spleen"]  # organs placed after the thorax stay below it
+        assert not (spleen & (lung | heart)).any()
+    _, drawn = synth_sample(lm, 0, replace(QUIET, size=96))
+    assert not {"lung", "heart"} & set(drawn["placed"]) and "heart" not in drawn["means"]  # thorax_p 0: none
+    labels, liver = _chest_map(lung=True)
+    lm = LabelMap.read(_write_map(tmp_path / "with_lung", labels, liver))
+    _, drawn = synth_sample(lm, 1, replace(QUIET, size=96, thorax_p=1.0))
+    assert "lung" not in drawn["placed"] and "heart" in drawn["placed"]  # its own lungs, no others added
+    tissue = seen["tissue"]
+    assert np.array_equal(tissue == 3, labels == 3)
+
+
 def test_a_seed_gives_the_same_ct_and_another_seed_another(maps):
     lm = LabelMap.read(maps / "map0")
     config = replace(QUIET, photons=(1e5, 1e5), psf_px=(0.5, 1.0), lesion_p=1.0)
@@ -138,13 +193,15 @@ def test_noise_grows_as_the_dose_falls(maps):
 def test_the_command_writes_readable_cases_a_manifest_and_a_sheet(maps, tmp_path):
     out = tmp_path / "synth"
     r = CliRunner().invoke(cli, ["data", "synth", "--from-labels", str(maps), "--out", str(out), "--samples", "2",
-                                 "--size", "48", "--seed", "3", "--sheet", str(tmp_path / "sheet.png")])
+                                 "--size", "48", "--seed", "3", "--sheet", str(tmp_path / "sheet.png"),
+                                 "--thorax-p", "0.5"])
     assert r.exit_code == 0, r.output
     cases = load_cases(out).volumes
     assert sorted(v.case_id for v in cases) == ["map0_s00", "map0_s01", "map1_s00", "map1_s01"]
     assert all(v.mask is not None and v.mask.any() and v.intensity == "hu" for v in cases)
     manifest = json.loads((out / "synth.json").read_text())
     assert manifest["samples_per_map"] == 2 and len(manifest["cases"]) == 4
+    assert manifest["config"]["thorax_p"] == 0.5 and manifest["version"] == synth_ct.VERSION
     assert {c["drawn"]["phase"] for c in manifest["cases"]} <= set(PHASES)
     assert "CC BY-NC-ND" in manifest["note"]
     assert (tmp_path / "sheet.png").stat().st_size > 0
@@ -153,7 +210,7 @@ def test_the_command_writes_readable_cases_a_manifest_and_a_sheet(maps, tmp_path
 
 
 @pytest.mark.parametrize("case", ["no liver file", "foreign labels", "empty liver", "phantom option",
-                                  "sheet inside the output"])
+                                  "sheet inside the output", "thorax share"])
 def test_bad_label_maps_and_options_exit_2_without_output(maps, tmp_path, case):
     src = maps
     extra = []
@@ -168,6 +225,8 @@ def test_bad_label_maps_and_options_exit_2_without_output(maps, tmp_path, case):
         src = _write_map(tmp_path / "bad" / "m", labels, np.zeros_like(liver)).parent
     elif case == "phantom option":
         extra = ["--cases", "3"]
+    elif case == "thorax share":
+        extra = ["--thorax-p", "1.5"]
     else:
         extra = ["--sheet", str(tmp_path / "out" / "sheet.png")]
     out = tmp_path / "out"
@@ -183,6 +242,8 @@ def test_config_ranges_are_checked():
         SynthConfig(thickness_mm=(3.0, 1.0))
     with pytest.raises(InputError, match="photons"):
         SynthConfig(photons=(0.0, 1.0))
+    with pytest.raises(InputError, match="thorax_p"):
+        SynthConfig(thorax_p=1.5)
 
 
 def test_no_label_maps_is_an_input_error(tmp_path):

@@ -15,6 +15,11 @@ CT volume whose liver mask is the expert's own. Every sample draws anew:
 * **organs the map lacks** (kidneys, spleen, stomach): ellipsoids placed where they lie, relative
   to the spine, the body outline and the liver's extent (liver on the image left, anterior at the
   top: liverrt's axes), only over voxels the map calls "body", so the expert's labels are kept;
+* **the thorax above the diaphragm** (with probability ``thorax_p``): most maps label no lung, so
+  the cavity above the liver dome would otherwise be filled with abdominal fat and bowel. The
+  diaphragm follows the liver's upper surface (lower on the patient's left, reaching further down
+  behind, into the posterior recesses); above it lie the lung bases (where the map has no lung)
+  and the heart, an ellipsoid resting on the diaphragm in front, left of the midline;
 * **texture** (correlated noise per tissue), a smooth bias field, lesions (the map's own, and with
   ``lesion_p`` extra hypo- or hyperdense spheres inside the liver), **partial-volume blur** in the
   plane, **slice thickness** (a box average over ``thickness`` mm along z) and **in-plane
@@ -51,7 +56,7 @@ from liverrt.viz import overlay, save_png
 log = logging.getLogger(__name__)
 
 GENERATOR = "liverrt synth-ct"
-VERSION = 1
+VERSION = 2  # 2: the thorax (SynthConfig.thorax_p)
 LABEL_FILE, LIVER_FILE = "labels.nii.gz", "liver.nii.gz"
 
 #: the label values of a map (``../shared/data/ircad_labels`` convention)
@@ -60,7 +65,7 @@ LABELS = {1: "body", 2: "bone", 3: "lung", 4: "kidney", 5: "spleen", 6: "stomach
           14: "artery", 15: "lesion", 16: "other"}
 #: tissues the synthesis adds where the map says only "body" (or nothing)
 EXTRA = {0: "air", 17: "subcutaneous_fat", 18: "visceral_fat", 19: "muscle", 20: "bowel", 21: "bowel_gas",
-         22: "marrow", 23: "stomach_gas"}
+         22: "marrow", 23: "stomach_gas", 24: "heart"}
 TISSUES = {**EXTRA, **{k: v for k, v in LABELS.items() if k != 1}}
 _ID = {name: k for k, name in TISSUES.items()}
 
@@ -73,18 +78,23 @@ _COMMON = {"air": (-1010, -980), "subcutaneous_fat": (-125, -85), "visceral_fat"
 PHASES: dict[str, dict[str, tuple[float, float]]] = {
     "native": {**_COMMON, "liver": (45, 70), "spleen": (38, 55), "kidney": (25, 42), "stomach": (15, 45),
                "pancreas": (30, 50), "adrenal": (20, 40), "muscle": (38, 60), "bowel": (15, 45),
-               "portal_vein": (30, 50), "venous": (30, 50), "artery": (35, 55), "lesion": (5, 40)},
+               "portal_vein": (30, 50), "venous": (30, 50), "artery": (35, 55), "lesion": (5, 40),
+               "heart": (35, 55)},
     "arterial": {**_COMMON, "liver": (55, 85), "spleen": (80, 140), "kidney": (120, 220), "stomach": (40, 90),
                  "pancreas": (90, 130), "adrenal": (50, 90), "muscle": (45, 65), "bowel": (40, 90),
-                 "portal_vein": (90, 170), "venous": (60, 140), "artery": (220, 380), "lesion": (20, 140)},
+                 "portal_vein": (90, 170), "venous": (60, 140), "artery": (220, 380), "lesion": (20, 140),
+                 "heart": (180, 350)},
     "portal": {**_COMMON, "liver": (90, 135), "spleen": (100, 135), "kidney": (130, 210), "stomach": (60, 110),
                "pancreas": (80, 115), "adrenal": (60, 100), "muscle": (50, 70), "bowel": (60, 110),
-               "portal_vein": (140, 210), "venous": (120, 190), "artery": (140, 220), "lesion": (30, 95)},
+               "portal_vein": (140, 210), "venous": (120, 190), "artery": (140, 220), "lesion": (30, 95),
+               "heart": (110, 190)},
 }
 #: texture: standard deviation (HU) of each tissue's own correlated variation
 TEXTURE = {"liver": (4, 12), "spleen": (4, 14), "kidney": (8, 25), "muscle": (5, 12), "bowel": (8, 25),
            "stomach": (6, 18), "bone": (60, 200), "marrow": (20, 60), "lesion": (5, 15),
-           "visceral_fat": (8, 20), "subcutaneous_fat": (6, 14), "pancreas": (6, 15)}
+           "visceral_fat": (8, 20), "subcutaneous_fat": (6, 14), "pancreas": (6, 15), "heart": (5, 15)}
+#: tissues drawn only in samples that have them (``thorax_p``), so that samples without draw as before
+THORAX = ("heart",)
 #: neighbours the liver may be made to look like (the hard case)
 HARD_NEIGHBOURS = ("spleen", "muscle", "kidney", "stomach", "bowel")
 
@@ -98,6 +108,7 @@ class SynthConfig:
     hard_p: float = 0.3  # liver within ``hard_delta_hu`` of a neighbour, vessels close to the liver
     hard_delta_hu: tuple[float, float] = (-12.0, 12.0)
     missing_organ_p: float = 0.85  # per missing organ (kidneys, spleen, stomach): placed in the body
+    thorax_p: float = 0.0  # lung bases (where the map has none) and the heart above the diaphragm
     lesion_p: float = 0.35  # extra synthetic lesions inside the liver
     thickness_mm: tuple[float, float] = (1.0, 5.0)  # effective slice thickness (at least the map's spacing)
     psf_px: tuple[float, float] = (0.4, 1.2)  # in-plane blur on the map's grid (pixels)
@@ -110,7 +121,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         checks = {"size": 32 <= self.size <= 1024, "phase_p": len(self.phase_p) == 3 and min(self.phase_p) >= 0
                   and sum(self.phase_p) > 0, "hard_p": 0 <= self.hard_p <= 1,
-                  "missing_organ_p": 0 <= self.missing_organ_p <= 1, "lesion_p": 0 <= self.lesion_p <= 1,
+                  "missing_organ_p": 0 <= self.missing_organ_p <= 1,
+                  "thorax_p": 0 <= self.thorax_p <= 1, "lesion_p": 0 <= self.lesion_p <= 1,
                   "thickness_mm": 0 < self.thickness_mm[0] <= self.thickness_mm[1],
                   "psf_px": 0 <= self.psf_px[0] <= self.psf_px[1],
                   "photons": 0 < self.photons[0] <= self.photons[1], "n_angles": self.n_angles >= 2}
@@ -204,7 +216,7 @@ def synth_sample(label_map: LabelMap, seed: int, config: SynthConfig = SynthConf
 def _draw(rng: np.random.Generator, config: SynthConfig, dz: float) -> _Draw:
     p = np.asarray(config.phase_p, float)
     phase = str(rng.choice(list(PHASES), p=p / p.sum()))
-    means = {name: float(rng.uniform(*rng_range)) for name, rng_range in PHASES[phase].items()}
+    means = {name: float(rng.uniform(*rng_range)) for name, rng_range in PHASES[phase].items() if name not in THORAX}
     hard = None
     if rng.random() < config.hard_p:
         hard = str(rng.choice(HARD_NEIGHBOURS))
@@ -235,9 +247,17 @@ def _tissues(label_map: LabelMap, rng: np.random.Generator, config: SynthConfig,
     tissue[marrow] = _ID["marrow"]
     _paraspinal(tissue, bone, body_only & ~marrow, (dy, dx), rng)
     present = set(np.unique(labels).tolist())
+    allowed = body_only & ~marrow
+    if config.thorax_p > 0 and rng.random() < config.thorax_p:
+        cavity = body_only & (depth > fat_mm + muscle_mm) & np.isin(tissue, _CAVITY_FILL)
+        thorax = _thorax(tissue, label_map, cavity, rng, lungs=_ID["lung"] not in present)
+        if thorax is not None:
+            draw.placed += [name for name in ("lung", "heart") if (tissue[thorax] == _ID[name]).any()]
+            draw.means.update({name: float(rng.uniform(*PHASES[draw.phase][name])) for name in THORAX})
+            allowed &= ~thorax
     for organ in ("kidney", "spleen", "stomach"):
         if _ID[organ] not in present and rng.random() < config.missing_organ_p:
-            if _place_organ(tissue, organ, label_map, body_only & ~marrow, rng):
+            if _place_organ(tissue, organ, label_map, allowed, rng):
                 draw.placed.append(organ)
     if rng.random() < config.lesion_p:
         draw.lesions = _extra_lesions(tissue, label_map.liver, label_map.spacing, rng)
@@ -276,6 +296,54 @@ def _paraspinal(tissue: np.ndarray, bone: np.ndarray, region: np.ndarray, pixel_
         if vertebra.any():
             near = ndimage.distance_transform_edt(~vertebra, sampling=pixel_mm) < reach
             tissue[k][near & region[k]] = _ID["muscle"]
+
+
+#: what :func:`_visceral` fills the abdominal cavity with (the thorax replaces it above the diaphragm)
+_CAVITY_FILL = (_ID["visceral_fat"], _ID["bowel"], _ID["bowel_gas"])
+
+
+def _thorax(tissue: np.ndarray, label_map: LabelMap, cavity: np.ndarray, rng: np.random.Generator, *,
+            lungs: bool) -> np.ndarray | None:
+    """Diaphragm, lung bases (``lungs``: the map has none) and heart over the ``cavity`` voxels above the
+    liver; returns the voxels above the diaphragm's lower surface (``None`` without a frame).
+
+    The diaphragm's lower surface is, per (y, x) column, the top of the liver in that column (the nearest
+    liver column's where it has none), lowered up to 25 mm on the patient's left (image right), and never
+    more than a reach below the dome: 15-35 mm in front, growing to 50-90 mm at the spine (the posterior
+    recesses); smoothed over about 8 mm. A 3-8 mm muscle sheet lies on it; above are lung and heart."""
+    frame = _frame(label_map)
+    liver = label_map.liver
+    has = liver.any(axis=0)
+    if frame is None or not has.any():
+        return None
+    dz, dy, dx = label_map.spacing
+    d, h, w = liver.shape
+    top = (d - 1 - np.argmax(liver[::-1], axis=0)).astype(np.float32) * dz  # mm: each column's highest liver voxel
+    _, (iy, ix) = ndimage.distance_transform_edt(~has, sampling=(dy, dx), return_indices=True)
+    surface = top[iy, ix]
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    surface -= rng.uniform(0, 25) * np.clip((xx - frame["spine_x"]) * dx / 60.0, 0, 1)
+    depth = np.clip((yy - frame["body_top"]) / max(frame["spine_y"] - frame["body_top"], 1.0), 0, 1)
+    front, back = rng.uniform(15, 35), rng.uniform(50, 90)
+    surface = np.maximum(surface, top[has].max() - (front + (back - front) * depth))
+    surface = ndimage.gaussian_filter(surface, (8.0 / dy, 8.0 / dx))
+    sheet = rng.uniform(3, 8)
+    z_mm = (np.arange(d, dtype=np.float32) * dz)[:, None, None]
+    thorax = cavity & (z_mm > surface[None])
+    above = thorax & (z_mm > surface[None] + sheet)
+    tissue[thorax & ~above] = _ID["muscle"]
+    cz_axis, cy_axis, cx_axis = rng.uniform(40, 55), rng.uniform(40, 55), rng.uniform(50, 70)  # mm
+    cy = frame["body_top"] + rng.uniform(45, 80) / dy
+    cx = frame["spine_x"] + rng.uniform(5, 40) / dx  # left of the midline: the image right
+    iy_c, ix_c = int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))
+    cz = (surface[iy_c, ix_c] + sheet + cz_axis * rng.uniform(0.5, 0.9)) / dz
+    zz, y3, x3 = np.ogrid[:d, :h, :w]
+    heart = above & ((((zz - cz) * dz / cz_axis) ** 2 + ((y3 - cy) * dy / cy_axis) ** 2
+                      + ((x3 - cx) * dx / cx_axis) ** 2) <= 1.0)
+    tissue[heart] = _ID["heart"]
+    if lungs:
+        tissue[above & ~heart] = _ID["lung"]
+    return thorax
 
 
 def _frame(label_map: LabelMap) -> dict[str, float] | None:
@@ -356,6 +424,8 @@ def _intensities(tissue: np.ndarray, spacing: tuple[float, float, float], rng: n
     means = np.zeros(256, np.float32)
     spread = np.zeros(256, np.float32)
     for k, name in TISSUES.items():
+        if name in THORAX and name not in draw.means:
+            continue
         means[k] = draw.means.get(name, draw.means.get("muscle", 50.0))
         lo, hi = TEXTURE.get(name, (3, 8))
         spread[k] = rng.uniform(lo, hi)
