@@ -93,7 +93,9 @@ def test_the_hard_case_puts_the_liver_next_to_a_neighbours_hu(maps):
         assert abs(drawn["means"]["liver"] - drawn["means"][neighbour]) <= 12.0 + 1e-9
 
 
-def test_missing_organs_are_placed_over_body_voxels_only(maps, monkeypatch):
+@pytest.fixture
+def seen(monkeypatch):
+    """``seen["tissue"]``: the tissue map of the last sample synthesised (what ``_intensities`` was given)."""
     seen = {}
     real_intensities = synth_ct._intensities
 
@@ -102,6 +104,10 @@ def test_missing_organs_are_placed_over_body_voxels_only(maps, monkeypatch):
         return real_intensities(tissue, *args)
 
     monkeypatch.setattr(synth_ct, "_intensities", keep)
+    return seen
+
+
+def test_missing_organs_are_placed_over_body_voxels_only(maps, seen):
     for name, expect_spleen_placed in (("map0", True), ("map1", False)):
         lm = LabelMap.read(maps / name)
         _, drawn = synth_sample(lm, 3, replace(QUIET, missing_organ_p=1.0, size=96))
@@ -130,15 +136,7 @@ def _chest_map(lung: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return labels, liver
 
 
-def test_the_thorax_puts_lung_and_heart_above_the_liver_dome(tmp_path, monkeypatch):
-    seen = {}
-    real_intensities = synth_ct._intensities
-
-    def keep(tissue, *args):
-        seen["tissue"] = tissue.copy()
-        return real_intensities(tissue, *args)
-
-    monkeypatch.setattr(synth_ct, "_intensities", keep)
+def test_the_thorax_puts_lung_and_heart_above_the_liver_dome(tmp_path, seen):
     labels, liver = _chest_map()
     lm = LabelMap.read(_write_map(tmp_path / "chest", labels, liver))
     n = labels.shape[1]
