@@ -5,21 +5,26 @@
 #   bash benchmarks/real_mix.sh WORK INIT [TRAIN OPTIONS...]
 # WORK: the folder of benchmarks/synth_only.sh with PHANTOMS=8 (it reads WORK/train+phantoms8 and WORK/val);
 # INIT: the synthetic-only checkpoint (the bundled model before: `git show 971fc2b:models/liver_unet_synth.pt`).
+# Environment: SET=NAME reads WORK/NAME as the base set instead (THORAX=0.85 PHANTOMS=8 synth_only.sh makes
+# train_thorax+phantoms8); TAG=T prefixes every run and mix folder; CONTROL=1 adds the same fine-tuning with no
+# real CT, scored on both volumes (does the real CT help, or the extra epochs?); LOVO_ONLY=1 skips the run with
+# both volumes. Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch).
 # Three runs of the same fine-tuning: without ircad01 (scored on it), without lits000 (scored on it), and
 # with both (the bundled weights; its scores on the two volumes are on volumes it saw). Each takes about
 # 30 min alone on 2 CPU cores (55 min for the first two side by side, one thread each). Then
 #   python benchmarks/bundle_model.py WORK/both/best.pt --name liver-unet --file liver_unet.onnx \
 #     --card-text models/liver_unet.card-text.json --verify VERIFY_CASES \
-#     --estimate WORK/without_ircad01/eval_ircad01.json WORK/without_lits000/eval_lits000.json
+#     --estimate WORK/without_ircad01/eval_ircad01_best.json WORK/without_lits000/eval_lits000_best.json
 set -euo pipefail
 DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
 WORK="$1"
 INIT="$2"
 shift 2
-BASE="$WORK/train+phantoms8"
-[ -d "$BASE" ] && [ -d "$WORK/val" ] || { echo "run PHANTOMS=8 bash benchmarks/synth_only.sh $WORK first" >&2; exit 2; }
+BASE="$WORK/${SET:-train+phantoms8}"
+TAG="${TAG:-}"
+[ -d "$BASE" ] && [ -d "$WORK/val" ] || { echo "run PHANTOMS=8 bash benchmarks/synth_only.sh $WORK none first" >&2; exit 2; }
 mix() {  # mix NAME VOLUME...: the base set and each real volume linked 8 times
-  local out="$WORK/mix_$1"; shift
+  local out="$WORK/mix_$TAG$1"; shift
   mkdir -p "$out"
   for d in "$BASE"/*/; do ln -sfn "$(readlink -f "$d")" "$out/$(basename "$d")"; done
   for v in "$@"; do
@@ -31,18 +36,29 @@ mix() {  # mix NAME VOLUME...: the base set and each real volume linked 8 times
   done
 }
 train() {  # train RUN MIX [OPTIONS...]
-  local run="$1" data="$WORK/mix_$2"; shift 2
+  local run="$TAG$1" data="$WORK/mix_$TAG$2"; shift 2
   liverrt train unet --data "$data" --val-data "$WORK/val" --out "$WORK/$run" --size 256 --batch-size 8 \
     --steps-per-epoch 50 --epochs 8 --lr 3e-4 --warmup-steps 0 --seed 0 --device cpu --no-augment --init "$INIT" "$@"
+}
+score() {  # score RUN [CASE]: eval_RUN[_CASE]_{best,last}.json in the run folder
+  local run="$WORK/$TAG$1" case="${2:-}"
+  for ck in best last; do
+    python "$(dirname "$0")/eval_real.py" "$run/$ck.pt" ${case:+--cases "$case"} --keep-largest --fill-holes \
+      --json "$run/eval${case:+_$case}_$ck.json"
+  done
 }
 mix lits000 lits000
 mix ircad01 ircad01
 mix both ircad01 lits000
 train without_ircad01 lits000 "$@"
-python "$(dirname "$0")/eval_real.py" "$WORK/without_ircad01/best.pt" --cases ircad01 --keep-largest --fill-holes \
-  --json "$WORK/without_ircad01/eval_ircad01.json"
+score without_ircad01 ircad01
 train without_lits000 ircad01 "$@"
-python "$(dirname "$0")/eval_real.py" "$WORK/without_lits000/best.pt" --cases lits000 --keep-largest --fill-holes \
-  --json "$WORK/without_lits000/eval_lits000.json"
+score without_lits000 lits000
+if [ -n "${CONTROL:-}" ]; then
+  mix none
+  train control none "$@"
+  score control
+fi
+[ -n "${LOVO_ONLY:-}" ] && exit 0
 train both both "$@"
-python "$(dirname "$0")/eval_real.py" "$WORK/both/best.pt" --keep-largest --fill-holes
+score both
