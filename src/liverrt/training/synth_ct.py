@@ -239,7 +239,8 @@ def _tissues(label_map: LabelMap, rng: np.random.Generator, config: SynthConfig,
     depth = np.stack([ndimage.distance_transform_edt(s, sampling=(dy, dx)) for s in inside])  # mm under the skin
     fat_mm, muscle_mm = rng.uniform(6, 35), rng.uniform(6, 18)
     tissue[body_only] = _ID["visceral_fat"]
-    _visceral(tissue, body_only & (depth > fat_mm + muscle_mm), rng, (dy, dx))
+    deep = body_only & (depth > fat_mm + muscle_mm)  # the abdominal cavity, inside the wall
+    _visceral(tissue, deep, rng, (dy, dx))
     tissue[body_only & (depth <= fat_mm + muscle_mm)] = _ID["muscle"]
     tissue[body_only & (depth <= fat_mm)] = _ID["subcutaneous_fat"]
     bone = labels == 2
@@ -247,17 +248,18 @@ def _tissues(label_map: LabelMap, rng: np.random.Generator, config: SynthConfig,
     tissue[marrow] = _ID["marrow"]
     _paraspinal(tissue, bone, body_only & ~marrow, (dy, dx), rng)
     present = set(np.unique(labels).tolist())
+    frame = _frame(label_map)
     allowed = body_only & ~marrow
     if config.thorax_p > 0 and rng.random() < config.thorax_p:
-        cavity = body_only & (depth > fat_mm + muscle_mm) & np.isin(tissue, _CAVITY_FILL)
-        thorax = _thorax(tissue, label_map, cavity, rng, lungs=_ID["lung"] not in present)
+        cavity = deep & np.isin(tissue, _CAVITY_FILL)
+        thorax = _thorax(tissue, label_map, frame, cavity, rng, lungs=_ID["lung"] not in present)
         if thorax is not None:
             draw.placed += [name for name in ("lung", "heart") if (tissue[thorax] == _ID[name]).any()]
             draw.means.update({name: float(rng.uniform(*PHASES[draw.phase][name])) for name in THORAX})
             allowed &= ~thorax
     for organ in ("kidney", "spleen", "stomach"):
         if _ID[organ] not in present and rng.random() < config.missing_organ_p:
-            if _place_organ(tissue, organ, label_map, allowed, rng):
+            if _place_organ(tissue, organ, label_map, frame, allowed, rng):
                 draw.placed.append(organ)
     if rng.random() < config.lesion_p:
         draw.lesions = _extra_lesions(tissue, label_map.liver, label_map.spacing, rng)
@@ -302,16 +304,16 @@ def _paraspinal(tissue: np.ndarray, bone: np.ndarray, region: np.ndarray, pixel_
 _CAVITY_FILL = (_ID["visceral_fat"], _ID["bowel"], _ID["bowel_gas"])
 
 
-def _thorax(tissue: np.ndarray, label_map: LabelMap, cavity: np.ndarray, rng: np.random.Generator, *,
-            lungs: bool) -> np.ndarray | None:
+def _thorax(tissue: np.ndarray, label_map: LabelMap, frame: dict[str, float] | None, cavity: np.ndarray,
+            rng: np.random.Generator, *, lungs: bool) -> np.ndarray | None:
     """Diaphragm, lung bases (``lungs``: the map has none) and heart over the ``cavity`` voxels above the
     liver; returns the voxels above the diaphragm's lower surface (``None`` without a frame).
 
     The diaphragm's lower surface is, per (y, x) column, the top of the liver in that column (the nearest
     liver column's where it has none), lowered up to 25 mm on the patient's left (image right), and never
     more than a reach below the dome: 15-35 mm in front, growing to 50-90 mm at the spine (the posterior
-    recesses); smoothed over about 8 mm. A 3-8 mm muscle sheet lies on it; above are lung and heart."""
-    frame = _frame(label_map)
+    recesses); smoothed over about 8 mm. A 3-8 mm muscle sheet lies on it; above are lung and heart.
+    ``frame``: :func:`_frame` of the map."""
     liver = label_map.liver
     has = liver.any(axis=0)
     if frame is None or not has.any():
@@ -337,13 +339,20 @@ def _thorax(tissue: np.ndarray, label_map: LabelMap, cavity: np.ndarray, rng: np
     cx = frame["spine_x"] + rng.uniform(5, 40) / dx  # left of the midline: the image right
     iy_c, ix_c = int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))
     cz = (surface[iy_c, ix_c] + sheet + cz_axis * rng.uniform(0.5, 0.9)) / dz
-    zz, y3, x3 = np.ogrid[:d, :h, :w]
-    heart = above & ((((zz - cz) * dz / cz_axis) ** 2 + ((y3 - cy) * dy / cy_axis) ** 2
-                      + ((x3 - cx) * dx / cx_axis) ** 2) <= 1.0)
+    heart = above & _ellipsoid(tissue.shape, label_map.spacing, (cz, cy, cx), (cz_axis, cy_axis, cx_axis))
     tissue[heart] = _ID["heart"]
     if lungs:
         tissue[above & ~heart] = _ID["lung"]
     return thorax
+
+
+def _ellipsoid(shape: tuple[int, int, int], spacing: tuple[float, float, float], centre: tuple[float, float, float],
+               axes_mm: tuple[float, float, float]) -> np.ndarray:
+    """The voxels of ``shape`` inside the ellipsoid at ``centre`` (voxels, z y x) with semi-axes ``axes_mm``."""
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    (cz, cy, cx), (dz, dy, dx) = centre, spacing
+    return (((zz - cz) * dz / axes_mm[0]) ** 2 + ((yy - cy) * dy / axes_mm[1]) ** 2
+            + ((xx - cx) * dx / axes_mm[2]) ** 2) <= 1.0
 
 
 def _frame(label_map: LabelMap) -> dict[str, float] | None:
@@ -363,11 +372,11 @@ def _frame(label_map: LabelMap) -> dict[str, float] | None:
             "z_lo": float(zs.min()), "z_hi": float(zs.max())}
 
 
-def _place_organ(tissue: np.ndarray, organ: str, label_map: LabelMap, allowed: np.ndarray,
-                 rng: np.random.Generator) -> bool:
-    """An ellipsoid for ``organ`` (semi-axes in mm drawn from adult sizes), over ``allowed`` voxels only.
-    Patient left = image right; anterior = image top; z grows towards the head."""
-    frame = _frame(label_map)
+def _place_organ(tissue: np.ndarray, organ: str, label_map: LabelMap, frame: dict[str, float] | None,
+                 allowed: np.ndarray, rng: np.random.Generator) -> bool:
+    """An ellipsoid for ``organ`` (semi-axes in mm drawn from adult sizes), over ``allowed`` voxels only, placed
+    by ``frame`` (:func:`_frame` of the map). Patient left = image right; anterior = image top; z grows towards
+    the head."""
     if frame is None:
         return False
     dz, dy, dx = label_map.spacing
@@ -387,11 +396,9 @@ def _place_organ(tissue: np.ndarray, organ: str, label_map: LabelMap, allowed: n
                     f["spine_x"] + rng.uniform(30, 80) / dx)]
         axes = (rng.uniform(40, 65), rng.uniform(30, 50), rng.uniform(35, 60))
     placed = False
-    zz, yy, xx = np.ogrid[: tissue.shape[0], : tissue.shape[1], : tissue.shape[2]]
+    yy = np.arange(tissue.shape[1])[None, :, None]
     for cz, cy, cx in centres:
-        inside = (((zz - cz) * dz / axes[0]) ** 2 + ((yy - cy) * dy / axes[1]) ** 2
-                  + ((xx - cx) * dx / axes[2]) ** 2) <= 1.0
-        region = inside & allowed
+        region = _ellipsoid(tissue.shape, label_map.spacing, (cz, cy, cx), axes) & allowed
         if region.sum() < 50:
             continue
         tissue[region] = _ID[organ]
