@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -120,6 +121,9 @@ def test_shards_cover_the_epoch_once():
     assert not torch.equal(shard_order(n, 1, DistInfo(), 5), shard_order(n, 2, DistInfo(), 5))
 
 
+_KILLED_BY_SIGNAL = re.compile(r"exitcode\s*:\s*-\d+")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,14 +135,27 @@ def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    root_cause = proc.stderr.rpartition("Root Cause")[2]  # torchrun's summary: the rank that failed first
+    if proc.returncode != 0 and _KILLED_BY_SIGNAL.search(root_cause):
+        # A rank killed by a signal (gloo's TCP transport aborting on a loaded machine, seen once in CI)
+        # is not a Python error of ours: one more try on a fresh port, and a second such death fails.
+        cmd[cmd.index("--master-port") + 1] = str(_free_port())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    return proc
+
+
+def _rank_errors(stderr: str) -> str:
+    """The ranks' own messages first: torchrun's closing summary only names the signal."""
+    own = [line for line in stderr.splitlines() if "torch/distributed" not in line and line.strip()]
+    return "\n".join(own[:40]) + "\n...\n" + stderr[-1000:]
 
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process_with_the_combined_batch(tmp_path):
     """gloo DDP on CPU: two ranks of 2 samples average to the gradient of one rank with 4."""
     proc = _torchrun([str(HERE / "toy_task.py"), str(tmp_path / "ddp"), "2"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, _rank_errors(proc.stderr)
     assert proc.stdout.splitlines().count("WORLD 2") == 1, proc.stdout
     single = fit(ToyTask(), tmp_path / "one", _toy_cfg(epochs=1, lr=0.1, batch_size=4))
     wd, ws = _weights(tmp_path / "ddp" / "last.pt"), _weights(single.last_checkpoint)
@@ -156,7 +173,7 @@ def test_torchrun_cli_trains_the_unet_on_two_processes(tmp_path):
     proc = _torchrun(["-m", "liverrt", "train", "unet", "--data", str(tmp_path / "ph"), "--out",
                       str(tmp_path / "run"), "--epochs", "2", "--size", "32", "--batch-size", "2",
                       "--width-scale", "0.25", "--device", "cpu", "--val-fraction", "0.34"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, _rank_errors(proc.stderr)
     assert proc.stdout.count('"world_size": 2') == 1  # rank 0 alone reports
     rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 epochs, written once

@@ -30,8 +30,8 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,11 +253,17 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
-    """Join the process group ``torchrun`` describes in the environment (if any); pick this rank's device."""
+@contextmanager
+def distributed(device_name: str) -> Iterator[tuple[DistInfo, torch.device]]:
+    """Join the process group ``torchrun`` describes in the environment (if any); pick this rank's device.
+
+    A group this call creates is destroyed on the way out, so no rank exits with
+    gloo's connections still open (a peer closing them then aborts the other rank).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo(), resolve_device(device_name)
+        yield DistInfo(), resolve_device(device_name)
+        return
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     base = resolve_device(device_name)
     if base.type == "cuda":
@@ -268,9 +274,14 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     else:
         device = base
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local), device
+    try:
+        yield DistInfo(rank, world, local), device
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def _broadcast(obj: Any, info: DistInfo) -> Any:
@@ -371,8 +382,13 @@ def fit(task: Task, out_dir: Path, config: TrainConfig, *, resume: bool = False,
     generators come back, so the result equals an uninterrupted run.
     """
     t_start = time.perf_counter()
-    info, device = setup_distributed(config.device)
-    run = _prepare(task, Path(out_dir), config, info, device)
+    with distributed(config.device) as (info, device):
+        return _fit(task, Path(out_dir), config, info, device, resume, progress, t_start)
+
+
+def _fit(task: Task, out_dir: Path, config: TrainConfig, info: DistInfo, device: torch.device, resume: bool,
+         progress: Progress | None, t_start: float) -> TrainResult:
+    run = _prepare(task, out_dir, config, info, device)
     state = _restore(run) if resume else _TrainState(history=[], best={task.monitor: -math.inf})
     run.net = _parallel(run)
     train_config = {**config.to_dict(), **task.describe(), "task": task.name, "world_size": info.world_size}
