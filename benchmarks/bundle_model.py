@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                   "threshold": f"{info.threshold:g}", "post-processing": "largest 3-D component, holes filled "
                   "slice by slice (on by default for bundled models)"},
     })
-    (BUNDLED / f"{stem}.card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (BUNDLED / f"{stem}.card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(card, indent=2))
     return 0
 

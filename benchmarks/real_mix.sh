@@ -8,7 +8,8 @@
 # Environment: SET=NAME reads WORK/NAME as the base set instead (THORAX=0.85 PHANTOMS=8 synth_only.sh makes
 # train_thorax+phantoms8); TAG=T prefixes every run and mix folder; CONTROL=1 adds the same fine-tuning with no
 # real CT, scored on both volumes (does the real CT help, or the extra epochs?); LOVO_ONLY=1 skips the run with
-# both volumes. Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch).
+# both volumes; RUNS="control" (any of without_ircad01 without_lits000 control both) runs those alone. Each
+# run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch).
 # Three runs of the same fine-tuning: without ircad01 (scored on it), without lits000 (scored on it), and
 # with both (the bundled weights; its scores on the two volumes are on volumes it saw). Each takes about
 # 30 min alone on 2 CPU cores (55 min for the first two side by side, one thread each). Then
@@ -47,18 +48,17 @@ score() {  # score RUN [CASE]: eval_RUN[_CASE]_{best,last}.json in the run folde
       --json "$run/eval${case:+_$case}_$ck.json"
   done
 }
-mix lits000 lits000
-mix ircad01 ircad01
-mix both ircad01 lits000
-train without_ircad01 lits000 "$@"
-score without_ircad01 ircad01
-train without_lits000 ircad01 "$@"
-score without_lits000 lits000
-if [ -n "${CONTROL:-}" ]; then
-  mix none
-  train control none "$@"
-  score control
+if [ -z "${RUNS:-}" ]; then
+  RUNS="without_ircad01 without_lits000"
+  [ -n "${CONTROL:-}" ] && RUNS="$RUNS control"
+  [ -n "${LOVO_ONLY:-}" ] || RUNS="$RUNS both"
 fi
-[ -n "${LOVO_ONLY:-}" ] && exit 0
-train both both "$@"
-score both
+for run in $RUNS; do
+  case "$run" in
+    without_ircad01) mix lits000 lits000; train "$run" lits000 "$@"; score "$run" ircad01;;
+    without_lits000) mix ircad01 ircad01; train "$run" ircad01 "$@"; score "$run" lits000;;
+    control) mix none; train "$run" none "$@"; score "$run";;
+    both) mix both ircad01 lits000; train "$run" both "$@"; score "$run";;
+    *) echo "RUNS: unknown run '$run'; expected without_ircad01, without_lits000, control or both" >&2; exit 2;;
+  esac
+done
