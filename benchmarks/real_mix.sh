@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Reproduces the bundled liver-unet and its leave-one-volume-out estimate (issue 17, benchmarks/RESULTS.md
-# 2026-12-07 late morning): the synthetic-only model fine-tuned on its own training set (synthetic CT of 14
-# IRCADb label maps + 8 phantoms) plus the real volumes ircad01 and lits000, each linked 8 times.
+# The second stage of the bundled liver-unet and its controls (issue 17, benchmarks/RESULTS.md 2026-12-07): the
+# synthetic-only model fine-tuned on its own training set (synthetic CT of 14 IRCADb label maps + 8 phantoms),
+# with or without the real volumes ircad01 and lits000 (each linked 8 times).
 #   bash benchmarks/real_mix.sh WORK INIT [TRAIN OPTIONS...]
 # WORK: the folder of benchmarks/synth_only.sh with PHANTOMS=8 (it reads WORK/train+phantoms8 and WORK/val);
-# INIT: the synthetic-only checkpoint (the bundled model before: `git show 971fc2b:models/liver_unet_synth.pt`).
-# Environment: SET=NAME reads WORK/NAME as the base set instead (THORAX=0.85 PHANTOMS=8 synth_only.sh makes
-# train_thorax+phantoms8); TAG=T prefixes every run and mix folder; CONTROL=1 adds the same fine-tuning with no
-# real CT, scored on both volumes (does the real CT help, or the extra epochs?); LOVO_ONLY=1 skips the run with
-# both volumes; RUNS="control" (any of without_ircad01 without_lits000 control both) runs those alone. Each
-# run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch).
-# Three runs of the same fine-tuning: without ircad01 (scored on it), without lits000 (scored on it), and
-# with both (the bundled weights; its scores on the two volumes are on volumes it saw). Each takes about
-# 30 min alone on 2 CPU cores (55 min for the first two side by side, one thread each). Then
-#   python benchmarks/bundle_model.py WORK/both/best.pt --name liver-unet --file liver_unet.onnx \
-#     --card-text models/liver_unet.card-text.json --verify VERIFY_CASES \
-#     --estimate WORK/without_ircad01/eval_ircad01_best.json WORK/without_lits000/eval_lits000_best.json
+# INIT: the synthetic-only checkpoint (`git show 971fc2b:models/liver_unet_synth.pt`).
+# Runs (each about 10 min alone on 2 CPU cores, 8 epochs of 50 steps; 30 min on a loaded machine):
+#   without_ircad01, without_lits000  one real volume in training, scored on the other (leave one volume out)
+#   control   no real CT, scored on both volumes: the bundled liver-unet since 2026-12-07 evening (seed 0)
+#   both      both real volumes in training (the bundled model before; its scores are on volumes it saw)
+# Environment: RUNS="control" (any of the four) runs those alone; by default the two leave-one-out runs and
+# both, CONTROL=1 adds control, LOVO_ONLY=1 drops both. SET=NAME reads WORK/NAME as the base set instead
+# (THORAX=0.85 PHANTOMS=8 synth_only.sh makes train_thorax+phantoms8); TAG=T prefixes every run and mix
+# folder. Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch). Then
+#   python benchmarks/bundle_model.py WORK/control/best.pt --name liver-unet --file liver_unet.onnx \
+#     --card-text models/liver_unet.card-text.json --verify VERIFY_CASES
+# (a model trained on the real volumes takes --estimate with the leave-one-out runs' eval_CASE_best.json).
 set -euo pipefail
 DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
 WORK="$1"
