@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                   "threshold": f"{info.threshold:g}", "post-processing": "largest 3-D component, holes filled "
                   "slice by slice (on by default for bundled models)"},
     })
-    (BUNDLED / f"{stem}.card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps(card, indent=2))
+    text = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
+    (BUNDLED / f"{stem}.card.json").write_text(text)
+    print(text, end="")
     return 0
 
 
