@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,43 @@ def test_writes_a_signal_cut_off_before_their_block_are_removed_on_the_way_out(t
         cm.gen.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]
 
+
+
+@pytest.mark.parametrize("where", ["folder", "file", "marker"])
+def test_a_signal_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, where):
+    """The signal lands the moment the temporary entry exists, before the writer gets its name back (a CI
+    run's SIGTERM left ``.case01.xxxx`` so, when the name was listed only after mkdtemp returned): the
+    entry is already listed, and the CLI's remove_unfinished takes it."""
+    import liverrt.atomic as atomic
+
+    _case(tmp_path / "done", "kept")
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def mkdir_then_signal(path, mode=0o777, **kw):
+        real_mkdir(path, mode, **kw)
+        raise KeyboardInterrupt
+
+    def open_then_signal(path, flags, mode=0o777, **kw):
+        fd = real_open(path, flags, mode, **kw)
+        if where == "file" or Path(path).name.startswith(MARKER):
+            raise KeyboardInterrupt
+        return fd
+
+    if where == "folder":
+        monkeypatch.setattr(atomic.os, "mkdir", mkdir_then_signal)
+    else:
+        monkeypatch.setattr(atomic.os, "open", open_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        if where == "folder":
+            _case(tmp_path / "c1")
+        else:
+            write_text_atomic("x", tmp_path / "r.json")
+    monkeypatch.undo()
+    remove_unfinished()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # the list is written before the rename: a signal in it leaves the target as it was (here: absent)
+    assert names == ["done"], names
+    assert (tmp_path / "done" / "mask.txt").read_text() == "kept"
 
 def test_inputs_are_refused_even_with_overwrite(tmp_path):
     (tmp_path / "case").mkdir()

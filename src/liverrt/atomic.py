@@ -36,8 +36,8 @@ import fcntl
 import functools
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -60,6 +60,36 @@ _writer_fixed: ContextVar[bool] = ContextVar("liverrt_writer_fixed", default=Fal
 #: (:func:`remove_unfinished`): a signal can land where the writer's own cleanup never runs, e.g. in
 #: contextlib's ``__enter__`` after the generator yielded, so the ``with`` block never starts and never exits.
 _unfinished: set[Path] = set()
+
+
+def temp_name(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A fresh hidden name for a temporary entry in ``parent`` (not created)."""
+    return Path(parent) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+
+
+def _create_temp(parent: Path, prefix: str, suffix: str = "", *, folder: bool) -> Path:
+    """Create a private temporary file or folder in ``parent`` and list it in ``_unfinished``.
+
+    The name is listed *before* the entry exists (and stays listed if a signal lands after it was
+    created), so there is no moment in which a SIGINT or SIGTERM leaves an entry that
+    :func:`remove_unfinished` does not know about; ``tempfile.mkstemp``/``mkdtemp`` followed by
+    ``_unfinished.add`` had one.
+    """
+    for _ in range(100):
+        tmp = temp_name(parent, prefix, suffix)
+        _unfinished.add(tmp)
+        try:
+            if folder:
+                os.mkdir(tmp, 0o700)
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return tmp
+        except FileExistsError:
+            _unfinished.discard(tmp)
+        except OSError:
+            _unfinished.discard(tmp)
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
 
 #: errnos that mean "this location cannot be written" (bad input) rather than "the write failed"
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
@@ -168,15 +198,16 @@ def _write_marker(folder: Path, files: dict[str, dict]) -> None:
     payload = {"written_by": "liverrt", "marker_version": _MARKER_VERSION, "liverrt_version": __version__,
                "note": "files liverrt wrote here; it replaces only these (see `--overwrite`)",
                "files": dict(sorted(files.items()))}
-    fd, tmp = tempfile.mkstemp(prefix=f"{MARKER}.", suffix=".tmp", dir=folder)
+    tmp = _create_temp(folder, f"{MARKER}.", ".tmp", folder=False)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-        set_default_mode(Path(tmp))
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        set_default_mode(tmp)
         os.replace(tmp, folder / MARKER)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _unfinished.discard(tmp)
 
 
 @contextlib.contextmanager
@@ -352,7 +383,7 @@ def _umask() -> int:
 
 
 def set_default_mode(path: Path) -> None:
-    """mkstemp/mkdtemp create private (0600/0700) entries; give outputs the usual umask-based mode."""
+    """Temporary entries are created private (0600/0700); give outputs the usual umask-based mode."""
     base = 0o777 if path.is_dir() else 0o666
     os.chmod(path, base & ~_umask())
 
@@ -386,14 +417,11 @@ def atomic_path(path: Path, *, suffix: str = "", protect: Iterable[Path] = ()) -
     check_replaceable(path)
     _mkdir(path.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        tmp = _create_temp(path.parent, f".{path.name}.", suffix or ".tmp", folder=False)
     except OSError as exc:
         raise os_error(exc, path) from exc
-    tmp = Path(tmp_name)
-    _unfinished.add(tmp)
     try:
         try:
-            os.close(fd)
             yield tmp
             set_default_mode(tmp)
             _commit_file(tmp, path)
@@ -428,10 +456,9 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
     old: Path | None = None
     nested = _in_pending(folder.parent)  # inside an outer atomic_dir: its seal lists these files
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = _create_temp(folder.parent, f".{folder.name}.", folder=True)
     except OSError as exc:
         raise os_error(exc, folder) from exc
-    _unfinished.add(tmp)
     try:
         try:
             yield tmp
@@ -441,7 +468,8 @@ def atomic_dir(folder: Path, *, protect: Iterable[Path] = ()) -> Iterator[Path]:
             with _locked(folder.parent):
                 if os.path.lexists(folder):
                     check_replaceable(folder)
-                    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+                    old = temp_name(folder.parent, f".{folder.name}.old.")  # named first: a signal
+                    os.mkdir(old, 0o700)  # between the two leaves nothing the cleanup below misses
                     os.replace(folder, old / "x")
                 os.replace(tmp, folder)
         except OSError as exc:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -24,7 +23,7 @@ from onnx.external_data_helper import uses_external_data
 import liverrt
 from liverrt.artifacts import artifact_info
 from liverrt.artifacts.plan import plan_info, read_sidecar, sidecar_path
-from liverrt.atomic import check_outputs, record_written, set_default_mode
+from liverrt.atomic import check_outputs, record_written, set_default_mode, temp_name
 from liverrt.errors import ArtifactError, BackendUnavailableError, InputError
 from liverrt.hashing import sha256_file
 
@@ -342,9 +341,10 @@ def install(repo: Path, models: list[ModelFiles], version: int) -> None:
     try:
         for m in models:  # stage every model before anything moves
             model_dir = repo / m.name
-            stage = Path(tempfile.mkdtemp(prefix=f".{m.name}.liverrt-stage.", dir=model_dir if model_dir.is_dir()
-                                          else repo))  # same file system as the target: renames
+            # same file system as the target: renames; listed before it exists, so a signal cannot slip between
+            stage = temp_name(model_dir if model_dir.is_dir() else repo, f".{m.name}.liverrt-stage.")
             stages.append(stage)
+            stage.mkdir(mode=0o700)
             folder = stage / "model"
             files = [folder / "config.pbtxt"]
             (folder / str(version)).mkdir(parents=True)
