@@ -12,7 +12,9 @@
 # Environment: RUNS="control" (any of the four) runs those alone; by default the two leave-one-out runs and
 # both, CONTROL=1 adds control, LOVO_ONLY=1 drops both. SET=NAME reads WORK/NAME as the base set instead
 # (THORAX=0.85 PHANTOMS=8 synth_only.sh makes train_thorax+phantoms8); TAG=T prefixes every run and mix
-# folder. Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch). Then
+# folder. VAL=NAME validates on WORK/NAME instead of WORK/val (`liverrt data synth --from-labels WORK/maps_val
+# --out WORK/val_thorax --samples 2 --seed 100 --size 256 --thorax-p 0.85` makes a set with the thorax).
+# Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch). Then
 #   python benchmarks/bundle_model.py WORK/control/best.pt --name liver-unet --file liver_unet.onnx \
 #     --card-text models/liver_unet.card-text.json --verify VERIFY_CASES
 # (a model trained on the real volumes takes --estimate with the leave-one-out runs' eval_CASE_best.json).
@@ -22,8 +24,9 @@ WORK="$1"
 INIT="$2"
 shift 2
 BASE="$WORK/${SET:-train+phantoms8}"
+VAL="$WORK/${VAL:-val}"
 TAG="${TAG:-}"
-[ -d "$BASE" ] && [ -d "$WORK/val" ] || { echo "run PHANTOMS=8 bash benchmarks/synth_only.sh $WORK none first" >&2; exit 2; }
+[ -d "$BASE" ] && [ -d "$VAL" ] || { echo "run PHANTOMS=8 bash benchmarks/synth_only.sh $WORK none first" >&2; exit 2; }
 mix() {  # mix NAME VOLUME...: the base set and each real volume linked 8 times
   local out="$WORK/mix_$TAG$1"; shift
   mkdir -p "$out"
@@ -38,7 +41,7 @@ mix() {  # mix NAME VOLUME...: the base set and each real volume linked 8 times
 }
 train() {  # train RUN MIX [OPTIONS...]
   local run="$TAG$1" data="$WORK/mix_$TAG$2"; shift 2
-  liverrt train unet --data "$data" --val-data "$WORK/val" --out "$WORK/$run" --size 256 --batch-size 8 \
+  liverrt train unet --data "$data" --val-data "$VAL" --out "$WORK/$run" --size 256 --batch-size 8 \
     --steps-per-epoch 50 --epochs 8 --lr 3e-4 --warmup-steps 0 --seed 0 --device cpu --no-augment --init "$INIT" "$@"
 }
 score() {  # score RUN [CASE]: eval_RUN[_CASE]_{best,last}.json in the run folder

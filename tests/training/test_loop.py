@@ -113,6 +113,74 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
         fit(ToyTask(), tmp_path / "run", _toy_cfg(epochs=9), resume=True)
 
 
+
+class _Recording(ToyTask):
+    """The toy task, keeping the weights each step starts from (one loss call per step without accumulation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def loss(self, model, batch):
+        self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return super().loss(model, batch)
+
+
+def test_ema_holds_the_moving_average_of_every_steps_weights(tmp_path):
+    """--ema: best.pt and last.pt hold avg <- d*avg + (1-d)*w after each step (from the first weights),
+    validation scores that average, and last.pt keeps the trained weights for --resume."""
+    task, decay = _Recording(), 0.8
+    result = fit(task, tmp_path, _toy_cfg(epochs=2, ema=decay))
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    trained = ckpt["train_state"]["model"]
+    weights = [*task.seen, trained]  # the weights before each step, then after the last one
+    avg = {k: v.clone() for k, v in weights[0].items()}
+    for w in weights[1:]:
+        avg = {k: decay * avg[k] + (1 - decay) * w[k] for k in avg}
+    assert all(torch.allclose(ckpt["state_dict"][k], avg[k], atol=1e-6) for k in avg)
+    assert not torch.allclose(ckpt["state_dict"]["fc.weight"], trained["fc.weight"], atol=1e-3)
+    mse = float(((task.x @ avg["fc.weight"].T + avg["fc.bias"] - task.y) ** 2).mean())
+    assert result.history[-1]["val_score"] == pytest.approx(-mse, rel=1e-5)
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert best["metrics"]["epoch"] == 2  # the loss still falls: the last epoch is the best
+    assert all(torch.equal(best["state_dict"][k], ckpt["state_dict"][k]) for k in avg)
+
+
+def test_ema_averages_float_buffers_and_copies_counters():
+    from liverrt.training.loop import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    ema = WeightAverage(net, 0.5)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    net(torch.randn(4, 1, 8, 8) + 3)  # training mode: running statistics and the batch counter move
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema.update(net)
+    now = net.state_dict()
+    for k, v in ema.model.state_dict().items():
+        expected = now[k] if not v.is_floating_point() else 0.5 * start[k] + 0.5 * now[k]
+        assert torch.allclose(v, expected), k
+    assert int(ema.model.state_dict()["1.num_batches_tracked"]) == 1
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_resume_with_ema_equals_the_straight_run_and_refuses_another_decay(tmp_path):
+    straight = fit(ToyTask(), tmp_path / "a", _toy_cfg(epochs=3, ema=0.9))
+    fit(ToyTask(), tmp_path / "b", _toy_cfg(epochs=3, ema=0.9, max_minutes=0.0))
+    with pytest.raises(InputError, match="ema was 0.9 .* now 0.5"):
+        fit(ToyTask(), tmp_path / "b", _toy_cfg(epochs=3, ema=0.5), resume=True)
+    with pytest.raises(InputError, match="ema was 0.9 .* now None"):
+        fit(ToyTask(), tmp_path / "b", _toy_cfg(epochs=3), resume=True)
+    resumed = fit(ToyTask(), tmp_path / "b", _toy_cfg(epochs=3, ema=0.9), resume=True)
+    a = torch.load(straight.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["train_state"]["model"][k], b["train_state"]["model"][k]) for k in a["state_dict"])
+    assert [h["val_score"] for h in straight.history] == [h["val_score"] for h in resumed.history]
+    with pytest.raises(InputError, match="ema="):
+        TrainConfig(ema=1.0)
+
 def test_shards_cover_the_epoch_once():
     n = 11
     shards = [shard_order(n, epoch=2, info=DistInfo(rank=r, world_size=3), seed=5) for r in range(3)]

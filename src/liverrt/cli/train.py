@@ -97,6 +97,10 @@ def training_options(default_size: int = 512, default_batch: int = 8, default_lr
                               "optimiser, schedule and epochs start afresh."),
             overwrite_option(help="Start a new run in --out even if it holds one (its files are replaced), "
                                   "or replace files liverrt did not write."),
+            click.option("--ema", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                         metavar="DECAY",
+                         help="Keep a moving average of the weights (decay per optimiser step, e.g. 0.99: about "
+                              "the last 100 steps); validation, best.pt and last.pt use it."),
             click.option("--no-augment", is_flag=True, help="Disable augmentations."),
             click.option("--flip-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                          help="Left-right flip probability (off: volumes are reoriented so the liver is on "
@@ -148,7 +152,7 @@ def _common(kw: dict, *, model: str, optimizer: str, weight_decay: float, model_
         val_fraction=kw["val_fraction"], seed=kw["seed"], device=kw["device"], max_minutes=kw["max_minutes"],
         steps_per_epoch=kw["steps_per_epoch"],
         augment=AugmentConfig(enabled=not kw["no_augment"], flip_p=kw["flip_p"]),
-        model_options=model_options or {}, init=str(kw["init"]) if kw["init"] else None,
+        model_options=model_options or {}, init=str(kw["init"]) if kw["init"] else None, ema=kw["ema"],
     )
     return loaded.volumes, spec, cfg
 

@@ -12,6 +12,10 @@ validation); the loop brings everything else, the same for all three:
   rank 0 alone validates, logs and writes checkpoints);
 * early stopping on the task's validation metric (``patience`` epochs
   without an improvement larger than ``min_delta``);
+* optionally an exponential moving average of the weights (``ema``, updated
+  after every optimiser step): validation scores it, and ``best.pt`` and
+  ``last.pt`` hold it, so the epoch picked by validation no longer hangs on
+  the last few steps' noise;
 * ``best.pt`` (best validation metric) and ``last.pt`` written atomically
   after every epoch; ``last.pt`` also holds the optimiser, scheduler, grad
   scaler, epoch and random-generator states, so ``resume=True`` continues a
@@ -24,6 +28,7 @@ it loads with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -98,6 +103,7 @@ class TrainConfig:
     dropout_scale: float | None = None
     model_options: dict = field(default_factory=dict)
     init: str | None = None  # a checkpoint of the same network whose weights start the run (fine-tuning)
+    ema: float | None = None  # decay per optimiser step of the weights' moving average (None: no average)
 
     def __post_init__(self) -> None:
         problems = []
@@ -117,6 +123,8 @@ class TrainConfig:
             problems.append(f"patience={self.patience} (expected >= 1 or None)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append(f"steps_per_epoch={self.steps_per_epoch} (expected >= 1)")
+        if self.ema is not None and not 0 < self.ema < 1:
+            problems.append(f"ema={self.ema} (expected a decay between 0 and 1, e.g. 0.99, or None)")
         if problems:
             raise InputError("TrainConfig: got " + "; ".join(problems) + ".")
 
@@ -346,6 +354,12 @@ class _Run:
     memory_format: torch.memory_format
     steps: int  # optimiser steps per epoch
     net: nn.Module  # the model, or its DistributedDataParallel wrapper that the loss runs through
+    ema: WeightAverage | None = None
+
+    @property
+    def weights(self) -> nn.Module:
+        """The network the run produces: validated and saved (the moving average, when there is one)."""
+        return self.ema.model if self.ema is not None else self.model
 
     @property
     def total_steps(self) -> int:
@@ -361,6 +375,26 @@ class _Run:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights: ``avg = decay * avg + (1 - decay) * w`` after
+    each optimiser step, for every floating-point parameter and buffer (BatchNorm's running statistics
+    too); integer buffers (batch counters) are copied. It starts from the model's weights."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        avg, new = self.model.state_dict(), model.state_dict()
+        floats = [k for k, v in avg.items() if v.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([avg[k] for k in floats], [new[k].detach() for k in floats], 1.0 - self.decay)
+        for k, v in avg.items():
+            if not v.is_floating_point():
+                v.copy_(new[k])
 
 
 @dataclass
@@ -442,8 +476,9 @@ def _prepare(task: Task, out_dir: Path, config: TrainConfig, info: DistInfo, dev
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps * config.epochs))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     gen = torch.Generator().manual_seed(config.seed + 1_000_003 * info.rank)
+    ema = WeightAverage(model, config.ema) if config.ema is not None and info.is_main else None
     return _Run(task, config, info, device, out_dir, model, opt, sched, scaler, gen, dtype, memory_format,
-                steps, net=model)
+                steps, net=model, ema=ema)
 
 
 def _initialise(model: nn.Module, path: Path) -> None:
@@ -489,6 +524,8 @@ def _train_epoch(run: _Run, epoch: int, progress: Progress | None) -> dict:
         run.scaler.step(run.opt)
         run.scaler.update()
         run.sched.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
         losses.append(step_loss)
         if progress and run.info.is_main:
             progress("train", (epoch - 1) * run.steps + step + 1, run.total_steps, {"epoch": epoch, "loss": step_loss})
@@ -531,7 +568,7 @@ def _close_epoch(run: _Run, state: _TrainState, epoch: int, row: dict, rng: list
                  t_epoch: float, progress: Progress | None) -> bool:
     """Rank 0 after an epoch: validate, write checkpoints, log and curves; True when early stopping is due."""
     task, config = run.task, run.config
-    scores = task.validate(run.model, run.device)
+    scores = task.validate(run.weights, run.device)
     row.update(scores)
     row["seconds"] = time.perf_counter() - t_epoch
     state.history.append(row)
@@ -542,7 +579,7 @@ def _close_epoch(run: _Run, state: _TrainState, epoch: int, row: dict, rng: list
               "train_config": train_config}
     if improved:
         state.best = dict(metrics)
-        save_checkpoint(run.best_path, run.model, metrics=metrics, **common)
+        save_checkpoint(run.best_path, run.weights, metrics=metrics, **common)
     _save_last(run, state, rng, epoch, common, metrics)
     _write_log(state.history, run.out_dir / "train_log.csv")
     _plot(state.history, run.out_dir / "curves.png", task)
@@ -576,7 +613,9 @@ def _save_last(run: _Run, state: _TrainState, rng: list[dict], epoch: int, commo
         "since_best": state.since_best,
         "world_size": run.info.world_size,
     }
-    save_checkpoint(run.last_path, run.model, metrics=metrics, extra={"train_state": train_state}, **common)
+    if run.ema is not None:  # the checkpoint's weights are the average; the trained ones continue a --resume
+        train_state["model"] = run.model.state_dict()
+    save_checkpoint(run.last_path, run.weights, metrics=metrics, extra={"train_state": train_state}, **common)
 
 
 def _restore(run: _Run) -> _TrainState:
@@ -593,7 +632,9 @@ def _restore(run: _Run) -> _TrainState:
     if int(state["epoch"]) >= config.epochs:
         raise InputError(f"--resume: {path} already finished epoch {state['epoch']} of {config.epochs}; "
                          "raise --epochs to train longer.")
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state["model"] if config.ema is not None else ckpt["state_dict"])
+    if run.ema is not None:
+        run.ema.model.load_state_dict(ckpt["state_dict"])
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
     if state.get("scaler"):
@@ -618,9 +659,9 @@ def _check_resumable(path: Path, ckpt: dict, run: _Run) -> None:
     if PreprocessSpec.from_dict(ckpt["preprocess"]) != task.spec:
         raise InputError(f"--resume: the PreprocessSpec in {path} differs from this run's; expected the same "
                          "--size, --window and --resize.")
-    for key in ("batch_size", "grad_accum", "lr", "optimizer", "seed", "schedule"):
-        if key in stored and stored[key] != getattr(config, key):
-            raise InputError(f"--resume: {key} was {stored[key]!r} in {path}, now {getattr(config, key)!r}; "
+    for key in ("batch_size", "grad_accum", "lr", "optimizer", "seed", "schedule", "ema"):
+        if stored.get(key) != getattr(config, key) and (key in stored or key == "ema"):
+            raise InputError(f"--resume: {key} was {stored.get(key)!r} in {path}, now {getattr(config, key)!r}; "
                              "expected the same training settings (only --epochs may grow).")
 
 
