@@ -3,7 +3,7 @@ import pytest
 import torch
 from liverrt_test_helpers import make_volume, tiny_unet
 
-from liverrt.artifacts.checkpoint import read_checkpoint, save_checkpoint
+from liverrt.artifacts.checkpoint import average_checkpoints, read_checkpoint, save_checkpoint
 from liverrt.data.preprocess import PreprocessSpec
 from liverrt.errors import ArtifactError, InputError
 from liverrt.models import load_model
@@ -35,6 +35,43 @@ def test_wrong_kind_and_foreign_files_are_refused(tmp_path, tiny_checkpoint):
     with pytest.raises(ArtifactError, match="Cannot load"):
         read_checkpoint(tmp_path / "junk.pt")
 
+
+
+def test_averaged_checkpoints_hold_the_mean_of_every_weight(tmp_path, tiny_spec):
+    paths = []
+    for seed in range(3):
+        model = tiny_unet(seed)
+        model.train()(torch.rand(2, 1, 32, 32) + seed)  # BatchNorm statistics and counters differ
+        paths.append(save_checkpoint(tmp_path / f"s{seed}.pt", model, model_name="unet_paper", spec=tiny_spec,
+                                     metrics={"epoch": seed + 1}))
+    out = average_checkpoints(paths, tmp_path / "soup.pt")
+    states = [torch.load(p, weights_only=True)["state_dict"] for p in paths]
+    soup = read_checkpoint(out)
+    for k, v in soup["state_dict"].items():
+        if v.is_floating_point():
+            expected = (states[0][k] + states[1][k] + states[2][k]) / 3
+            assert torch.allclose(v, expected, atol=1e-6), k
+        else:
+            assert torch.equal(v, states[0][k]), k
+    assert [a["metrics"]["epoch"] for a in soup["averaged_from"]] == [1, 2, 3] and soup["metrics"] == {}
+    load_model(out)  # a checkpoint like any other
+
+
+def test_averaging_refuses_other_networks_and_a_single_checkpoint(tmp_path, tiny_spec):
+    a = save_checkpoint(tmp_path / "a.pt", tiny_unet(0), model_name="unet_paper", spec=tiny_spec)
+    from liverrt.models.unet import UNet
+
+    wide = save_checkpoint(tmp_path / "w.pt", UNet(widths=(4, 8, 32), dropout=(0.0,) * 5), model_name="unet_paper",
+                           spec=tiny_spec)
+    with pytest.raises(InputError, match="model_config"):
+        average_checkpoints([a, wide], tmp_path / "x.pt")
+    other_spec = save_checkpoint(tmp_path / "b.pt", tiny_unet(1), model_name="unet_paper",
+                                 spec=PreprocessSpec(size=tiny_spec.size * 2))
+    with pytest.raises(InputError, match="preprocess"):
+        average_checkpoints([a, other_spec], tmp_path / "x.pt")
+    with pytest.raises(InputError, match="at least two"):
+        average_checkpoints([a], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
 
 def test_pickled_objects_are_never_unpickled(tmp_path):
     class Evil:

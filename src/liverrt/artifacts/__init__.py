@@ -15,12 +15,13 @@ Building a model from a checkpoint is :func:`liverrt.models.load_model`; checkin
 is of the kind a command needs is :func:`liverrt.runtime.require_task`.
 """
 
-from liverrt.artifacts.checkpoint import read_checkpoint, save_checkpoint
+from liverrt.artifacts.checkpoint import average_checkpoints, read_checkpoint, save_checkpoint
 from liverrt.artifacts.info import ONNX_FORMAT, ArtifactInfo, artifact_info, onnx_metadata
 from liverrt.artifacts.metadata import PRECISIONS, ArtifactMetadata
 from liverrt.artifacts.plan import SIDECAR_FORMAT, plan_info, read_sidecar, sidecar_path
 from liverrt.artifacts.split import SplitArtifact
 
 __all__ = ["ONNX_FORMAT", "PRECISIONS", "SIDECAR_FORMAT", "ArtifactInfo", "ArtifactMetadata", "artifact_info",
+           "average_checkpoints",
            "onnx_metadata", "plan_info", "read_checkpoint", "read_sidecar", "save_checkpoint", "sidecar_path",
            "SplitArtifact"]

@@ -8,6 +8,7 @@ user hands us is ever unpickled.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -86,3 +87,50 @@ def read_checkpoint(path: Path, *, expect_kind: str | None = None) -> dict:
     if expect_kind is not None and meta.kind != expect_kind:
         raise ArtifactError(f"{path} holds a {meta.kind!r} model; expected a {expect_kind!r} checkpoint.")
     return ckpt
+
+
+def average_checkpoints(paths: Sequence[Path], out: Path) -> Path:
+    """Write the uniform average of the weights of ``paths`` to ``out`` (a "model soup", Wortsman et al.,
+    ICML 2022): runs fine-tuned from one starting point, e.g. with other seeds, averaged into one network
+    that costs no more to run than each of them.
+
+    Every checkpoint must hold the same network (kind, model options, weight names and shapes) and the
+    same PreprocessSpec. Floating-point weights and buffers (BatchNorm statistics too) are averaged in
+    float64; integer buffers are the first checkpoint's. ``out`` keeps the first checkpoint's metadata
+    without its training state, no metrics (the average was not validated) and ``averaged_from``: each
+    source's path, creation time and metrics. Averaging runs from different starting points gives a
+    network that works like none of them; this function cannot tell, so score the result.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise InputError(f"averaging needs at least two checkpoints; got {len(paths)}.")
+    first = read_checkpoint(paths[0])
+    shapes = {k: tuple(v.shape) for k, v in first["state_dict"].items()}
+    total = {k: v.double() if v.is_floating_point() else v for k, v in first["state_dict"].items()}
+    sources = [first]
+    for path in paths[1:]:
+        ckpt = read_checkpoint(path)
+        for field in ("kind", "model_config", "preprocess"):
+            if ckpt.get(field) != first.get(field):
+                raise InputError(f"{path}: its {field} ({ckpt.get(field)!r}) differs from {paths[0]}'s "
+                                 f"({first.get(field)!r}); expected checkpoints of one network and preprocessing.")
+        theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+        if theirs != shapes:
+            diff = sorted(set(theirs.items()) ^ set(shapes.items()))[:1]
+            raise InputError(f"{path}: its weights differ in names or shapes from {paths[0]}'s (e.g. {diff[0][0]}); "
+                             "expected checkpoints of one network.")
+        for k, v in ckpt["state_dict"].items():
+            if v.is_floating_point():
+                total[k] += v.double()
+        sources.append(ckpt)
+    state = {k: (v / len(paths)).to(first["state_dict"][k].dtype) if v.is_floating_point() else v.clone()
+             for k, v in total.items()}
+    payload = {k: v for k, v in first.items() if k != "train_state"}
+    payload.update(
+        liverrt_version=liverrt.__version__, torch_version=str(torch.__version__),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), state_dict=state, metrics={},
+        averaged_from=[{"path": str(p), "created": c.get("created"), "metrics": c.get("metrics", {})}
+                       for p, c in zip(paths, sources, strict=True)])
+    with atomic_path(Path(out), suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+    return Path(out)
