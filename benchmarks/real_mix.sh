@@ -7,15 +7,19 @@
 # INIT: the synthetic-only checkpoint (`git show 971fc2b:models/liver_unet_synth.pt`).
 # Runs (each about 10 min alone on 2 CPU cores, 8 epochs of 50 steps; 30 min on a loaded machine):
 #   without_ircad01, without_lits000  one real volume in training, scored on the other (leave one volume out)
-#   control   no real CT, scored on both volumes: the bundled liver-unet since 2026-12-07 evening (seed 0)
+#   control   no real CT, scored on both volumes (the bundled liver-unet: this run on the thorax set,
+#             seeds 0 and 1, their last.pt averaged; see below)
 #   both      both real volumes in training (the bundled model before; its scores are on volumes it saw)
 # Environment: RUNS="control" (any of the four) runs those alone; by default the two leave-one-out runs and
 # both, CONTROL=1 adds control, LOVO_ONLY=1 drops both. SET=NAME reads WORK/NAME as the base set instead
 # (THORAX=0.85 PHANTOMS=8 synth_only.sh makes train_thorax+phantoms8); TAG=T prefixes every run and mix
 # folder. VAL=NAME validates on WORK/NAME instead of WORK/val (`liverrt data synth --from-labels WORK/maps_val
 # --out WORK/val_thorax --samples 2 --seed 100 --size 256 --thorax-p 0.85` makes a set with the thorax).
-# Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch). Then
-#   python benchmarks/bundle_model.py WORK/control/best.pt --name liver-unet --file liver_unet.onnx \
+# Each run is scored from best.pt (the epoch validation kept) and from last.pt (the last epoch). The bundled
+# model (RESULTS.md, 2026-12-07 night):
+#   SET=train_thorax+phantoms8 RUNS=control TAG=T0_ bash benchmarks/real_mix.sh WORK INIT --seed 0   # and T1_, 1
+#   python benchmarks/average_checkpoints.py WORK/soup.pt WORK/T0_control/last.pt WORK/T1_control/last.pt
+#   python benchmarks/bundle_model.py WORK/soup.pt --name liver-unet --file liver_unet.onnx \
 #     --card-text models/liver_unet.card-text.json --verify VERIFY_CASES
 # (a model trained on the real volumes takes --estimate with the leave-one-out runs' eval_CASE_best.json).
 set -euo pipefail
