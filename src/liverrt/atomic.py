@@ -91,6 +91,7 @@ def _create_temp(parent: Path, prefix: str, suffix: str = "", *, folder: bool) -
             raise
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / prefix))
 
+
 #: errnos that mean "this location cannot be written" (bad input) rather than "the write failed"
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
                errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
