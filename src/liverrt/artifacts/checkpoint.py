@@ -107,7 +107,7 @@ def average_checkpoints(paths: Sequence[Path], out: Path) -> Path:
     first = read_checkpoint(paths[0])
     shapes = {k: tuple(v.shape) for k, v in first["state_dict"].items()}
     total = {k: v.double() if v.is_floating_point() else v for k, v in first["state_dict"].items()}
-    sources = [first]
+    averaged_from = [_source(paths[0], first)]
     for path in paths[1:]:
         ckpt = read_checkpoint(path)
         for field in ("kind", "model_config", "preprocess"):
@@ -122,15 +122,19 @@ def average_checkpoints(paths: Sequence[Path], out: Path) -> Path:
         for k, v in ckpt["state_dict"].items():
             if v.is_floating_point():
                 total[k] += v.double()
-        sources.append(ckpt)
+        averaged_from.append(_source(path, ckpt))
     state = {k: (v / len(paths)).to(first["state_dict"][k].dtype) if v.is_floating_point() else v.clone()
              for k, v in total.items()}
     payload = {k: v for k, v in first.items() if k != "train_state"}
     payload.update(
         liverrt_version=liverrt.__version__, torch_version=str(torch.__version__),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), state_dict=state, metrics={},
-        averaged_from=[{"path": str(p), "created": c.get("created"), "metrics": c.get("metrics", {})}
-                       for p, c in zip(paths, sources, strict=True)])
+        averaged_from=averaged_from)
     with atomic_path(Path(out), suffix=".pt") as tmp:
         torch.save(payload, tmp)
     return Path(out)
+
+
+def _source(path: Path, ckpt: dict) -> dict:
+    """What an averaged checkpoint records of one of its sources (not its weights: those are summed and dropped)."""
+    return {"path": str(path), "created": ckpt.get("created"), "metrics": ckpt.get("metrics", {})}
