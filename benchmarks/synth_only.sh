@@ -7,7 +7,8 @@
 # (default "run"; "none": make the data only) names the run folder under WORK; options after it go to `liverrt train unet` (a
 # repeated option replaces the default). PHANTOMS=N mixes N phantom cases (`liverrt data synth
 # --cases N --seed 0`, 256 x 256 x 32) into the training set. THORAX=P synthesises the training CT with
-# `--thorax-p P` (lung bases and heart above the diaphragm) into WORK/train_thorax instead of WORK/train.
+# `--thorax-p P` (lung bases and heart above the diaphragm) into WORK/train_thorax instead of WORK/train;
+# HILUM=P adds `--hilum-p P` (a pancreas and duodenum below the liver's hilum) and "_hilum" to that name.
 # The rows of RESULTS.md (issue 17) are
 #   PHANTOMS=8 bash benchmarks/synth_only.sh W bundle --no-augment --max-minutes 134   # the bundled model (*)
 #   bash benchmarks/synth_only.sh W run                                        # the first bundled model
@@ -23,7 +24,7 @@ DATA="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
 WORK="${1:-/tmp/liverrt-synth-only}"
 RUN="${2:-run}"
 shift $(( $# < 2 ? $# : 2 ))
-TRAIN="$WORK/train${THORAX:+_thorax}"
+TRAIN="$WORK/train${THORAX:+_thorax}${HILUM:+_hilum}"
 if [ ! -d "$WORK/val" ]; then
   mkdir -p "$WORK/maps_train" "$WORK/maps_val"
   for d in "$DATA"/ircad_labels/*/; do  # two maps held out for validation (other patients, 2.0 and 1.6 mm)
@@ -33,7 +34,7 @@ if [ ! -d "$WORK/val" ]; then
 fi
 if [ ! -d "$TRAIN" ]; then
   liverrt data synth --from-labels "$WORK/maps_train" --out "$TRAIN" --samples 2 --seed 0 --size 256 \
-    ${THORAX:+--thorax-p "$THORAX"}
+    ${THORAX:+--thorax-p "$THORAX"} ${HILUM:+--hilum-p "$HILUM"}
 fi
 if [ "${PHANTOMS:-0}" -gt 0 ]; then  # synthetic CT + phantoms: a folder of links to both
   SYNTH="$TRAIN"

@@ -168,6 +168,54 @@ def test_the_thorax_puts_lung_and_heart_above_the_liver_dome(tmp_path, seen):
     assert np.array_equal(tissue == 3, labels == 3)
 
 
+def _hilum_map(*, pancreas: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A taller map (30 slices of 2 mm) whose portal venous system leaves the liver: a trunk below and
+    beside it, right of the midline in front of the spine, and a splenic vein running to the patient's left (the
+    image right); optionally a labelled pancreas along the splenic vein."""
+    labels, liver = _label_map(d=30)
+    n = labels.shape[1]
+    yy, xx = np.mgrid[:n, :n]
+    trunk = np.hypot(yy - 0.5 * n, xx - 0.62 * n) <= 0.025 * n
+    labels[0:21][:, trunk] = 12
+    splenic = (np.abs(yy - 0.5 * n) <= 0.02 * n) & (xx >= 0.62 * n) & (xx <= 0.85 * n)
+    labels[14:17][:, splenic] = 12
+    if pancreas:
+        labels[17:19][:, splenic] = 7
+    return labels, liver
+
+
+def test_the_hilum_puts_a_pancreas_around_the_extrahepatic_veins_and_a_duodenum_beside_its_head(tmp_path, seen,
+                                                                                              maps):
+    labels, liver = _hilum_map()
+    lm = LabelMap.read(_write_map(tmp_path / "hilum", labels, liver))
+    dz, dy, dx = SPACING
+    veins = np.argwhere((labels == 12) & ~liver) * np.array(SPACING)
+    for seed in range(3):
+        _, without = synth_sample(lm, seed, replace(QUIET, size=96))
+        before = seen["tissue"]
+        _, drawn = synth_sample(lm, seed, replace(QUIET, size=96, hilum_p=1.0))
+        tissue = seen["tissue"]
+        assert {"pancreas", "duodenum"} <= set(drawn["placed"]) and not {"pancreas", "duodenum"} & set(
+            without["placed"])
+        kept = labels != 1  # the expert's labels stay
+        assert np.array_equal(tissue[kept], labels[kept])
+        changed = tissue != before  # what the hilum placed, and nothing else
+        gland = changed & (tissue == synth_ct._ID["pancreas"])
+        duodenum = changed & (tissue == synth_ct._ID["bowel"])
+        assert gland.sum() >= 50 and duodenum.sum() >= 50 and not (changed & ~gland & ~duodenum).any()
+        assert (labels[changed] == 1).all()
+        gap = np.sqrt(((np.argwhere(gland)[:, None] * np.array(SPACING) - veins[None]) ** 2).sum(-1)).min(1)
+        assert gap.max() <= 14.0 + 1e-6  # a sleeve about the veins, at most 14 mm thick
+        assert np.nonzero(duodenum)[2].mean() < np.nonzero(gland)[2].mean()  # the patient's right of the gland
+    labels, liver = _hilum_map(pancreas=True)
+    lm = LabelMap.read(_write_map(tmp_path / "own_pancreas", labels, liver))
+    _, drawn = synth_sample(lm, 0, replace(QUIET, size=96, hilum_p=1.0))
+    assert "pancreas" not in drawn["placed"]  # the map's own pancreas, none added
+    assert np.array_equal(seen["tissue"] == 7, labels == 7)
+    _, drawn = synth_sample(LabelMap.read(maps / "map0"), 0, replace(QUIET, size=96, hilum_p=1.0))
+    assert not {"pancreas", "duodenum"} & set(drawn["placed"])  # no vein outside the liver: nothing to place by
+
+
 def test_a_seed_gives_the_same_ct_and_another_seed_another(maps):
     lm = LabelMap.read(maps / "map0")
     config = replace(QUIET, photons=(1e5, 1e5), psf_px=(0.5, 1.0), lesion_p=1.0)
@@ -192,14 +240,14 @@ def test_the_command_writes_readable_cases_a_manifest_and_a_sheet(maps, tmp_path
     out = tmp_path / "synth"
     r = CliRunner().invoke(cli, ["data", "synth", "--from-labels", str(maps), "--out", str(out), "--samples", "2",
                                  "--size", "48", "--seed", "3", "--sheet", str(tmp_path / "sheet.png"),
-                                 "--thorax-p", "0.5"])
+                                 "--thorax-p", "0.5", "--hilum-p", "0.5"])
     assert r.exit_code == 0, r.output
     cases = load_cases(out).volumes
     assert sorted(v.case_id for v in cases) == ["map0_s00", "map0_s01", "map1_s00", "map1_s01"]
     assert all(v.mask is not None and v.mask.any() and v.intensity == "hu" for v in cases)
     manifest = json.loads((out / "synth.json").read_text())
     assert manifest["samples_per_map"] == 2 and len(manifest["cases"]) == 4
-    assert manifest["config"]["thorax_p"] == 0.5 and manifest["version"] == synth_ct.VERSION
+    assert manifest["config"]["thorax_p"] == manifest["config"]["hilum_p"] == 0.5 and manifest["version"] == synth_ct.VERSION
     assert {c["drawn"]["phase"] for c in manifest["cases"]} <= set(PHASES)
     assert "CC BY-NC-ND" in manifest["note"]
     assert (tmp_path / "sheet.png").stat().st_size > 0
@@ -208,7 +256,7 @@ def test_the_command_writes_readable_cases_a_manifest_and_a_sheet(maps, tmp_path
 
 
 @pytest.mark.parametrize("case", ["no liver file", "foreign labels", "empty liver", "phantom option",
-                                  "sheet inside the output", "thorax share"])
+                                  "sheet inside the output", "thorax share", "hilum share"])
 def test_bad_label_maps_and_options_exit_2_without_output(maps, tmp_path, case):
     src = maps
     extra = []
@@ -225,6 +273,8 @@ def test_bad_label_maps_and_options_exit_2_without_output(maps, tmp_path, case):
         extra = ["--cases", "3"]
     elif case == "thorax share":
         extra = ["--thorax-p", "1.5"]
+    elif case == "hilum share":
+        extra = ["--hilum-p", "-0.1"]
     else:
         extra = ["--sheet", str(tmp_path / "out" / "sheet.png")]
     out = tmp_path / "out"
@@ -242,6 +292,8 @@ def test_config_ranges_are_checked():
         SynthConfig(photons=(0.0, 1.0))
     with pytest.raises(InputError, match="thorax_p"):
         SynthConfig(thorax_p=1.5)
+    with pytest.raises(InputError, match="hilum_p"):
+        SynthConfig(hilum_p=1.5)
 
 
 def test_no_label_maps_is_an_input_error(tmp_path):

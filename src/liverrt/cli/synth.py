@@ -36,6 +36,9 @@ from liverrt.training.synth_ct import SynthConfig, synth_from_labels
 @click.option("--thorax-p", type=click.FloatRange(0, 1), default=None,
               help="--from-labels: share of samples given lung bases (where a map has none) and a heart above the "
                    "diaphragm [default: 0].")
+@click.option("--hilum-p", type=click.FloatRange(0, 1), default=None,
+              help="--from-labels: share of samples given a pancreas (where a map has none) and a duodenum below "
+                   "the liver's hilum [default: 0].")
 @click.option("--cases", type=click.IntRange(1, 10000), default=8, show_default=True, help="Phantom cases.")
 @seed_option
 @click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True, help="Slice size in pixels.")
@@ -45,7 +48,7 @@ from liverrt.training.synth_ct import SynthConfig, synth_from_labels
 @overwrite_option
 @click.pass_context
 def synth(ctx: click.Context, out: Path, labels: Path | None, samples: int | None, sheet: Path | None,
-          real: tuple[Path, ...], thorax_p: float | None,
+          real: tuple[Path, ...], thorax_p: float | None, hilum_p: float | None,
           cases: int, seed: int, size: int, slices: int, no_lesions: bool) -> None:
     """Synthesise abdominal CT cases (NIfTI): phantoms, or CT drawn from real label maps (--from-labels).
 
@@ -54,8 +57,8 @@ def synth(ctx: click.Context, out: Path, labels: Path | None, samples: int | Non
     noise at random (SynthSeg's recipe); --sheet shows samples beside real slices.
     """
     if labels is None:
-        if samples is not None or real or sheet is not None or thorax_p is not None:
-            raise click.UsageError("--samples, --thorax-p, --sheet and --real are for --from-labels")
+        if samples is not None or real or sheet is not None or thorax_p is not None or hilum_p is not None:
+            raise click.UsageError("--samples, --thorax-p, --hilum-p, --sheet and --real are for --from-labels")
         cfg = PhantomConfig(size=size, slices=slices, lesions=not no_lesions)
         with progress_bar("synthesising", cases) as update:
             folders = synth_dataset(out, cases, seed=seed, config=cfg, on_case=lambda k, n: update(k + 1, n))
@@ -70,8 +73,8 @@ def synth(ctx: click.Context, out: Path, labels: Path | None, samples: int | Non
     if sheet is not None:
         refuse_overwriting_inputs(sheet, (labels, *real))
     shown = [v for path in real for v in load_cases(path).volumes]
+    config = SynthConfig(size=size, thorax_p=thorax_p or 0.0, hilum_p=hilum_p or 0.0)
     with progress_bar("synthesising") as update:
-        folders = synth_from_labels(labels, out, samples=samples or 2, seed=seed, config=SynthConfig(size=size, thorax_p=thorax_p or 0.0),
-                                    sheet=sheet, real=shown, on_case=lambda name, k, n: update(k, n, name))
+        folders = synth_from_labels(labels, out, samples=samples or 2, seed=seed, config=config, sheet=sheet, real=shown, on_case=lambda name, k, n: update(k, n, name))
     console.print(f"wrote {len(folders)} synthetic CT cases to {out} (see {out / 'synth.json'}"
                   + (f" and {sheet})" if sheet else ")"))

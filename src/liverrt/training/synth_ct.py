@@ -15,6 +15,8 @@ CT volume whose liver mask is the expert's own. Every sample draws anew:
 * **organs the map lacks** (kidneys, spleen, stomach): ellipsoids placed where they lie, relative
   to the spine, the body outline and the liver's extent (liver on the image left, anterior at the
   top: liverrt's axes), only over voxels the map calls "body", so the expert's labels are kept;
+* **the pancreas and the duodenum** (with probability ``hilum_p``): the soft tissue below the liver's
+  hilum, which only one map labels, around the extrahepatic portal veins every map has;
 * **the thorax above the diaphragm** (with probability ``thorax_p``): most maps label no lung, so
   the cavity above the liver dome would otherwise be filled with abdominal fat and bowel. The
   diaphragm follows the liver's upper surface (lower on the patient's left, reaching further down
@@ -56,7 +58,7 @@ from liverrt.viz import overlay, save_png
 log = logging.getLogger(__name__)
 
 GENERATOR = "liverrt synth-ct"
-VERSION = 2  # 2: the thorax (SynthConfig.thorax_p)
+VERSION = 3  # 2: the thorax (SynthConfig.thorax_p); 3: the pancreas and duodenum (SynthConfig.hilum_p)
 LABEL_FILE, LIVER_FILE = "labels.nii.gz", "liver.nii.gz"
 
 #: the label values of a map (``../shared/data/ircad_labels`` convention)
@@ -109,6 +111,7 @@ class SynthConfig:
     hard_delta_hu: tuple[float, float] = (-12.0, 12.0)
     missing_organ_p: float = 0.85  # per missing organ (kidneys, spleen, stomach): placed in the body
     thorax_p: float = 0.0  # lung bases (where the map has none) and the heart above the diaphragm
+    hilum_p: float = 0.0  # the pancreas (where the map has none) and the duodenum below the liver's hilum
     lesion_p: float = 0.35  # extra synthetic lesions inside the liver
     thickness_mm: tuple[float, float] = (1.0, 5.0)  # effective slice thickness (at least the map's spacing)
     psf_px: tuple[float, float] = (0.4, 1.2)  # in-plane blur on the map's grid (pixels)
@@ -122,7 +125,8 @@ class SynthConfig:
         checks = {"size": 32 <= self.size <= 1024, "phase_p": len(self.phase_p) == 3 and min(self.phase_p) >= 0
                   and sum(self.phase_p) > 0, "hard_p": 0 <= self.hard_p <= 1,
                   "missing_organ_p": 0 <= self.missing_organ_p <= 1,
-                  "thorax_p": 0 <= self.thorax_p <= 1, "lesion_p": 0 <= self.lesion_p <= 1,
+                  "thorax_p": 0 <= self.thorax_p <= 1, "hilum_p": 0 <= self.hilum_p <= 1,
+                  "lesion_p": 0 <= self.lesion_p <= 1,
                   "thickness_mm": 0 < self.thickness_mm[0] <= self.thickness_mm[1],
                   "psf_px": 0 <= self.psf_px[0] <= self.psf_px[1],
                   "photons": 0 < self.photons[0] <= self.photons[1], "n_angles": self.n_angles >= 2}
@@ -261,6 +265,12 @@ def _tissues(label_map: LabelMap, rng: np.random.Generator, config: SynthConfig,
         if _ID[organ] not in present and rng.random() < config.missing_organ_p:
             if _place_organ(tissue, organ, label_map, frame, allowed, rng):
                 draw.placed.append(organ)
+    if config.hilum_p > 0 and rng.random() < config.hilum_p:
+        placed = _hilum(tissue, label_map, deep & allowed & np.isin(tissue, _CAVITY_FILL), rng,
+                        pancreas=_ID["pancreas"] not in present)
+        draw.placed += placed
+        if placed and draw.hard is not None and rng.random() < 0.5:  # the pancreas as close to the liver
+            draw.means["pancreas"] = draw.means["liver"] + float(rng.uniform(*config.hard_delta_hu))
     if rng.random() < config.lesion_p:
         draw.lesions = _extra_lesions(tissue, label_map.liver, label_map.spacing, rng)
     return tissue
@@ -298,6 +308,60 @@ def _paraspinal(tissue: np.ndarray, bone: np.ndarray, region: np.ndarray, pixel_
         if vertebra.any():
             near = ndimage.distance_transform_edt(~vertebra, sampling=pixel_mm) < reach
             tissue[k][near & region[k]] = _ID["muscle"]
+
+
+def _hilum(tissue: np.ndarray, label_map: LabelMap, cavity: np.ndarray, rng: np.random.Generator, *,
+           pancreas: bool) -> list[str]:
+    """The pancreas (``pancreas``: the map has none) and the duodenum, the soft tissue just below the liver's
+    hilum that a network trained without them takes for liver; over ``cavity`` voxels only (the fat and
+    bowel the synthesis drew), so the expert's labels stay. Returns what was placed.
+
+    The extrahepatic portal venous system (the map's portal-vein voxels outside the liver: portal vein,
+    confluence, splenic and upper mesenteric veins) guides both. The pancreas is a sleeve 6-14 mm thick
+    around it over the 35-65 mm below a level 0-15 mm under its highest voxel; its head is the part on the
+    patient's right (the image left) of the veins' median column. The duodenum is bowel wall 5-12 mm thick
+    curving around the head on that side and below it."""
+    veins = (label_map.labels == _ID["portal_vein"]) & ~label_map.liver
+    if veins.sum() < 20:
+        return []
+    dz, dy, dx = label_map.spacing
+    d = tissue.shape[0]
+    z_mm = np.arange(d, dtype=np.float32) * dz
+    top = np.nonzero(veins.any(axis=(1, 2)))[0].max() * dz - rng.uniform(0, 15)
+    band = (z_mm <= top) & (z_mm >= top - rng.uniform(35, 65))
+    source = veins & band[:, None, None]
+    if not source.any():
+        return []
+    _, _, xs = np.nonzero(source)
+    midline = float(np.median(xs))
+    reach = 45.0  # mm: the box the distances are computed in, about the veins
+    lo = [max(0, int(np.nonzero(source.any(axis=axes))[0].min() - reach / step)) for axes, step in
+          (((1, 2), dz), ((0, 2), dy), ((0, 1), dx))]
+    hi = [min(n, int(np.nonzero(source.any(axis=axes))[0].max() + reach / step) + 1) for axes, step, n in
+          (((1, 2), dz, tissue.shape[0]), ((0, 2), dy, tissue.shape[1]), ((0, 1), dx, tissue.shape[2]))]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub, free = tissue[box], cavity[box]
+    xx = np.arange(lo[2], hi[2])[None, None, :]
+    placed = []
+    gland = sub == _ID["pancreas"]  # the map's own, or none
+    if pancreas:
+        near = ndimage.distance_transform_edt(~source[box], sampling=label_map.spacing) <= rng.uniform(6, 14)
+        sleeve = near & free & ~veins[box]
+        if sleeve.sum() >= 50:
+            sub[sleeve] = _ID["pancreas"]
+            gland = sleeve
+            placed.append("pancreas")
+    head = gland & (xx <= midline)
+    if head.sum() >= 50:
+        around = ndimage.distance_transform_edt(~head, sampling=label_map.spacing) <= rng.uniform(5, 12)
+        centre_z = np.nonzero(head.any(axis=(1, 2)))[0].mean()
+        side = (xx <= np.nonzero(head.any(axis=(0, 1)))[0].mean() + lo[2]) | (
+            np.arange(sub.shape[0])[:, None, None] <= centre_z)  # lateral to the head, or below its middle
+        wall = around & side & ~head & free & (sub != _ID["pancreas"])
+        if wall.sum() >= 50:
+            sub[wall] = _ID["bowel"]
+            placed.append("duodenum")
+    return placed
 
 
 #: what :func:`_visceral` fills the abdominal cavity with (the thorax replaces it above the diaphragm)
