@@ -75,6 +75,7 @@ def synth(ctx: click.Context, out: Path, labels: Path | None, samples: int | Non
     shown = [v for path in real for v in load_cases(path).volumes]
     config = SynthConfig(size=size, thorax_p=thorax_p or 0.0, hilum_p=hilum_p or 0.0)
     with progress_bar("synthesising") as update:
-        folders = synth_from_labels(labels, out, samples=samples or 2, seed=seed, config=config, sheet=sheet, real=shown, on_case=lambda name, k, n: update(k, n, name))
+        folders = synth_from_labels(labels, out, samples=samples or 2, seed=seed, config=config, sheet=sheet,
+                                    real=shown, on_case=lambda name, k, n: update(k, n, name))
     console.print(f"wrote {len(folders)} synthetic CT cases to {out} (see {out / 'synth.json'}"
                   + (f" and {sheet})" if sheet else ")"))
