@@ -324,21 +324,18 @@ def _hilum(tissue: np.ndarray, label_map: LabelMap, cavity: np.ndarray, rng: np.
     veins = (label_map.labels == _ID["portal_vein"]) & ~label_map.liver
     if veins.sum() < 20:
         return []
-    dz, dy, dx = label_map.spacing
-    d = tissue.shape[0]
-    z_mm = np.arange(d, dtype=np.float32) * dz
+    dz = label_map.spacing[0]
+    z_mm = np.arange(tissue.shape[0], dtype=np.float32) * dz
     top = np.nonzero(veins.any(axis=(1, 2)))[0].max() * dz - rng.uniform(0, 15)
     band = (z_mm <= top) & (z_mm >= top - rng.uniform(35, 65))
     source = veins & band[:, None, None]
     if not source.any():
         return []
-    _, _, xs = np.nonzero(source)
-    midline = float(np.median(xs))
-    reach = 45.0  # mm: the box the distances are computed in, about the veins
-    lo = [max(0, int(np.nonzero(source.any(axis=axes))[0].min() - reach / step)) for axes, step in
-          (((1, 2), dz), ((0, 2), dy), ((0, 1), dx))]
-    hi = [min(n, int(np.nonzero(source.any(axis=axes))[0].max() + reach / step) + 1) for axes, step, n in
-          (((1, 2), dz, tissue.shape[0]), ((0, 2), dy, tissue.shape[1]), ((0, 1), dx, tissue.shape[2]))]
+    at = np.argwhere(source)
+    midline = float(np.median(at[:, 2]))
+    reach = 45.0 / np.asarray(label_map.spacing)  # voxels: the box the distances are computed in, 45 mm about the veins
+    lo = np.maximum(0, (at.min(axis=0) - reach).astype(int))
+    hi = np.minimum(tissue.shape, (at.max(axis=0) + reach).astype(int) + 1)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     sub, free = tissue[box], cavity[box]
     xx = np.arange(lo[2], hi[2])[None, None, :]
@@ -357,7 +354,7 @@ def _hilum(tissue: np.ndarray, label_map: LabelMap, cavity: np.ndarray, rng: np.
         centre_z = np.nonzero(head.any(axis=(1, 2)))[0].mean()
         side = (xx <= np.nonzero(head.any(axis=(0, 1)))[0].mean() + lo[2]) | (
             np.arange(sub.shape[0])[:, None, None] <= centre_z)  # lateral to the head, or below its middle
-        wall = around & side & ~head & free & (sub != _ID["pancreas"])
+        wall = around & side & free & (sub != _ID["pancreas"])  # the head is pancreas: left out too
         if wall.sum() >= 50:
             sub[wall] = _ID["bowel"]
             placed.append("duodenum")
