@@ -1,7 +1,7 @@
 """Score a liver model on the real CT volumes in ../shared/data (the figures of issue 17's table).
 
     python benchmarks/eval_real.py runs/unet/best.pt [--cases ircad01 lits000] [--engine torch]
-        [--keep-largest] [--fill-holes] [--json out.json] [--overlays DIR]
+        [--keep-largest] [--fill-holes] [--smooth-z MM] [--threshold T] [--json out.json] [--overlays DIR]
 
 Per volume: Dice, Mask IoU, RAVD, ASSD, HD95 (mm, from the NIfTI spacing), the study's Table-6
 slice metrics (means over slices where prediction or truth has liver: Mask, Trimap and Boundary
@@ -32,11 +32,13 @@ CASES = ("ircad01", "lits000")
 
 
 def score(model: Path, cases=CASES, *, engine: str = "torch", keep_largest: bool = False, fill_holes: bool = False,
-          data: Path = DATA, overlays: Path | None = None, batch_size: int = 8) -> dict:
+          smooth_z_mm: float = 0.0, threshold: float | None = None, data: Path = DATA, overlays: Path | None = None,
+          batch_size: int = 8) -> dict:
     acc = MetricAccumulator()
     extra: dict[str, dict] = {}
     with open_engine(engine, model) as eng:
-        segmenter = Segmenter(eng, batch_size=batch_size, keep_largest=keep_largest, fill_holes=fill_holes)
+        segmenter = Segmenter(eng, batch_size=batch_size, keep_largest=keep_largest, fill_holes=fill_holes,
+                              smooth_z_mm=smooth_z_mm, threshold=threshold)
         for cid in cases:
             vol = read_nifti_volume(data / cid / "ct.nii.gz", data / cid / "liver.nii.gz", case_id=cid)
             t0 = time.perf_counter()
@@ -57,6 +59,7 @@ def score(model: Path, cases=CASES, *, engine: str = "torch", keep_largest: bool
     for cid in cases:
         scores["cases"][cid].update(extra[cid])
     return {"model": str(model), "engine": engine, "keep_largest": keep_largest, "fill_holes": fill_holes,
+            "smooth_z_mm": smooth_z_mm, "threshold": segmenter.threshold,
             "cases": scores["cases"], "mean": scores["mean"]["volume"]}
 
 
@@ -83,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="torch")
     ap.add_argument("--keep-largest", action="store_true")
     ap.add_argument("--fill-holes", action="store_true")
+    ap.add_argument("--smooth-z", type=float, default=0.0, metavar="MM",
+                    help="Smooth the probabilities across slices (Gaussian sigma, mm) before the threshold.")
+    ap.add_argument("--threshold", type=float, default=None, help="Probability threshold (default: the model's).")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--overlays", type=Path, default=None, help="Write <case>.png overlays (truth green, model red).")
     args = ap.parse_args(argv)
     result = score(args.model, args.cases, engine=args.engine, keep_largest=args.keep_largest,
-                   fill_holes=args.fill_holes, data=args.data, overlays=args.overlays)
+                   fill_holes=args.fill_holes, smooth_z_mm=args.smooth_z, threshold=args.threshold, data=args.data,
+                   overlays=args.overlays)
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=float))

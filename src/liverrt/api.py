@@ -21,7 +21,7 @@ from liverrt.data.sources import load_cases
 from liverrt.data.volume import Volume, default_affine
 from liverrt.errors import InputError
 from liverrt.evaluation import check_spacing
-from liverrt.models.bundled import resolve_model
+from liverrt.models.bundled import postprocess_options, resolve_model
 from liverrt.runtime import open_engine
 from liverrt.runtime.base import require_task
 from liverrt.runtime.segmenter import Segmenter
@@ -56,8 +56,9 @@ def segment(ct: str | Path | np.ndarray | Volume, *, spacing: tuple[float, float
     :class:`~liverrt.data.volume.Volume`, or a ``(D, H, W)`` array in HU in liverrt's axes (as
     :func:`liverrt.data.io.read_nifti` returns it), which needs ``spacing`` ``(dz, dy, dx)`` in mm.
     ``model``: a bundled model's name, or a ``.onnx``/``.pt`` file (default: the bundled default).
-    ``post_process`` (largest 3-D component, holes filled) defaults to on for bundled models, off
-    for other models (as ``liverrt infer``).
+    ``post_process`` defaults to on for bundled models, off for other models (as ``liverrt infer``):
+    for a bundled model, what its card's figures were measured with (``liverrt models NAME``); for
+    another model, holes filled and the largest 3-D component.
     """
     path, chosen = resolve_model(model)
     bundled = chosen is not None
@@ -69,7 +70,8 @@ def segment(ct: str | Path | np.ndarray | Volume, *, spacing: tuple[float, float
     post = bundled if post_process is None else bool(post_process)
     with open_engine(engine, path) as eng:
         require_task(eng.info, "segmentation", role="model")
-        result = Segmenter(eng, batch_size=batch_size, keep_largest=post, fill_holes=post).segment(volume)
+        options = postprocess_options(chosen, **({} if bundled else {"fill_holes": True, "keep_largest": True}))
+        result = Segmenter(eng, batch_size=batch_size, **(options if post else {})).segment(volume)
     return LiverSegmentation(result.mask, volume.affine, result.liver_ml(volume.spacing), volume.spacing,
                              str(path), volume)
 

@@ -12,7 +12,7 @@ from mask_refs import largest_ref, masks, structure
 from scipy import ndimage as ndi
 
 from liverrt.errors import InputError
-from liverrt.metrics import fill_holes, label, label_by_area, largest_components
+from liverrt.metrics import fill_holes, label, label_by_area, largest_components, smooth_z
 
 _RANK = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}
 
@@ -246,3 +246,54 @@ def test_label_by_area_orders_by_size_and_widens_past_255_regions():
     dots[::2, ::2] = True  # 400 one-pixel regions
     many = label_by_area(dots)
     assert many.dtype == np.uint16 and many.max() == 400
+
+
+def smooth_z_ref(p: np.ndarray, sigma_mm: float, dz: float) -> np.ndarray:
+    """Each output slice a weighted sum of input slices, edges repeated: written from the definition."""
+    sigma = sigma_mm / dz
+    radius = int(4.0 * sigma + 0.5)
+    w = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    w /= w.sum()
+    d = p.shape[0]
+    out = np.zeros(p.shape, np.float64)
+    for k in range(d):
+        for j, wj in zip(range(-radius, radius + 1), w, strict=True):
+            out[k] += wj * p[min(max(k + j, 0), d - 1)]
+    return out
+
+
+def _prob_cases():
+    rng = np.random.default_rng(11)
+    one = np.zeros((7, 5, 6), np.float32)
+    one[3, 2, 2] = 1.0
+    border = np.zeros((7, 5, 6), np.float32)
+    border[0, :, 0] = 0.9  # first slice, left edge
+    two = np.zeros((9, 6, 6), np.float32)
+    two[1:3, 1:3, 1:3] = 0.8
+    two[6:8, 3:5, 3:5] = 0.7
+    return {"random": rng.random((11, 6, 5)).astype(np.float32), "empty": np.zeros((5, 4, 4), np.float32),
+            "full": np.ones((5, 4, 4), np.float32), "one_pixel": one, "border": border, "two_regions": two}
+
+
+@pytest.mark.parametrize("case", sorted(_prob_cases()))
+@pytest.mark.parametrize(("sigma_mm", "dz"), [(2.0, 1.6), (8.0, 5.0), (8.0, 0.7), (1.0, 4.0)])
+def test_smooth_z_is_the_gaussian_across_slices_written_out(case, sigma_mm, dz):
+    p = _prob_cases()[case]
+    before = p.copy()
+    got = smooth_z(p, sigma_mm, dz)
+    assert got.dtype == np.float32 and got.shape == p.shape
+    assert np.allclose(got, smooth_z_ref(p, sigma_mm, dz), atol=1e-5)
+    assert np.array_equal(p, before)  # the input is not modified
+
+
+def test_smooth_z_leaves_probabilities_alone_without_a_sigma_or_a_second_slice():
+    p = np.random.default_rng(3).random((4, 3, 3)).astype(np.float32)
+    assert np.array_equal(smooth_z(p, 0.0, 2.0), p)
+    assert np.array_equal(smooth_z(p[:1], 5.0, 2.0), p[:1])
+
+
+@pytest.mark.parametrize(("shape", "sigma_mm", "dz"), [((4, 4), 2.0, 1.0), ((3, 4, 4), -1.0, 1.0),
+                                                       ((3, 4, 4), float("nan"), 1.0), ((3, 4, 4), 2.0, 0.0)])
+def test_smooth_z_refuses_what_it_cannot_smooth(shape, sigma_mm, dz):
+    with pytest.raises(InputError, match="smooth_z"):
+        smooth_z(np.zeros(shape, np.float32), sigma_mm, dz)

@@ -22,7 +22,7 @@ from liverrt.models.bundled import DEFAULT, REGISTRY, bundled_model, bundled_mod
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 CARD_FIELDS = ("summary", "use", "licence", "training_data", "model", "metrics", "measured_by", "speed",
-               "failure_modes", "commands", "checkpoint")
+               "failure_modes", "commands", "checkpoint", "postprocess")
 
 
 def test_every_registered_model_is_installed_small_and_described():
@@ -64,6 +64,28 @@ def test_a_card_with_an_estimate_says_which_figures_saw_the_volumes(monkeypatch)
     assert "## Measured on real CT (never seen in training)" in text and "Estimate" not in text
 
 
+def test_a_bundled_model_is_post_processed_as_its_card_was_measured(monkeypatch):
+    from liverrt.models.bundled import BundledModel, postprocess_options
+
+    model = REGISTRY[0]
+    post = model.postprocess
+    assert set(post) == {"smooth_z_mm", "threshold", "fill_holes", "keep_largest"}
+    # the command that measured the card's figures ran with the same post-processing
+    flags = {"keep_largest": "--keep-largest", "fill_holes": "--fill-holes"}
+    assert all((flag in model.card["measured_by"]) == post[key] for key, flag in flags.items())
+    assert ("--smooth-z" in model.card["measured_by"]) == bool(post["smooth_z_mm"])
+    assert postprocess_options(model) == post
+    assert postprocess_options(model, smooth_z_mm=3.0, fill_holes=None) == {**post, "smooth_z_mm": 3.0}
+    assert postprocess_options(None) == {"smooth_z_mm": 0.0, "threshold": None, "fill_holes": False,
+                                         "keep_largest": False}
+    card = {**model.card, "postprocess": {"smooth_z_mm": 8.0, "threshold": 0.55, "fill_holes": True,
+                                          "keep_largest": False}}
+    monkeypatch.setattr(BundledModel, "card", property(lambda self: card))
+    text = model.card_markdown()
+    assert "post-processing (on by default): probabilities smoothed across slices (Gaussian, sigma 8 mm), " \
+           "threshold 0.55, holes filled in each slice\n" in text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", REGISTRY, ids=lambda m: m.name)
 def test_the_bundled_onnx_passes_the_gate_against_its_checkpoint(model):
@@ -85,7 +107,7 @@ def test_the_cards_numbers_are_what_the_measuring_script_prints(model):
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     card = model.card["metrics"]
-    result = eval_real.score(model.path, tuple(card), engine="onnxruntime", keep_largest=True, fill_holes=True,
+    result = eval_real.score(model.path, tuple(card), engine="onnxruntime", **model.postprocess,
                              data=DATA)
     for case, expected in card.items():
         got = {**result["cases"][case]["volume"], **result["cases"][case]}
@@ -141,6 +163,22 @@ def test_infer_without_a_model_uses_the_bundled_one_with_post_processing(tmp_pat
     mask, _, _ = read_nifti(tmp_path / "seg" / "ct" / "mask.nii.gz", labels=True)
     expected = liverrt.segment(vol.image, spacing=vol.spacing).mask  # post-processing on, as for bundled models
     assert np.array_equal(mask.astype(bool), expected)
+    # each post-processing option overrides the card's
+    r = CliRunner().invoke(cli, ["infer", "--input", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "seg2"),
+                                 "--smooth-z", "6", "--threshold", "0.6", "--no-keep-largest"])
+    assert r.exit_code == 0, r.output
+    mask, _, _ = read_nifti(tmp_path / "seg2" / "ct" / "mask.nii.gz", labels=True)
+    from liverrt.models.bundled import postprocess_options
+    from liverrt.runtime import open_engine
+    from liverrt.runtime.segmenter import Segmenter
+
+    options = postprocess_options(bundled_model(), smooth_z_mm=6.0, threshold=0.6, keep_largest=False)
+    with open_engine("onnxruntime", bundled_model().path) as eng:
+        expected = Segmenter(eng, **options).segment(vol).mask
+    assert options["smooth_z_mm"] == 6.0 and np.array_equal(mask.astype(bool), expected)
+    r = CliRunner().invoke(cli, ["infer", "--input", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "seg3"),
+                                 "--smooth-z", "-1"])
+    assert r.exit_code == 2 and "--smooth-z" in r.output
 
 
 def test_infer_refuses_a_missing_model_file_and_the_torch_engine_without_a_checkpoint(tmp_path):

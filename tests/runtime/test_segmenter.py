@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from liverrt_test_helpers import make_volume
 from liverrt.atomic import MARKER
 from liverrt.data.io import read_nifti, write_nifti, write_png_slices
 from liverrt.errors import InputError
+from liverrt.metrics import smooth_z
 from liverrt.runtime import open_engine
 from liverrt.runtime.infer import run_inference
 from liverrt.runtime.outputs import write_case
@@ -87,6 +89,24 @@ def test_postprocessing_fills_holes_and_keeps_the_largest_component(tiny_onnx):
     expected[:, 2:12, 2:12] = True
     assert np.array_equal(out, expected)
     assert np.array_equal(Segmenter(eng).postprocess(raw), raw)  # off by default
+
+
+def test_smoothing_across_slices_comes_before_the_threshold_and_needs_slice_geometry(tiny_onnx, tiny_onnx_8bit):
+    vol = make_volume(shape=(9, 40, 36), spacing=(2.0, 0.8, 0.8))
+    with open_engine("onnxruntime", tiny_onnx) as eng:
+        raw = Segmenter(eng, keep_prob=True).segment(vol)
+        smoothed = Segmenter(eng, keep_prob=True, smooth_z_mm=6.0, threshold=0.55).segment(vol)
+        with pytest.raises(InputError, match="smooth_z_mm"):
+            Segmenter(eng, smooth_z_mm=-1.0)
+    expected = smooth_z(raw.prob, 6.0, 2.0)
+    assert np.allclose(smoothed.prob, expected, atol=1e-6) and not np.allclose(smoothed.prob, raw.prob)
+    assert np.array_equal(smoothed.mask, expected >= 0.55)
+    # 8-bit slices have no spacing and may be unrelated pictures: never smoothed
+    slices = replace(vol, intensity="8bit", image=np.clip(vol.image + 1000, 0, 255).astype(np.uint8))
+    with open_engine("onnxruntime", tiny_onnx_8bit) as eng:
+        a = Segmenter(eng, keep_prob=True, smooth_z_mm=6.0).segment(slices)
+        b = Segmenter(eng, keep_prob=True).segment(slices)
+    assert np.array_equal(a.prob, b.prob) and np.array_equal(a.mask, b.mask)
 
 
 def test_nifti_output_matches_the_source_file_voxel_for_voxel(tiny_onnx, tmp_path):

@@ -17,7 +17,7 @@ from liverrt.cli.common import (
     out_dir,
     overwrite_option,
 )
-from liverrt.models.bundled import resolve_model
+from liverrt.models.bundled import BundledModel, postprocess_options, resolve_model
 from liverrt.runtime.infer import run_inference
 from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
 
@@ -45,6 +45,11 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
               help="Mask formats to write (repeatable; default nifti for HU volumes, png for 8-bit slices; "
                    "dicom-seg for DICOM series inputs, needs liverrt[dicom]).")
 @click.option("--overlays", type=click.IntRange(0), default=4, show_default=True, help="Overlay PNGs per case.")
+@click.option("--smooth-z", "smooth_z_mm", type=click.FloatRange(min=0), default=None, metavar="MM",
+              help="Smooth the probabilities across slices (Gaussian sigma in mm; 0 = off) before the threshold; "
+                   "volumes with slice geometry only [default: the bundled model's card, else off].")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Probability threshold [default: the bundled model's card, else the model's own].")
 @click.option("--fill-holes/--no-fill-holes", default=None,
               help="Fill holes inside the liver, slice by slice [default: on for bundled models, else off].")
 @click.option("--keep-largest/--no-keep-largest", default=None,
@@ -57,14 +62,12 @@ from liverrt.runtime.tensorrt_loader import DEFAULT_BATCH
 @click.pass_context
 def infer(ctx: click.Context, model: str | None, engine: str, providers: str | None, device: str | None, trt_cache: Path | None,
           trt_batch: str, cuda_graph: bool, src: Path, out: Path, batch_size: int, formats: tuple[str, ...],
-          overlays: int, fill_holes: bool | None, keep_largest: bool | None, denoise: Path | None,
-          layout: str | None) -> None:
+          overlays: int, smooth_z_mm: float | None, threshold: float | None, fill_holes: bool | None,
+          keep_largest: bool | None, denoise: Path | None, layout: str | None) -> None:
     """Segment the liver in every case of INPUT."""
-    model_path, bundled = _model(model, engine)
-    if fill_holes is None:
-        fill_holes = bundled
-    if keep_largest is None:
-        keep_largest = bundled
+    model_path, chosen = _model(model, engine)
+    post = postprocess_options(chosen, smooth_z_mm=smooth_z_mm, threshold=threshold, fill_holes=fill_holes,
+                               keep_largest=keep_largest)
 
     trt = engine in ("tensorrt", "trt")
     options: dict = {}
@@ -88,7 +91,7 @@ def infer(ctx: click.Context, model: str | None, engine: str, providers: str | N
         console.print(f"[{i + 1}/{n}] {case_id}{f' ({left})' if left else ''}", markup=False, highlight=False)
 
     report = run_inference(model_path, src, out, engine=engine, engine_options=options, batch_size=batch_size, formats=tuple(formats) or None,
-                           overlays=overlays, fill_holes=fill_holes, keep_largest=keep_largest, layout=layout, denoise=denoise,
+                           overlays=overlays, postprocess=post, layout=layout, denoise=denoise,
                            on_case=on_case)
     for c in report.cases:
         vol = f"{c['liver_ml']:.1f} mL" if c["liver_ml"] is not None else "volume n/a (no geometry)"
@@ -101,12 +104,12 @@ def infer(ctx: click.Context, model: str | None, engine: str, providers: str | N
     fail_if_skipped(report.skipped, n)
 
 
-def _model(model: str | None, engine: str) -> tuple[Path, bool]:
-    """The model file, and whether it is a bundled model (its post-processing is on by default)."""
+def _model(model: str | None, engine: str) -> tuple[Path, BundledModel | None]:
+    """The model file and, for a bundled model, which (its card's post-processing is on by default)."""
     path, chosen = resolve_model(model)
     if chosen is not None and engine == "torch":
         raise click.UsageError("the bundled models are ONNX files: use --engine onnxruntime (or trt), or pass a .pt "
                                "with --model")
     if chosen is not None:
         console.print(f"model: {chosen.name} (bundled; `liverrt models {chosen.name}` prints its card)")
-    return path, chosen is not None
+    return path, chosen

@@ -19,7 +19,7 @@ Definitions (details and empty-mask values in each module's docstring):
   ``boundary_f`` (DAVIS, τ = max(1, ceil(0.008 × diag)));
 * surface distances in mm (:mod:`.surface`, CHAOS surfaces, explicit
   ``spacing``): ``assd``, ``mssd``, ``hd95``; 0 both empty, inf one empty;
-* post-processing (:mod:`.postprocess`): ``label``, ``largest_components``,
+* post-processing (:mod:`.postprocess`): ``label``, ``largest_components``, ``smooth_z``,
   ``fill_holes``;
 * :class:`MetricAccumulator` for datasets (``update`` / ``compute`` / ``reset``).
 """
@@ -56,7 +56,13 @@ from liverrt.metrics.overlap import (
     ravd,
     ravd_from_counts,
 )
-from liverrt.metrics.postprocess import fill_holes, label, label_by_area, largest_components
+from liverrt.metrics.postprocess import (
+    fill_holes,
+    label,
+    label_by_area,
+    largest_components,
+    smooth_z,
+)
 from liverrt.metrics.surface import (
     SurfaceDistances,
     assd,
@@ -90,6 +96,7 @@ __all__ = [
     "label",
     "label_by_area",
     "largest_components",
+    "smooth_z",
     "mask_iou",
     "mssd",
     "overlap_counts",

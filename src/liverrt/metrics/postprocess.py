@@ -1,4 +1,5 @@
-"""Mask post-processing: connected components, keep-largest-k, hole filling.
+"""Mask post-processing: connected components, keep-largest-k, hole filling; smoothing
+probabilities across slices.
 
 Connectivity is given as the number of neighbours: 4 or 8 for ``(H, W)``
 masks, 6, 18 or 26 for ``(D, H, W)`` masks (``None`` = the full one, 8 / 26).
@@ -23,7 +24,7 @@ from liverrt.errors import InputError
 from liverrt.kernels.label import fill_holes_stack
 from liverrt.metrics._validate import as_stack, check_positive_int, check_single
 
-__all__ = ["fill_holes", "label", "label_by_area", "largest_components"]
+__all__ = ["fill_holes", "label", "label_by_area", "largest_components", "smooth_z"]
 
 _ALLOWED = {2: (4, 8), 3: (6, 18, 26)}
 
@@ -126,3 +127,25 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if m.size == 0:  # the kernel reads out of bounds on a zero-height or zero-width slice
         return np.zeros(m.shape, bool)
     return fill_holes_stack(as_stack(m)).view(bool).reshape(m.shape)
+
+
+def smooth_z(prob: np.ndarray, sigma_mm: float, dz: float) -> np.ndarray:
+    """``(D, H, W)`` probabilities smoothed across slices by a Gaussian of ``sigma_mm`` (``dz``: slice spacing, mm).
+
+    A 2-D network decides each slice alone; near the ends of an organ and where it touches a
+    neighbour of similar density its probabilities flicker from slice to slice. Smoothing them
+    along z before thresholding makes the decision use the adjacent slices. The edges repeat the
+    first and last slices (``scipy.ndimage.gaussian_filter1d``, mode ``nearest``, truncated at 4
+    sigma); the result is float32, ``prob`` is not modified.
+    """
+    p = np.asarray(prob)
+    if p.ndim != 3:
+        raise InputError(f"smooth_z: got an array of shape {p.shape}; expected (D, H, W) probabilities.")
+    if not (np.isfinite(sigma_mm) and sigma_mm >= 0):
+        raise InputError(f"smooth_z: sigma_mm {sigma_mm!r}; expected a finite number >= 0 (0 = no smoothing).")
+    if not (np.isfinite(dz) and dz > 0):
+        raise InputError(f"smooth_z: slice spacing {dz!r} mm; expected a finite number > 0.")
+    out = np.array(p, dtype=np.float32)
+    if sigma_mm == 0 or p.shape[0] < 2:
+        return out
+    return ndi.gaussian_filter1d(out, sigma_mm / dz, axis=0, mode="nearest", output=out)

@@ -71,8 +71,7 @@ def run_inference(
     formats: tuple[str, ...] | None = None,
     overlays: int = 4,
     engine_options: dict | None = None,
-    fill_holes: bool = False,
-    keep_largest: bool = False,
+    postprocess: dict | None = None,
     layout: str | None = None,
     denoise: Path | None = None,
     on_case: Callable[[str, int, int], None] | None = None,
@@ -81,6 +80,9 @@ def run_inference(
     """Segment each case under ``src`` into ``out/<case>/``; write ``out/summary.json`` and ``out/summary.html``.
 
     ``formats`` defaults per case: NIfTI for HU volumes, PNG masks for 8-bit slice folders.
+    ``postprocess``: :class:`~liverrt.runtime.segmenter.Segmenter` keywords (``smooth_z_mm``, ``threshold``,
+    ``fill_holes``, ``keep_largest``; none by default; a bundled model's:
+    :func:`liverrt.models.bundled.postprocess_options`).
     ``denoise``: a DnCNN-SR artifact run on every preprocessed batch before the
     segmentation model (a ``.pt`` runs on torch, an ``.onnx`` on onnxruntime).
     ``overwrite``: replace outputs liverrt did not write (never an input); see :mod:`liverrt.atomic`.
@@ -114,8 +116,7 @@ def run_inference(
     views: dict[str, CaseViews] = {}
     t0 = time.perf_counter()
     with eng, (den if den is not None else nullcontext()):
-        seg = Segmenter(eng, batch_size=batch_size, fill_holes=fill_holes, keep_largest=keep_largest,
-                        denoiser=den)
+        seg = Segmenter(eng, batch_size=batch_size, denoiser=den, **(postprocess or {}))
         for i, ref in enumerate(refs):
             if on_case:
                 on_case(ref.case_id, i, len(refs))

@@ -38,16 +38,21 @@ class Segmentation:
 class Segmenter:
     """Batches slices through an active :class:`Engine` using the artifact's PreprocessSpec.
 
-    Post-processing (off by default, in this order after thresholding):
-    ``fill_holes`` fills background enclosed by liver in each slice;
-    ``keep_largest`` keeps the largest 26-connected liver component of the
-    volume (right for contiguous CT volumes, wrong for folders of unrelated
-    slices, whose livers do not touch from slice to slice).
+    Post-processing (off by default, in this order): ``smooth_z_mm`` smooths the
+    probabilities across slices with a Gaussian of that many mm before the
+    threshold (:func:`liverrt.metrics.smooth_z`; ``prob`` is then the smoothed one);
+    ``threshold`` defaults to the model's; ``fill_holes`` fills background enclosed
+    by liver in each slice; ``keep_largest`` keeps the largest 26-connected liver
+    component of the volume. Smoothing and keep-largest are right for contiguous CT
+    volumes, wrong for folders of unrelated slices, whose livers do not touch from
+    slice to slice; smoothing is skipped for a volume without slice geometry
+    (:attr:`Volume.has_geometry`). A bundled model's card names the ones it was measured with
+    (:attr:`liverrt.models.bundled.BundledModel.postprocess`).
     """
 
     def __init__(self, engine: Engine, *, batch_size: int = 8, threshold: float | None = None,
                  keep_prob: bool = False, fill_holes: bool = False, keep_largest: bool = False,
-                 denoiser: Engine | None = None) -> None:
+                 smooth_z_mm: float = 0.0, denoiser: Engine | None = None) -> None:
         if batch_size < 1:
             raise InputError(f"batch_size: got {batch_size}, expected >= 1.")
         self.engine = engine
@@ -55,9 +60,12 @@ class Segmenter:
         self.threshold = engine.info.threshold if threshold is None else float(threshold)
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"threshold: got {self.threshold}, expected a value in (0, 1).")
+        if not (np.isfinite(smooth_z_mm) and smooth_z_mm >= 0):
+            raise InputError(f"smooth_z_mm: got {smooth_z_mm}, expected a finite number >= 0 (0 = off).")
         self.keep_prob = keep_prob
         self.fill_holes = fill_holes
         self.keep_largest = keep_largest
+        self.smooth_z_mm = float(smooth_z_mm)
         if denoiser is not None:
             check_denoiser(denoiser, engine)
         self.denoiser = denoiser
@@ -100,6 +108,8 @@ class Segmenter:
             if on_batch:
                 on_batch(stop, d)
         t0 = time.perf_counter()
+        if self.smooth_z_mm and volume.has_geometry:  # 8-bit slice folders: no spacing, maybe unrelated slices
+            prob = metrics.smooth_z(prob, self.smooth_z_mm, float(volume.spacing[0]))
         mask = self.postprocess(prob >= self.threshold)
         t["postprocess"] += time.perf_counter() - t0
         return Segmentation(volume.case_id, mask, prob if self.keep_prob else None, t)

@@ -36,6 +36,13 @@ class BundledModel:
         """The model card (``<file stem>.card.json``)."""
         return json.loads(files(__name__).joinpath(self.file.replace(".onnx", ".card.json")).read_text("utf-8"))
 
+    @property
+    def postprocess(self) -> dict:
+        """The post-processing its card's figures were measured with, as :class:`~liverrt.runtime.segmenter.Segmenter`
+        keywords (``smooth_z_mm``, ``threshold``, ``fill_holes``, ``keep_largest``): what ``liverrt infer`` and
+        :func:`liverrt.segment` use for it unless told otherwise."""
+        return dict(self.card["postprocess"])
+
     def card_markdown(self) -> str:
         """The card as a person reads it (``liverrt models NAME``)."""
         c = self.card
@@ -43,7 +50,8 @@ class BundledModel:
                  f"**Use**: {c['use']}", "", f"**Licence of the weights**: {c['licence']}", "",
                  "## Training data", ""]
         lines += [f"- {s['source']}: {s['what']} — licence {s['licence']}" for s in c["training_data"]]
-        lines += ["", "## Model and preprocessing", "", *[f"- {k}: {v}" for k, v in c["model"].items()], ""]
+        lines += ["", "## Model and preprocessing", "", *[f"- {k}: {v}" for k, v in c["model"].items()],
+                  f"- post-processing (on by default): {_postprocess_text(self.postprocess)}", ""]
         estimate = c.get("estimate")
         if estimate:  # the model saw the measured volumes in training: its figures on them are optimistic
             lines += ["## Estimate for scans it has not seen", "", estimate["method"], "",
@@ -57,6 +65,19 @@ class BundledModel:
                   "## Known failure modes", "", *[f"- {f}" for f in c["failure_modes"]], "",
                   "## How it was made", "", *[f"    {cmd}" for cmd in c["commands"]]]
         return "\n".join(lines) + "\n"
+
+
+def _postprocess_text(post: dict) -> str:
+    steps = []
+    if post.get("smooth_z_mm"):
+        steps.append(f"probabilities smoothed across slices (Gaussian, sigma {post['smooth_z_mm']:g} mm)")
+    if post.get("threshold") is not None:
+        steps.append(f"threshold {post['threshold']:g}")
+    if post.get("fill_holes"):
+        steps.append("holes filled in each slice")
+    if post.get("keep_largest"):
+        steps.append("largest 3-D component kept")
+    return ", ".join(steps) or "none"
 
 
 def _metrics_table(metrics: dict[str, dict]) -> list[str]:
@@ -89,7 +110,7 @@ def bundled_model(name: str | None = None) -> BundledModel:
 
 def resolve_model(model: str | Path | None) -> tuple[Path, BundledModel | None]:
     """What ``--model`` / ``model=`` names: an existing file, else a bundled model's name (default: the
-    default model). Returns the file and, for a bundled model, which (its post-processing is on by default)."""
+    default model). Returns the file and, for a bundled model, which (its card's post-processing is on by default)."""
     if model is not None and Path(model).exists():
         return Path(model), None
     if model is not None and (isinstance(model, Path) or Path(model).suffix):
@@ -97,3 +118,16 @@ def resolve_model(model: str | Path | None) -> tuple[Path, BundledModel | None]:
                          "(`liverrt models`).")
     chosen = bundled_model(model)
     return chosen.path, chosen
+
+
+def postprocess_options(model: BundledModel | None, **given) -> dict:
+    """:class:`~liverrt.runtime.segmenter.Segmenter` post-processing keywords: a bundled model's (its card's),
+    none for other models; each keyword given with a value other than ``None`` overrides."""
+    options = {"smooth_z_mm": 0.0, "threshold": None, "fill_holes": False, "keep_largest": False}
+    if model is not None:
+        options.update(model.postprocess)
+    unknown = set(given) - set(options)
+    if unknown:
+        raise TypeError(f"postprocess_options: unknown keywords {sorted(unknown)}")
+    options.update({k: v for k, v in given.items() if v is not None})
+    return options
