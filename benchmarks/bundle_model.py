@@ -40,6 +40,7 @@ from liverrt.data.io import read_nifti_volume, write_nifti
 from liverrt.data.sources import load_cases
 from liverrt.export.pipeline import run_export
 from liverrt.machine import cpu_model, usable_cores
+from liverrt.models.bundled import postprocess_options
 from liverrt.runtime import open_engine
 from liverrt.runtime.segmenter import Segmenter
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     (BUNDLED / MARKER).unlink(missing_ok=True)  # the record of what liverrt wrote there: not package data
     print(result.table())
 
-    post = {"smooth_z_mm": 0.0, "threshold": None, "fill_holes": True, "keep_largest": True, **card.get("postprocess", {})}
+    post = postprocess_options(None, **{"fill_holes": True, "keep_largest": True, **card.get("postprocess", {})})
     scores = eval_real.score(onnx_path, engine="onnxruntime", **post)
     print(eval_real.markdown(scores))
     speed = _speed(onnx_path, post)
@@ -86,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                        for case, m in _card_metrics(json.loads(path.read_text())).items()}
     card.update({
         "metrics": _card_metrics(scores),
-        "measured_by": f"python benchmarks/eval_real.py src/liverrt/models/bundled/{args.file} --engine onnxruntime"
-                       + "".join(f" --{k.replace('_', '-')}" for k in ("keep_largest", "fill_holes") if post[k])
-                       + (f" --smooth-z {post['smooth_z_mm']:g}" if post["smooth_z_mm"] else "")
-                       + (f" --threshold {post['threshold']:g}" if post["threshold"] is not None else ""),
+        "measured_by": " ".join(["python benchmarks/eval_real.py", f"src/liverrt/models/bundled/{args.file}",
+                                 "--engine onnxruntime", *_flags(post)]),
         "postprocess": post,
         "speed": speed,
         "checkpoint": f"models/{stem}.pt",
@@ -109,6 +108,15 @@ def _card_metrics(scores: dict) -> dict[str, dict]:
             for case, c in scores["cases"].items()}
 
 
+def _flags(post: dict) -> list[str]:
+    """The options that give ``post`` (post-processing keywords) to eval_real.py and to `liverrt infer` on a model
+    file, whose post-processing is off unless asked for."""
+    flags = [f"--{k.replace('_', '-')}" for k in ("keep_largest", "fill_holes") if post[k]]
+    flags += ["--smooth-z", f"{post['smooth_z_mm']:g}"] if post["smooth_z_mm"] else []
+    flags += ["--threshold", f"{post['threshold']:g}"] if post["threshold"] is not None else []
+    return flags
+
+
 def _speed(onnx_path: Path, post: dict) -> str:
     """ms per slice of the segmentation (what liverrt.segment runs) and the whole `liverrt infer` command on a
     512x512x200 volume, both with the card's post-processing ``post``."""
@@ -122,14 +130,12 @@ def _speed(onnx_path: Path, post: dict) -> str:
         per_slice = 1000 * (time.perf_counter() - t0) / vol.shape[0]
     reps = int(np.ceil(200 / vol.shape[0]))
     big = np.concatenate([vol.image] * reps)[:200]
-    flags = [f"--{'' if post[k] else 'no-'}{k.replace('_', '-')}" for k in ("keep_largest", "fill_holes")]
-    flags += ["--smooth-z", f"{post['smooth_z_mm']:g}"]
-    flags += ["--threshold", f"{post['threshold']:g}"] if post["threshold"] is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         write_nifti(big, vol.affine, Path(tmp) / "ct200.nii.gz")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "liverrt", "-q", "infer", "--model", str(onnx_path), "--input",
-                        str(Path(tmp) / "ct200.nii.gz"), "--out", str(Path(tmp) / "seg"), *flags, "--overlays", "0"],
+                        str(Path(tmp) / "ct200.nii.gz"), "--out", str(Path(tmp) / "seg"), *_flags(post),
+                        "--overlays", "0"],
                        check=True)
         whole = time.perf_counter() - t0
     return (f"{per_slice:.0f} ms per 512² slice with liverrt.segment's post-processing (onnxruntime on the CPU, "
